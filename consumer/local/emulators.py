@@ -1,0 +1,389 @@
+"""The embedded local stack: Kinesis, DynamoDB, S3/CloudWatch/Logs, PostgreSQL and OpenSearch.
+
+kinesis-mock (h2c, so the KCL works against it) and dynalite run on Node; moto serves S3,
+CloudWatch and Logs; pgserver runs PostgreSQL 16 on a unix socket; osmem stands in for
+OpenSearch. Everything listens on 127.0.0.1 only, on free ports, and logs under the run dir.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import boto3
+import psutil
+import psycopg2
+from botocore.config import Config
+
+from consumer.local.procs import (
+    LOCALHOST,
+    ManagedProcess,
+    StartupError,
+    free_port,
+    wait_all_ready,
+)
+from consumer.local.tooling import (
+    ensure_npm_packages,
+    find_java,
+    find_node,
+    patched_kinesis_mock,
+)
+
+__all__ = [
+    "Endpoints",
+    "LocalStack",
+    "StartupError",
+    "boto3_client",
+    "find_java",
+    "find_node",
+]
+
+log = logging.getLogger(__name__)
+
+DUMMY_KEY = "aetherstream-local"
+READY_TIMEOUT = 60.0
+DATABASE = "aetherstream"
+# kinesis-mock holds streams in CREATING/UPDATING for this long (default 500ms each).
+_KM_DURATIONS = (
+    "CREATE_STREAM_DURATION", "DELETE_STREAM_DURATION", "UPDATE_SHARD_COUNT_DURATION",
+    "SPLIT_SHARD_DURATION", "MERGE_SHARDS_DURATION", "UPDATE_STREAM_MODE_DURATION",
+    "REGISTER_STREAM_CONSUMER_DURATION", "DEREGISTER_STREAM_CONSUMER_DURATION",
+    "START_STREAM_ENCRYPTION_DURATION", "STOP_STREAM_ENCRYPTION_DURATION",
+)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    kinesis_endpoint: str
+    dynamodb_endpoint: str
+    s3_endpoint: str
+    cloudwatch_endpoint: str
+    region: str
+    postgres_dsn: str
+    opensearch_url: str
+
+
+def boto3_client(service: str, endpoints: Endpoints) -> Any:
+    """A boto3 client for one emulated service, with dummy credentials set explicitly."""
+    urls = {
+        "kinesis": endpoints.kinesis_endpoint,
+        "dynamodb": endpoints.dynamodb_endpoint,
+        "s3": endpoints.s3_endpoint,
+        "cloudwatch": endpoints.cloudwatch_endpoint,
+        "logs": endpoints.cloudwatch_endpoint,  # moto serves Logs on the same port
+    }
+    if service not in urls:
+        raise ValueError(f"no local emulator for {service!r}; have {sorted(urls)}")
+    config = Config(
+        s3={"addressing_style": "path"},  # no bucket.127.0.0.1 virtual hosts locally
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+    )
+    return boto3.client(
+        service,
+        endpoint_url=urls[service],
+        region_name=endpoints.region,
+        aws_access_key_id=DUMMY_KEY,
+        aws_secret_access_key=DUMMY_KEY,
+        config=config,
+    )
+
+
+class LocalStack:
+    """Starts the whole local stack and stops it completely (context manager, atexit-safe)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        region: str = "us-east-1",
+        postgres_dsn: str | None = None,
+        cache_dir: Path | None = None,
+        stream: str | None = None,
+        shards: int = 4,
+        bucket: str | None = None,
+        ports: dict[str, int] | None = None,
+    ) -> None:
+        """ports pins a server's port by name (kinesis, kinesis_tls, dynamodb, moto)."""
+        self.run_dir = Path(run_dir).resolve()
+        self.region = region
+        self._external_dsn = postgres_dsn or os.environ.get("AETHERSTREAM_POSTGRES_DSN")
+        self._cache_dir = cache_dir
+        self._stream, self._shards, self._bucket = stream, shards, bucket
+        self._ports = dict(ports or {})
+        self._procs: list[ManagedProcess] = []
+        self._pg: Any = None  # pgserver.PostgresServer, when we run PostgreSQL ourselves
+        self._pg_pid: int | None = None
+        self._endpoints: Endpoints | None = None
+        self._lock = threading.Lock()
+        self.startup_seconds: dict[str, float] = {}
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> Endpoints:
+        if self._endpoints is None:
+            raise RuntimeError("LocalStack is not started")
+        return self._endpoints
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids of every server process we started (PostgreSQL's postmaster included)."""
+        pids = [p.pid for p in self._procs]
+        return [*pids, self._pg_pid] if self._pg_pid else pids
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def start(self) -> Endpoints:
+        if self._endpoints is not None:
+            return self._endpoints
+        atexit.register(self.stop)
+        t0 = time.monotonic()
+        try:
+            self._endpoints = self._start_all()
+            if self._stream:
+                self.create_stream(self._stream, self._shards)
+            if self._bucket:
+                self.create_bucket(self._bucket)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds["total"] = time.monotonic() - t0
+        log.info("local stack ready in %.1f s: %s", self.startup_seconds["total"],
+                 ", ".join(f"{k} {v:.1f} s" for k, v in self.startup_seconds.items()))
+        return self._endpoints
+
+    def create_stream(self, name: str, shards: int = 4) -> None:
+        """Create a Kinesis stream (or reuse an existing one) and wait until it is ACTIVE."""
+        kinesis = boto3_client("kinesis", self.endpoints)
+        t0 = time.monotonic()
+        try:
+            kinesis.create_stream(StreamName=name, ShardCount=shards)
+        except kinesis.exceptions.ResourceInUseException:
+            log.info("stream %s already exists", name)
+        deadline = t0 + 30
+        while True:
+            summary = kinesis.describe_stream_summary(StreamName=name)
+            status = summary["StreamDescriptionSummary"]["StreamStatus"]
+            if status == "ACTIVE":
+                break
+            if time.monotonic() > deadline:
+                raise StartupError(f"kinesis-mock: stream {name} still {status} after 30 s")
+            time.sleep(0.05)
+        self.startup_seconds[f"stream {name}"] = time.monotonic() - t0
+        log.info("stream %s ACTIVE with %d shards in %.2f s", name, shards,
+                 time.monotonic() - t0)
+
+    def create_bucket(self, name: str) -> None:
+        s3 = boto3_client("s3", self.endpoints)
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if self.region != "us-east-1":  # S3 rejects an explicit us-east-1 constraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(**kwargs)
+        log.info("bucket %s ready", name)
+
+    def stop(self) -> None:
+        """Stop every server we started; idempotent and safe from atexit."""
+        with self._lock:
+            procs, self._procs = self._procs, []
+            for proc in reversed(procs):
+                log.info("stopping %s (pid %d)", proc.name, proc.pid)
+                proc.stop()
+            self._stop_postgres()
+            self._endpoints = None
+            atexit.unregister(self.stop)
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _start_all(self) -> Endpoints:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        modules = ensure_npm_packages(self._cache_dir)
+        self.startup_seconds["npm packages"] = time.monotonic() - t0
+        node, _ = find_node()
+        # Spawn everything first, then wait: the servers boot in parallel.
+        km_port, km_tls = self._port("kinesis"), self._port("kinesis_tls")
+        ddb_port, moto_port = self._port("dynamodb"), self._port("moto")
+        kinesis = self._spawn_kinesis_mock(node, modules, km_port, km_tls)
+        dynalite = self._spawn_dynalite(node, modules, ddb_port)
+        moto = self._spawn_moto(moto_port)
+        osmem = self._spawn_osmem()
+        # PostgreSQL boots in a thread so each server's ready time is measured on its own.
+        with ThreadPoolExecutor(1, thread_name_prefix="pgserver") as pool:
+            pg_future = pool.submit(self._start_postgres)
+            osmem_url: dict[str, str] = {}
+            self.startup_seconds.update(wait_all_ready([
+                (kinesis, lambda: kinesis.listens_on(km_port) and kinesis.listens_on(km_tls)),
+                (dynalite, lambda: dynalite.listens_on(ddb_port)),
+                (moto, lambda: moto.listens_on(moto_port)),
+                (osmem, lambda: _osmem_url(osmem.log_path, osmem_url)),
+            ], READY_TIMEOUT))
+            dsn = pg_future.result()
+        moto_url = f"http://{LOCALHOST}:{moto_port}"
+        return Endpoints(
+            kinesis_endpoint=f"http://{LOCALHOST}:{km_port}",
+            dynamodb_endpoint=f"http://{LOCALHOST}:{ddb_port}",
+            s3_endpoint=moto_url,
+            cloudwatch_endpoint=moto_url,
+            region=self.region,
+            postgres_dsn=dsn,
+            opensearch_url=osmem_url["url"],
+        )
+
+    def _port(self, name: str) -> int:
+        return self._ports.setdefault(name, free_port())
+
+    def _spawn(self, name: str, argv: list[str], **kwargs: Any) -> ManagedProcess:
+        proc = ManagedProcess.spawn(name, argv, self.log_dir / f"{name}.log", **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def _spawn_kinesis_mock(self, node: str, modules: Path, port: int,
+                            tls_port: int) -> ManagedProcess:
+        main_js = patched_kinesis_mock(modules)
+        env = {
+            "KINESIS_MOCK_PLAIN_PORT": str(port),
+            "KINESIS_MOCK_TLS_PORT": str(tls_port),  # always opened; bound to 127.0.0.1 too
+            "KINESIS_MOCK_CERT_PATH": str(main_js.parent / "server.json"),
+            "AWS_REGION": self.region,
+            "SHOULD_PERSIST_DATA": "false",
+            "LOG_LEVEL": "WARN",  # INFO logs every request
+            **dict.fromkeys(_KM_DURATIONS, "10ms"),
+        }
+        return self._spawn("kinesis-mock", [node, str(main_js)], env=env, cwd=self.log_dir)
+
+    def _spawn_dynalite(self, node: str, modules: Path, port: int) -> ManagedProcess:
+        cli = modules / "dynalite" / "cli.js"
+        argv = [node, str(cli), "--host", LOCALHOST, "--port", str(port),
+                "--createTableMs", "10", "--deleteTableMs", "10", "--updateTableMs", "10"]
+        return self._spawn("dynalite", argv)
+
+    def _spawn_moto(self, port: int) -> ManagedProcess:
+        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+        prefix = [exe] if exe else [sys.executable, "-m", "moto.server"]
+        return self._spawn("moto", [*prefix, "-H", LOCALHOST, "-p", str(port)])
+
+    def _spawn_osmem(self) -> ManagedProcess:
+        from osmem_server import resolve_binary
+
+        port = self._ports.get("opensearch", 0)  # 0: osmem picks a port and reports it
+        argv = [resolve_binary(), "-addr", f"{LOCALHOST}:{port}", "-no-stdin-watch", "-no-ja",
+                "-parent-pid", str(os.getpid())]  # dies with us even if atexit never runs
+        return self._spawn("osmem", argv)
+
+    # -- PostgreSQL -------------------------------------------------------------------------
+
+    def _start_postgres(self) -> str:
+        t0 = time.monotonic()
+        if self._external_dsn:
+            self._check_dsn(self._external_dsn, "external PostgreSQL")
+            self.startup_seconds["postgres (external)"] = time.monotonic() - t0
+            return self._external_dsn
+        from pgserver.postgres_server import get_server
+
+        pgdata = self.run_dir / "postgres"
+        try:
+            # cleanup_mode=None: we stop it ourselves (fast mode, pid-checked) in stop().
+            self._pg = get_server(pgdata, cleanup_mode=None)
+        except Exception as exc:
+            raise StartupError(f"postgres (pgserver) failed to start: {exc}; "
+                               f"log {pgdata / 'log'}") from exc
+        self._pg_pid = self._pg.get_pid()
+        self._create_database()
+        dsn = str(self._pg.get_uri(DATABASE))
+        self._check_dsn(dsn, "postgres")
+        self.startup_seconds["postgres"] = time.monotonic() - t0
+        log.info("postgres ready in %.2f s (pid %s): %s", self.startup_seconds["postgres"],
+                 self._pg_pid, dsn)
+        return dsn
+
+    def _create_database(self) -> None:
+        conn = psycopg2.connect(self._pg.get_uri())
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(f"CREATE DATABASE {DATABASE}")
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _check_dsn(dsn: str, name: str) -> None:
+        try:
+            conn = psycopg2.connect(dsn, connect_timeout=10)
+        except psycopg2.Error as exc:
+            raise StartupError(f"{name}: cannot connect to {dsn}: {exc}") from exc
+        conn.close()
+
+    def _stop_postgres(self) -> None:
+        pg, self._pg = self._pg, None
+        pid, self._pg_pid = self._pg_pid, None
+        if pg is None:
+            return
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        # fast: disconnect clients instead of waiting for them (pgserver uses smart mode)
+        argv = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pg.pgdata), "-m", "fast", "-w",
+                "-t", "20", "stop"]
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(argv, user=pg.system_user, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30, check=False)
+        if pid is not None:
+            _kill_if_alive(pid, "postgres")
+
+
+def _kill_if_alive(pid: int, name: str, timeout: float = 10.0) -> None:
+    """Last resort for a daemonised server that did not stop: terminate, then kill, by pid."""
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        log.warning("%s (pid %d) still running after stop; terminating", name, pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            proc.kill()
+
+
+def _osmem_url(log_path: Path, found: dict[str, str]) -> bool:
+    """osmem prints one JSON line with its url once it listens; store it in found."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"url"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                found["url"] = str(json.loads(line)["url"])
+                return True
+    return False

@@ -1,0 +1,171 @@
+"""Child-process plumbing for the local stack: free ports, log files, readiness, stop.
+
+Every server runs in its own session (process group), so stopping it signals exactly the
+processes we started and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+LOCALHOST = "127.0.0.1"
+
+
+class StartupError(RuntimeError):
+    """A local server could not be started; the message names it and its log file."""
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (the server binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_open(port: int, host: str = LOCALHOST) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+@dataclass
+class ManagedProcess:
+    """One server process we started, with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")
+        full_env = {**os.environ, **(env or {})}
+        log.info("starting %s: %s (log %s)", name, " ".join(argv), log_path)
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,  # own process group: stop() signals only this tree
+            )
+        except OSError as exc:
+            log_file.close()
+            raise StartupError(f"{name}: cannot execute {argv[0]}: {exc}") from exc
+        return cls(name, popen, log_path, time.monotonic(), log_file)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def fail(self, reason: str) -> StartupError:
+        return StartupError(
+            f"{self.name} {reason}; log {self.log_path}:\n{log_tail(self.log_path)}"
+        )
+
+    def check_ready(self, probe: Callable[[], bool], timeout: float) -> float | None:
+        """Seconds since spawn if probe() is true now, else None; raise naming the server."""
+        code = self.popen.poll()
+        if code is not None:
+            raise self.fail(f"exited with code {code} during start-up")
+        if probe():
+            return time.monotonic() - self.started_at
+        if time.monotonic() > self.started_at + timeout:
+            raise self.fail(f"was not ready within {timeout:.0f} s")
+        return None
+
+    def listens_on(self, port: int) -> bool:
+        """True once this process itself listens on 127.0.0.1:port.
+
+        Checking the owner (not just connect()) means a port taken by someone else is not
+        mistaken for readiness, and a wildcard bind is reported instead of accepted.
+        """
+        try:
+            conns = psutil.Process(self.pid).net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return False
+        for conn in conns:
+            if conn.status != psutil.CONN_LISTEN or conn.laddr.port != port:
+                continue
+            if conn.laddr.ip != LOCALHOST:
+                raise self.fail(f"listens on {conn.laddr.ip}:{port}, expected {LOCALHOST}")
+            return True
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL it. Safe to call twice."""
+        if self.popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing", self.name,
+                            self.pid, timeout)
+                self._signal_group(signal.SIGKILL)
+                self.popen.wait(timeout)
+        # Children that outlived the leader are still in its group.
+        self._signal_group(signal.SIGKILL)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+
+def wait_all_ready(
+    checks: Sequence[tuple[ManagedProcess, Callable[[], bool]]], timeout: float
+) -> dict[str, float]:
+    """Poll all servers together, so each one's start-up time is its own; name -> seconds."""
+    pending = list(checks)
+    ready: dict[str, float] = {}
+    while pending:
+        for item in list(pending):
+            proc, probe = item
+            secs = proc.check_ready(probe, timeout)
+            if secs is not None:
+                ready[proc.name] = secs
+                log.info("%s ready in %.2f s (pid %d)", proc.name, secs, proc.pid)
+                pending.remove(item)
+        if pending:
+            time.sleep(0.05)
+    return ready

@@ -1,0 +1,196 @@
+"""The embedded local stack against real servers: one round trip per service, then a full stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import botocore.exceptions
+import psutil
+import psycopg2
+import pytest
+from opensearchpy import OpenSearch
+
+from consumer.local.emulators import (
+    Endpoints,
+    LocalStack,
+    StartupError,
+    boto3_client,
+    find_java,
+    find_node,
+)
+from consumer.local.procs import port_is_open
+
+pytestmark = pytest.mark.integration
+
+STREAM = "it-stream"
+BUCKET = "it-bucket"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    st = LocalStack(tmp_path_factory.mktemp("stack"), stream=STREAM, bucket=BUCKET)
+    st.start()
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def ep(stack: LocalStack) -> Endpoints:
+    return stack.endpoints
+
+
+def _tcp_ports(ep: Endpoints) -> list[int]:
+    urls = [ep.kinesis_endpoint, ep.dynamodb_endpoint, ep.s3_endpoint, ep.opensearch_url]
+    return [p for p in (urlsplit(u).port for u in urls) if p is not None]
+
+
+def test_start_up_times_are_measured(stack: LocalStack) -> None:
+    names = {"kinesis-mock", "dynalite", "moto", "osmem", "postgres", "total"}
+    assert names <= stack.startup_seconds.keys()
+
+
+def test_servers_listen_on_localhost_only(stack: LocalStack) -> None:
+    for pid in stack.pids:
+        for conn in psutil.Process(pid).net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                assert conn.laddr.ip == "127.0.0.1", (pid, conn)
+
+
+def test_kinesis_put_and_get_record(ep: Endpoints) -> None:
+    kinesis = boto3_client("kinesis", ep)
+    shards = kinesis.list_shards(StreamName=STREAM)["Shards"]
+    assert len(shards) == 4
+    put = kinesis.put_record(StreamName=STREAM, Data=b'{"n": 1}', PartitionKey="pk-1")
+    iterator = kinesis.get_shard_iterator(
+        StreamName=STREAM, ShardId=put["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    records = kinesis.get_records(ShardIterator=iterator)["Records"]
+    assert [(r["Data"], r["SequenceNumber"]) for r in records] == [
+        (b'{"n": 1}', put["SequenceNumber"])
+    ]
+
+
+def test_dynamodb_table_round_trip(ep: Endpoints) -> None:
+    ddb = boto3_client("dynamodb", ep)
+    ddb.create_table(
+        TableName="leases",
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    deadline = time.monotonic() + 10
+    while ddb.describe_table(TableName="leases")["Table"]["TableStatus"] != "ACTIVE":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    item = {"leaseKey": {"S": "shardId-000000000000"}, "checkpoint": {"S": "TRIM_HORIZON"}}
+    ddb.put_item(TableName="leases", Item=item)
+    got = ddb.get_item(TableName="leases", Key={"leaseKey": item["leaseKey"]}, ConsistentRead=True)
+    assert got["Item"] == item
+
+
+def test_s3_conditional_put_refuses_second_create(ep: Endpoints) -> None:
+    s3 = boto3_client("s3", ep)
+    s3.put_object(Bucket=BUCKET, Key="a/part-0", Body=b"first", IfNoneMatch="*")
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        s3.put_object(Bucket=BUCKET, Key="a/part-0", Body=b"second", IfNoneMatch="*")
+    assert err.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert s3.get_object(Bucket=BUCKET, Key="a/part-0")["Body"].read() == b"first"
+
+
+def test_cloudwatch_metric_round_trip(ep: Endpoints) -> None:
+    cw = boto3_client("cloudwatch", ep)
+    now = datetime.now(UTC)
+    cw.put_metric_data(
+        Namespace="AetherStream/IT",
+        MetricData=[{"MetricName": "rows", "Value": v, "Timestamp": now} for v in (2.0, 3.0)],
+    )
+    res = cw.get_metric_data(
+        MetricDataQueries=[{
+            "Id": "rows",
+            "MetricStat": {
+                "Metric": {"Namespace": "AetherStream/IT", "MetricName": "rows"},
+                "Period": 60,
+                "Stat": "Sum",
+            },
+        }],
+        StartTime=now - timedelta(minutes=5),
+        EndTime=now + timedelta(minutes=1),
+    )
+    assert sum(res["MetricDataResults"][0]["Values"]) == 5.0
+
+
+def test_postgres_select_and_create_table(ep: Endpoints) -> None:
+    conn = psycopg2.connect(ep.postgres_dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT 1, current_database()")
+            assert cur.fetchone() == (1, "aetherstream")
+            cur.execute("CREATE TABLE it_rows (id bigint, payload varchar(256))")
+            cur.execute("INSERT INTO it_rows VALUES (1, 'x')")
+            cur.execute("SELECT count(*) FROM it_rows")
+            assert cur.fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+def test_opensearch_index_and_get(ep: Endpoints) -> None:
+    client = OpenSearch(hosts=[ep.opensearch_url])
+    client.index(index="it-events", id="e1", body={"n": 1, "kind": "click"}, refresh=True)
+    assert client.get(index="it-events", id="e1")["_source"] == {"n": 1, "kind": "click"}
+
+
+def test_find_java_and_node_are_executable() -> None:
+    node, npm = find_node()
+    for exe in (find_java(), node, npm):
+        assert os.access(exe, os.X_OK), exe
+
+
+# Keep this last in the file: it stops the module's stack.
+def test_stop_leaves_nothing_running(stack: LocalStack, ep: Endpoints) -> None:
+    pids, ports = stack.pids, _tcp_ports(ep)
+    assert len(pids) == 5 and all(psutil.pid_exists(p) for p in pids)
+    assert all(port_is_open(p) for p in ports)
+    stack.stop()
+    stack.stop()  # idempotent
+    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in ports if port_is_open(p)] == []
+    assert [c.pid for c in psutil.Process().children(recursive=True)] == []
+    with pytest.raises(RuntimeError):
+        _ = stack.endpoints
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_port_taken_names_the_server_and_cleans_up(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        st = LocalStack(tmp_path, ports={"dynamodb": taken})
+        with pytest.raises(StartupError, match=r"dynalite exited with code \d+") as err:
+            st.start()
+    assert str(tmp_path / "logs" / "dynalite.log") in str(err.value)
+    assert "EADDRINUSE" in str(err.value)
+    assert st.pids == []
+    assert [c.pid for c in psutil.Process().children(recursive=True)] == []
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+
+
+def test_unreachable_external_postgres_is_named(tmp_path: Path) -> None:
+    dead = "postgresql://postgres@127.0.0.1:1/none"
+    st = LocalStack(tmp_path, postgres_dsn=dead)
+    with pytest.raises(StartupError, match="external PostgreSQL: cannot connect"):
+        st.start()
+    assert [c.pid for c in psutil.Process().children(recursive=True)] == []
