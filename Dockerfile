@@ -1,0 +1,112 @@
+# syntax=docker/dockerfile:1
+#
+# AetherStream consumer image: Python 3.11 supervisor + KCL 3.5.3 MultiLangDaemon (Java 21).
+#
+# Base images are pinned by tag here. The release pipeline must pin them by digest
+# (FROM image:tag@sha256:...) when it cuts an image, so a rebuild cannot change them silently.
+#
+# Run it read-only; the only writable paths are /tmp and the metrics directory:
+#   docker run --read-only \
+#     --tmpfs /tmp:rw,noexec,nosuid,size=64m \
+#     --tmpfs /run/aetherstream:rw,noexec,nosuid,size=64m,uid=10001,gid=10001 \
+#     -p 9400:9400 IMAGE
+# /run/aetherstream/metrics is PROMETHEUS_MULTIPROC_DIR (one mmap file per shard process);
+# /tmp holds the rendered KCL .properties and the JVM's hsperfdata. ECS mounts task volumes
+# on both paths (deploy/ecs/template.yaml).
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: the KCL multilang jars, resolved by Maven with checksum verification.
+FROM maven:3.9.11-eclipse-temurin-21 AS kcl-jars
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /kcl
+COPY docker/kcl/pom.xml pom.xml
+# --strict-checksums fails the build on any checksum mismatch instead of warning.
+# The count check catches a silently partial copy (86 = dependencies in pom.xml).
+RUN mvn --batch-mode --no-transfer-progress --strict-checksums \
+        dependency:copy-dependencies \
+    && test "$(find target/jars -name '*.jar' | wc -l)" -eq 86 \
+    && sha256sum target/jars/*.jar > target/jars.sha256
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: a virtualenv with amazon-kclpy (holding the jars) and the consumer package.
+FROM ${PYTHON_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /build
+
+# The official amazon-kclpy sdist, pinned by sha256. Its setup.py downloads every jar in its
+# pom.xml unless amazon_kclpy/jars/ already holds it, so copying the Maven-verified jars in
+# first makes the install offline and keeps the jar versions ours (scripts/install-kclpy.sh
+# does the same for the 2.x dev install).
+ARG KCLPY_VERSION=3.2.0
+ARG KCLPY_SHA256=62e81cc84714c920fe6aa5d61837b298fe7e01f6326dcb564b12ab8e6c4aca4e
+RUN pip download --no-deps --no-binary=:all: "amazon-kclpy==${KCLPY_VERSION}" -d /build/dl \
+    && echo "${KCLPY_SHA256}  /build/dl/amazon_kclpy-${KCLPY_VERSION}.tar.gz" | sha256sum -c - \
+    && tar -xzf "/build/dl/amazon_kclpy-${KCLPY_VERSION}.tar.gz" -C /build \
+    && mv "/build/amazon_kclpy-${KCLPY_VERSION}" /build/kclpy
+COPY --from=kcl-jars /kcl/target/jars/ /build/kclpy/amazon_kclpy/jars/
+RUN pip install /build/kclpy \
+    && python -c "import amazon_kclpy, pathlib, sys; \
+d = pathlib.Path(amazon_kclpy.__file__).parent / 'jars'; \
+n = len(list(d.glob('*.jar'))); \
+sys.exit(0 if n == 86 else f'expected 86 KCL jars, found {n}')"
+
+# Dependencies first (pinned in pyproject.toml), so a source change reuses this layer.
+COPY pyproject.toml /build/app/pyproject.toml
+COPY consumer /build/app/consumer
+RUN pip install /build/app \
+    && python -m compileall -q /opt/venv
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: runtime. Python 3.11 + a headless JRE 21 + tini, running as an unprivileged user.
+FROM ${PYTHON_IMAGE} AS runtime
+
+# DL3008 (unpinned apt versions) is ignored on purpose: Debian stable removes superseded
+# versions from its mirror on every security update, so an exact pin breaks the build within
+# weeks. The base image tag (and the release digest pin) fixes the distribution release;
+# within it we want the security updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-21-jre-headless tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && java -version
+
+RUN groupadd --system --gid 10001 aether \
+    && useradd --system --uid 10001 --gid aether --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin aether \
+    && install -d -o aether -g aether -m 0750 /run/aetherstream /run/aetherstream/metrics
+
+COPY --from=build /opt/venv /opt/venv
+
+# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only; bytecode was compiled at build.
+# JAVA_TOOL_OPTIONS: container-aware heap; the JVM's temp files go to /tmp.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    JAVA_TOOL_OPTIONS="-XX:+UseContainerSupport -XX:MaxRAMPercentage=50 -Djava.io.tmpdir=/tmp" \
+    TMPDIR=/tmp \
+    PROMETHEUS_MULTIPROC_DIR=/run/aetherstream/metrics \
+    AETHERSTREAM_METRICS_MULTIPROC_DIR=/run/aetherstream/metrics \
+    AETHERSTREAM_RUN_DIR=/tmp/aetherstream \
+    AETHERSTREAM_METRICS_HOST=0.0.0.0 \
+    AETHERSTREAM_METRICS_PORT=9400
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 9400
+
+# Python's urllib, not curl: one binary less in the image. Non-2xx raises, so exit 1.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9400/healthz', timeout=4)"]
+
+# tini reaps the zombies the KCL daemon's children leave and forwards SIGTERM to the
+# supervisor only. Not `tini -g`: the supervisor itself signals the java process (not its
+# group), so each shard processor gets shutdown_requested and can flush and checkpoint.
+ENTRYPOINT ["/usr/bin/tini", "--", "aetherstream"]
+CMD ["run"]
