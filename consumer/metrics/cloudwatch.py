@@ -1,0 +1,257 @@
+"""Mirror the merged Prometheus metrics into CloudWatch: EMF log lines, PutMetricData, or off.
+
+The mirror runs in the supervisor and reads the same merged registry as /metrics, so both
+views agree. Every publish turns the registry into datums:
+
+- counters: the increase since the previous successful publish (CloudWatch sums per period);
+- gauges: the current value;
+- histograms: increases of ``<name>_count`` and ``<name>_sum`` (mean = sum / count);
+
+named exactly like the Prometheus samples, with the labels as dimensions (``shard`` becomes
+``Shard``...) plus ``Application`` and ``Stream``. Counter baselines move only after a publish
+succeeded, so a failed PutMetricData is re-sent as part of the next delta rather than lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any, Literal
+
+from aws_embedded_metrics.logger.metrics_context import MetricsContext
+from aws_embedded_metrics.serializers.log_serializer import LogSerializer
+from prometheus_client import CollectorRegistry, Metric
+
+from consumer.metrics.registry import merged_registry, reap_dead_processes
+
+log = logging.getLogger(__name__)
+
+MirrorMode = Literal["emf", "put", "off"]
+PUT_BATCH = 1000  # PutMetricData's limit of MetricDatum entries per request
+
+Dimensions = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, Dimensions]
+
+
+@dataclass(frozen=True, slots=True)
+class Datum:
+    name: str
+    dimensions: Dimensions
+    value: float
+    unit: str
+
+
+def unit_for(name: str) -> str:
+    """CloudWatch unit from the Prometheus naming convention."""
+    if name.endswith(("_seconds_sum", "_seconds")):
+        return "Seconds"
+    if name.endswith(("_bytes", "_bytes_total")):
+        return "Bytes"
+    if name.startswith("aetherstream_millis_"):
+        return "Milliseconds"
+    if name.endswith(("_total", "_count", "_records")):
+        return "Count"
+    return "None"
+
+
+class DeltaTracker:
+    """Turns registry snapshots into datums, remembering counter values between publishes."""
+
+    def __init__(self, static_dimensions: dict[str, str]) -> None:
+        self._static: Dimensions = tuple(sorted(static_dimensions.items()))
+        self._baseline: dict[SeriesKey, float] = {}
+
+    def datums(self, families: Iterable[Metric]) -> tuple[list[Datum], dict[SeriesKey, float]]:
+        """Datums for this snapshot and the counter totals to :meth:`commit` once published."""
+        out: list[Datum] = []
+        totals: dict[SeriesKey, float] = {}
+        for family in families:
+            for sample in family.samples:
+                cumulative = self._is_cumulative(family.type, sample.name)
+                if cumulative is None or not math.isfinite(sample.value):
+                    continue
+                dims = self._dimensions(sample.labels)
+                value = sample.value
+                if cumulative:
+                    totals[(sample.name, dims)] = value
+                    previous = self._baseline.get((sample.name, dims), 0.0)
+                    # A total below the baseline means the counter restarted from zero.
+                    value = value - previous if value >= previous else value
+                out.append(Datum(sample.name, dims, value, unit_for(sample.name)))
+        return out, totals
+
+    def commit(self, totals: dict[SeriesKey, float]) -> None:
+        self._baseline.update(totals)
+
+    @staticmethod
+    def _is_cumulative(family_type: str, sample_name: str) -> bool | None:
+        """True for counter-like samples, False for gauges, None for samples we skip."""
+        if family_type == "counter":
+            return sample_name.endswith("_total")  # skips _created
+        if family_type == "histogram":
+            return True if sample_name.endswith(("_count", "_sum")) else None  # no buckets
+        if family_type == "gauge":
+            return False
+        return None
+
+    def _dimensions(self, labels: dict[str, str]) -> Dimensions:
+        # CloudWatch rejects empty dimension values; an empty label carries no information.
+        extra = tuple((k[:1].upper() + k[1:], v) for k, v in sorted(labels.items()) if v)
+        return self._static + extra
+
+
+class Mirror:
+    """Publishes on an interval in a daemon thread; :meth:`publish_once` for tests."""
+
+    def __init__(
+        self, source: CollectorRegistry, static_dimensions: dict[str, str], interval_s: float,
+        *, before_collect: Callable[[], object] | None = None,
+    ) -> None:
+        self.source = source
+        self.interval_s = interval_s
+        self._tracker = DeltaTracker(static_dimensions)
+        self._before_collect = before_collect
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish_once(self) -> int:
+        """Publish one snapshot; returns the number of datums sent."""
+        if self._before_collect is not None:
+            self._before_collect()
+        datums, totals = self._tracker.datums(self.source.collect())
+        if datums:
+            self._send(datums, datetime.now(UTC))
+        self._tracker.commit(totals)
+        return len(datums)
+
+    def _send(self, datums: Sequence[Datum], timestamp: datetime) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Mirror:
+        self._thread = threading.Thread(target=self._run, name="cloudwatch-mirror", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, final_publish: bool = True) -> None:
+        """Stop the thread; by default publish once more so the last increments are not lost."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 10)
+            self._thread = None
+        if final_publish:
+            self._publish_logged()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._publish_logged()
+
+    def _publish_logged(self) -> None:
+        try:
+            self.publish_once()
+        except Exception:  # keep mirroring: the next delta carries what this one missed
+            log.exception("CloudWatch mirror publish failed")
+
+
+class EmfMirror(Mirror):
+    """Writes CloudWatch Embedded Metric Format JSON lines (ECS awslogs ships them).
+
+    The stream defaults to stderr: a processor's stdout is the KCL protocol channel, and in
+    the supervisor stderr is where the rest of our JSON log goes too.
+    """
+
+    def __init__(
+        self, source: CollectorRegistry, static_dimensions: dict[str, str], interval_s: float,
+        *, namespace: str, stream: IO[str] | None = None,
+        before_collect: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__(source, static_dimensions, interval_s, before_collect=before_collect)
+        self.namespace = namespace
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def _send(self, datums: Sequence[Datum], timestamp: datetime) -> None:
+        # EMF puts dimension values at the event root, so one event group per dimension set.
+        groups: dict[Dimensions, list[Datum]] = {}
+        for datum in datums:
+            groups.setdefault(datum.dimensions, []).append(datum)
+        lines: list[str] = []
+        for dims, members in groups.items():
+            context = MetricsContext(namespace=self.namespace)
+            context.set_dimensions([dict(dims)])
+            context.set_timestamp(timestamp)
+            for datum in members:
+                context.put_metric(datum.name, datum.value, datum.unit)
+            lines.extend(LogSerializer.serialize(context))
+        stream = self._stream if self._stream is not None else sys.stderr
+        with self._lock:
+            stream.write("".join(line + "\n" for line in lines))
+            stream.flush()
+
+
+class PutMirror(Mirror):
+    """Sends datums with PutMetricData, at most :data:`PUT_BATCH` per request."""
+
+    def __init__(
+        self, source: CollectorRegistry, static_dimensions: dict[str, str], interval_s: float,
+        *, namespace: str, client: Any,
+        before_collect: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__(source, static_dimensions, interval_s, before_collect=before_collect)
+        self.namespace = namespace
+        self.client = client
+
+    def _send(self, datums: Sequence[Datum], timestamp: datetime) -> None:
+        entries = [
+            {
+                "MetricName": d.name,
+                "Dimensions": [{"Name": k, "Value": v} for k, v in d.dimensions],
+                "Timestamp": timestamp,
+                "Value": d.value,
+                "Unit": d.unit,
+            }
+            for d in datums
+        ]
+        for start in range(0, len(entries), PUT_BATCH):
+            self.client.put_metric_data(
+                Namespace=self.namespace, MetricData=entries[start : start + PUT_BATCH]
+            )
+
+
+def build_mirror(
+    mode: MirrorMode,
+    *,
+    multiproc_dir: str,
+    namespace: str,
+    application: str,
+    stream_name: str,
+    interval_s: float = 60.0,
+    emf_stream: IO[str] | None = None,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    client: Any = None,
+) -> Mirror | None:
+    """The mirror the config asks for (None for "off"); call ``.start()`` on it."""
+    if mode == "off":
+        return None
+    source = merged_registry(multiproc_dir)
+    static = {"Application": application, "Stream": stream_name}
+
+    def reap() -> object:
+        return reap_dead_processes(multiproc_dir)
+
+    if mode == "emf":
+        return EmfMirror(source, static, interval_s, namespace=namespace, stream=emf_stream,
+                         before_collect=reap)
+    if mode == "put":
+        if client is None:
+            import boto3
+
+            client = boto3.client("cloudwatch", endpoint_url=endpoint_url, region_name=region_name)
+        return PutMirror(source, static, interval_s, namespace=namespace, client=client,
+                         before_collect=reap)
+    raise ValueError(f"cloudwatch mirror mode must be emf, put or off, not {mode!r}")
