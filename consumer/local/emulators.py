@@ -1,7 +1,7 @@
 """The embedded local stack: Kinesis, DynamoDB, S3/CloudWatch/Logs, PostgreSQL and OpenSearch.
 
 kinesis-mock (h2c, so the KCL works against it) and dynalite run on Node; moto serves S3,
-CloudWatch and Logs; pgserver runs PostgreSQL 16 on a unix socket; osmem stands in for
+CloudWatch and Logs; PostgreSQL 16 runs from pgserver's binaries; osmem stands in for
 OpenSearch. Everything listens on 127.0.0.1 only, on free ports, and logs under the run dir.
 """
 
@@ -13,21 +13,20 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import boto3
-import psutil
 import psycopg2
 from botocore.config import Config
 
+from consumer.local import postgres
 from consumer.local.procs import (
     LOCALHOST,
     ManagedProcess,
@@ -118,7 +117,11 @@ class LocalStack:
         bucket: str | None = None,
         ports: dict[str, int] | None = None,
     ) -> None:
-        """ports pins a server's port by name (kinesis, kinesis_tls, dynamodb, moto)."""
+        """ports pins ports by name: kinesis, kinesis_tls, dynamodb, moto, postgres, opensearch.
+
+        stream/bucket, if given, are created by start(); postgres_dsn (or the env var
+        AETHERSTREAM_POSTGRES_DSN) uses that server instead of starting one.
+        """
         self.run_dir = Path(run_dir).resolve()
         self.region = region
         self._external_dsn = postgres_dsn or os.environ.get("AETHERSTREAM_POSTGRES_DSN")
@@ -126,8 +129,6 @@ class LocalStack:
         self._stream, self._shards, self._bucket = stream, shards, bucket
         self._ports = dict(ports or {})
         self._procs: list[ManagedProcess] = []
-        self._pg: Any = None  # pgserver.PostgresServer, when we run PostgreSQL ourselves
-        self._pg_pid: int | None = None
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
         self.startup_seconds: dict[str, float] = {}
@@ -142,9 +143,8 @@ class LocalStack:
 
     @property
     def pids(self) -> list[int]:
-        """Pids of every server process we started (PostgreSQL's postmaster included)."""
-        pids = [p.pid for p in self._procs]
-        return [*pids, self._pg_pid] if self._pg_pid else pids
+        """Pids of every server process we started."""
+        return [p.pid for p in self._procs]
 
     @property
     def log_dir(self) -> Path:
@@ -206,7 +206,6 @@ class LocalStack:
             for proc in reversed(procs):
                 log.info("stopping %s (pid %d)", proc.name, proc.pid)
                 proc.stop()
-            self._stop_postgres()
             self._endpoints = None
             atexit.unregister(self.stop)
 
@@ -237,17 +236,25 @@ class LocalStack:
         dynalite = self._spawn_dynalite(node, modules, ddb_port)
         moto = self._spawn_moto(moto_port)
         osmem = self._spawn_osmem()
-        # PostgreSQL boots in a thread so each server's ready time is measured on its own.
-        with ThreadPoolExecutor(1, thread_name_prefix="pgserver") as pool:
-            pg_future = pool.submit(self._start_postgres)
-            osmem_url: dict[str, str] = {}
-            self.startup_seconds.update(wait_all_ready([
-                (kinesis, lambda: kinesis.listens_on(km_port) and kinesis.listens_on(km_tls)),
-                (dynalite, lambda: dynalite.listens_on(ddb_port)),
-                (moto, lambda: moto.listens_on(moto_port)),
-                (osmem, lambda: _osmem_url(osmem.log_path, osmem_url)),
-            ], READY_TIMEOUT))
-            dsn = pg_future.result()
+        osmem_url: dict[str, str] = {}
+        checks: list[tuple[ManagedProcess, Callable[[], bool]]] = [
+            (kinesis, lambda: kinesis.listens_on(km_port) and kinesis.listens_on(km_tls)),
+            (dynalite, lambda: dynalite.listens_on(ddb_port)),
+            (moto, lambda: moto.listens_on(moto_port)),
+            (osmem, lambda: _osmem_url(osmem.log_path, osmem_url)),
+        ]
+        if self._external_dsn:
+            _check_dsn(self._external_dsn, "external PostgreSQL")
+            dsn = self._external_dsn
+        else:
+            pg_port = self._port("postgres")
+            pg = self._spawn_postgres(pg_port)
+            checks.append((pg, lambda: pg.listens_on(pg_port)
+                           and postgres.accepts_connections(pg_port)))
+        self.startup_seconds.update(wait_all_ready(checks, READY_TIMEOUT))
+        if not self._external_dsn:
+            postgres.create_database(pg_port, DATABASE)
+            dsn = postgres.dsn(pg_port, DATABASE)
         moto_url = f"http://{LOCALHOST}:{moto_port}"
         return Endpoints(
             kinesis_endpoint=f"http://{LOCALHOST}:{km_port}",
@@ -260,7 +267,12 @@ class LocalStack:
         )
 
     def _port(self, name: str) -> int:
-        return self._ports.setdefault(name, free_port())
+        if name not in self._ports:
+            port = free_port()
+            while port in self._ports.values():  # the kernel may hand out a port twice
+                port = free_port()
+            self._ports[name] = port
+        return self._ports[name]
 
     def _spawn(self, name: str, argv: list[str], **kwargs: Any) -> ManagedProcess:
         proc = ManagedProcess.spawn(name, argv, self.log_dir / f"{name}.log", **kwargs)
@@ -300,84 +312,23 @@ class LocalStack:
                 "-parent-pid", str(os.getpid())]  # dies with us even if atexit never runs
         return self._spawn("osmem", argv)
 
-    # -- PostgreSQL -------------------------------------------------------------------------
-
-    def _start_postgres(self) -> str:
-        t0 = time.monotonic()
-        if self._external_dsn:
-            self._check_dsn(self._external_dsn, "external PostgreSQL")
-            self.startup_seconds["postgres (external)"] = time.monotonic() - t0
-            return self._external_dsn
-        from pgserver.postgres_server import get_server
-
+    def _spawn_postgres(self, port: int) -> ManagedProcess:
         pgdata = self.run_dir / "postgres"
-        try:
-            # cleanup_mode=None: we stop it ourselves (fast mode, pid-checked) in stop().
-            self._pg = get_server(pgdata, cleanup_mode=None)
-        except Exception as exc:
-            raise StartupError(f"postgres (pgserver) failed to start: {exc}; "
-                               f"log {pgdata / 'log'}") from exc
-        self._pg_pid = self._pg.get_pid()
-        self._create_database()
-        dsn = str(self._pg.get_uri(DATABASE))
-        self._check_dsn(dsn, "postgres")
-        self.startup_seconds["postgres"] = time.monotonic() - t0
-        log.info("postgres ready in %.2f s (pid %s): %s", self.startup_seconds["postgres"],
-                 self._pg_pid, dsn)
-        return dsn
-
-    def _create_database(self) -> None:
-        conn = psycopg2.connect(self._pg.get_uri())
-        try:
-            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-                if cur.fetchone() is None:
-                    cur.execute(f"CREATE DATABASE {DATABASE}")
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _check_dsn(dsn: str, name: str) -> None:
-        try:
-            conn = psycopg2.connect(dsn, connect_timeout=10)
-        except psycopg2.Error as exc:
-            raise StartupError(f"{name}: cannot connect to {dsn}: {exc}") from exc
-        conn.close()
-
-    def _stop_postgres(self) -> None:
-        pg, self._pg = self._pg, None
-        pid, self._pg_pid = self._pg_pid, None
-        if pg is None:
-            return
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        # fast: disconnect clients instead of waiting for them (pgserver uses smart mode)
-        argv = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pg.pgdata), "-m", "fast", "-w",
-                "-t", "20", "stop"]
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(argv, user=pg.system_user, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=30, check=False)
-        if pid is not None:
-            _kill_if_alive(pid, "postgres")
+        log_path = self.log_dir / "postgres.log"
+        t0 = time.monotonic()
+        postgres.init_pgdata(pgdata, log_path)  # ~1 s, while the other servers boot
+        self.startup_seconds["postgres initdb"] = time.monotonic() - t0
+        proc = postgres.spawn(pgdata, port, log_path)
+        self._procs.append(proc)
+        return proc
 
 
-def _kill_if_alive(pid: int, name: str, timeout: float = 10.0) -> None:
-    """Last resort for a daemonised server that did not stop: terminate, then kill, by pid."""
+def _check_dsn(dsn: str, name: str) -> None:
     try:
-        proc = psutil.Process(pid)
-        proc.wait(timeout)
-    except psutil.NoSuchProcess:
-        return
-    except psutil.TimeoutExpired:
-        log.warning("%s (pid %d) still running after stop; terminating", name, pid)
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
-            proc.kill()
-
+        conn = psycopg2.connect(dsn, connect_timeout=10)
+    except psycopg2.Error as exc:
+        raise StartupError(f"{name}: cannot connect to {dsn}: {exc}") from exc
+    conn.close()
 
 def _osmem_url(log_path: Path, found: dict[str, str]) -> bool:
     """osmem prints one JSON line with its url once it listens; store it in found."""

@@ -7,11 +7,14 @@ processes we started and nothing else.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,8 @@ import psutil
 log = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 class StartupError(RuntimeError):
@@ -44,6 +49,18 @@ def port_is_open(port: int, host: str = LOCALHOST) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to signal the child when we die, even by SIGKILL.
+
+    The signal fires when the *thread* that forked exits, so only the main thread (which
+    lives as long as the process) may use it.
+    """
+    libc = _LIBC
+    if libc is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return lambda: libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
 def log_tail(path: Path, lines: int = 15) -> str:
     """The last lines of a log file, for error messages."""
     try:
@@ -61,6 +78,7 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started_at: float
+    stop_signal: signal.Signals = signal.SIGTERM
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     @classmethod
@@ -72,6 +90,8 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        user: str | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> ManagedProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("ab")
@@ -86,11 +106,13 @@ class ManagedProcess:
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,  # own process group: stop() signals only this tree
+                user=user,
+                preexec_fn=_die_with_parent(stop_signal),  # no leak if the caller is killed
             )
         except OSError as exc:
             log_file.close()
             raise StartupError(f"{name}: cannot execute {argv[0]}: {exc}") from exc
-        return cls(name, popen, log_path, time.monotonic(), log_file)
+        return cls(name, popen, log_path, time.monotonic(), stop_signal, log_file)
 
     @property
     def pid(self) -> int:
@@ -131,13 +153,18 @@ class ManagedProcess:
         return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL it. Safe to call twice."""
+        """Signal the leader, wait, then SIGKILL the whole group. Safe to call twice.
+
+        Only the leader gets the polite signal: PostgreSQL's helpers treat SIGINT as
+        "cancel" or "checkpoint", and the postmaster shuts them down itself.
+        """
         if self.popen.poll() is None:
-            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing", self.name,
+                log.warning("%s (pid %d) ignored its stop signal for %.0f s; killing", self.name,
                             self.pid, timeout)
                 self._signal_group(signal.SIGKILL)
                 self.popen.wait(timeout)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -194,3 +198,29 @@ def test_unreachable_external_postgres_is_named(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="external PostgreSQL: cannot connect"):
         st.start()
     assert [c.pid for c in psutil.Process().children(recursive=True)] == []
+
+
+_CRASHING_CALLER = """
+import json, os, signal, sys
+from pathlib import Path
+from consumer.local.emulators import LocalStack
+st = LocalStack(Path(sys.argv[1]))
+st.start()
+Path(sys.argv[2]).write_text(json.dumps(st.pids))
+os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no context manager
+"""
+
+
+def test_killed_caller_leaks_no_server(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_CALLER, str(tmp_path / "run"), str(pid_file)],
+        capture_output=True, timeout=120, check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    pids = json.loads(pid_file.read_text())
+    assert len(pids) == 5
+    deadline = time.monotonic() + 20
+    while [p for p in pids if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pids if _alive(p)] == []
