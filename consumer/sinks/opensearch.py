@@ -1,0 +1,286 @@
+"""OpenSearch sink: daily indices behind aliases, bulk writes with deterministic _id.
+
+Functional core (pure): index templates, daily index names, documents, NDJSON bulk bodies
+and the per-item classification of a bulk response. Thin shell: `install_templates` and
+`OpenSearchSink`, which retries whole-request failures and 429/5xx ITEMS with backoff and
+returns 4xx items (e.g. mapper_parsing_exception) as rejected, with the server's reason, so
+one bad document never fails its batch.
+
+Exactly-once effects: `_id` is the row identity (result_id, or stream:shard:seq:subseq) and
+the index is derived from the row's own event time, so a replay overwrites the same doc.
+We use the raw _bulk API rather than helpers.streaming_bulk: it gives per-item statuses in
+request order, which is all the control we need, without the helper's own retry policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from consumer.sinks.base import RawRow, RejectedItem, ResultRow, WriteOutcome
+from consumer.sinks.retry import Retrier, StopRetrying
+
+RowT = TypeVar("RowT")
+
+RESULTS = "results"
+RAW = "raw"
+
+_DATE = {"type": "date", "format": "epoch_millis"}
+_KW = {"type": "keyword"}
+
+_MAPPINGS: dict[str, dict[str, Any]] = {
+    RESULTS: {
+        "result_id": _KW,
+        "kind": _KW,
+        "window_start": _DATE,
+        "window_end": _DATE,
+        "key": _KW,  # array of strings: every key part is searchable
+        "key_text": _KW,  # the whole key, for terms aggregations that merge shards
+        "shard_id": _KW,
+        "count": {"type": "long"},
+        "sum": {"type": "double"},
+        "min": {"type": "double"},
+        "max": {"type": "double"},
+        "mean": {"type": "double"},
+        "first_ts": _DATE,
+        "last_ts": _DATE,
+        "is_final": {"type": "boolean"},
+        "quantiles": {"type": "object", "dynamic": True},
+    },
+    RAW: {
+        "stream": _KW,
+        "shard": _KW,
+        "sequence": _KW,  # up to 56 digits: longer than a long
+        "sub_sequence": {"type": "long"},
+        "partition_key": _KW,
+        "arrival": _DATE,
+        "event_ts": _DATE,
+        "device_id": _KW,
+        "metric": _KW,
+        "value": {"type": "double"},
+        "payload": {"type": "text", "index": False},
+    },
+}
+
+
+# ---------------------------------------------------------------- pure core
+
+
+def alias_name(prefix: str, kind: str) -> str:
+    return f"{prefix}-{kind}"
+
+
+def daily_index(prefix: str, kind: str, ts_ms: int) -> str:
+    """`<prefix>-<kind>-YYYY.MM.DD` of the event time in UTC."""
+    day = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return f"{prefix}-{kind}-{day:%Y.%m.%d}"
+
+
+def index_templates(prefix: str, shards: int = 1, replicas: int = 0) -> dict[str, Any]:
+    """Composable templates: every daily index gets the mapping and joins the alias.
+
+    dynamic=strict: an unexpected field is rejected (and quarantined) instead of silently
+    growing the mapping.
+    """
+    return {
+        f"{prefix}-{kind}": {
+            "index_patterns": [f"{prefix}-{kind}-*"],
+            "template": {
+                "settings": {"number_of_shards": shards, "number_of_replicas": replicas},
+                "aliases": {alias_name(prefix, kind): {}},
+                "mappings": {"dynamic": "strict", "properties": props},
+            },
+        }
+        for kind, props in _MAPPINGS.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class IndexDoc:
+    index: str
+    doc_id: str
+    source: Mapping[str, Any]
+
+
+def result_doc(prefix: str, row: ResultRow) -> IndexDoc:
+    source = {
+        "result_id": row.result_id,
+        "kind": row.kind,
+        "window_start": row.start_ms,
+        "window_end": row.end_ms,
+        "key": list(row.key),
+        "key_text": "\x1f".join(row.key),  # unit separator: cannot clash with key text
+        "shard_id": row.shard_id,
+        "count": row.count,
+        "sum": row.sum,
+        "min": row.min,
+        "max": row.max,
+        "mean": row.mean,
+        "first_ts": row.first_ts_ms,
+        "last_ts": row.last_ts_ms,
+        "is_final": row.is_final,
+        "quantiles": dict(row.quantiles),
+    }
+    return IndexDoc(daily_index(prefix, RESULTS, row.start_ms), row.result_id, source)
+
+
+def raw_doc(prefix: str, row: RawRow) -> IndexDoc:
+    source = {
+        "stream": row.stream,
+        "shard": row.shard,
+        "sequence": str(row.sequence),
+        "sub_sequence": row.sub_sequence,
+        "partition_key": row.partition_key,
+        "arrival": row.arrival_ms,
+        "event_ts": row.event_ts_ms,
+        "device_id": row.device_id,
+        "metric": row.metric,
+        "value": row.value,
+        "payload": row.payload,
+    }
+    ts = row.event_ts_ms if row.event_ts_ms is not None else row.arrival_ms
+    return IndexDoc(daily_index(prefix, RAW, ts), row.doc_id, source)
+
+
+def dedupe_docs(docs: Sequence[IndexDoc]) -> list[IndexDoc]:
+    """Last version per (index, _id); one bulk should not index the same doc twice."""
+    latest: dict[tuple[str, str], IndexDoc] = {}
+    for doc in docs:
+        latest.pop((doc.index, doc.doc_id), None)
+        latest[(doc.index, doc.doc_id)] = doc
+    return list(latest.values())
+
+
+def bulk_body(docs: Sequence[IndexDoc]) -> bytes:
+    lines: list[bytes] = []
+    for doc in docs:
+        lines.append(orjson.dumps({"index": {"_index": doc.index, "_id": doc.doc_id}}))
+        # NaN/inf serialize as null (orjson), which a double field accepts as missing.
+        lines.append(orjson.dumps(doc.source))
+    return b"\n".join(lines) + b"\n"
+
+
+def is_retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    written: int
+    retry: tuple[IndexDoc, ...]
+    rejected: tuple[RejectedItem, ...] = field(default=())
+
+
+class BulkResponseMismatch(Exception):
+    """The response does not line up with the request; the whole request is retried."""
+
+
+def classify_items(docs: Sequence[IndexDoc], response: Mapping[str, Any]) -> BulkOutcome:
+    """Split a bulk response (items are in request order) into written / retry / rejected."""
+    items = response.get("items", [])
+    if len(items) != len(docs):
+        raise BulkResponseMismatch(f"sent {len(docs)} docs, got {len(items)} items")
+    written = 0
+    retry: list[IndexDoc] = []
+    rejected: list[RejectedItem] = []
+    for doc, item in zip(docs, items, strict=True):
+        result = next(iter(item.values()))
+        status = int(result.get("status", 500))
+        if status < 300:
+            written += 1
+        elif is_retryable_status(status):
+            retry.append(doc)
+        else:
+            error = result.get("error") or {}
+            if isinstance(error, str):
+                error = {"type": "error", "reason": error}
+            rejected.append(
+                RejectedItem(
+                    item_id=doc.doc_id,
+                    status=status,
+                    reason=str(error.get("type", "unknown")),
+                    message=str(error.get("reason", "")),
+                )
+            )
+    return BulkOutcome(written, tuple(retry), tuple(rejected))
+
+
+# ---------------------------------------------------------------- I/O shell
+
+
+def install_templates(client: Any, prefix: str, shards: int = 1, replicas: int = 0) -> None:
+    """Idempotent: PUT replaces a template with the same body."""
+    for name, body in index_templates(prefix, shards, replicas).items():
+        client.indices.put_index_template(name=name, body=body)
+
+
+class ItemsThrottled(Exception):
+    """Some bulk items came back 429/5xx; used as the retry event's error."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    from opensearchpy.exceptions import ConnectionError, TransportError
+
+    if isinstance(exc, ConnectionError | BulkResponseMismatch | OSError):
+        return True
+    if isinstance(exc, TransportError):
+        status = exc.status_code
+        return not isinstance(status, int) or is_retryable_status(status)
+    return False
+
+
+class OpenSearchSink(Generic[RowT]):
+    """Commit step: every doc of a batch is indexed or returned as rejected."""
+
+    def __init__(
+        self,
+        name: str,
+        client: Any,
+        to_doc: Callable[[RowT], IndexDoc],
+        retrier: Retrier | None = None,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.to_doc = to_doc
+        self.retrier = retrier or Retrier(name)
+        self.retrier.retryable = _retryable
+
+    def _bulk(self, docs: Sequence[IndexDoc]) -> BulkOutcome:
+        response = self.client.bulk(body=bulk_body(docs))
+        return classify_items(docs, response)
+
+    def write_docs(self, docs: Sequence[IndexDoc]) -> WriteOutcome:
+        pending: Sequence[IndexDoc] = dedupe_docs(docs)
+        written = 0
+        rejected: list[RejectedItem] = []
+        attempt = 0
+        while pending:
+            outcome = self.retrier.call(partial(self._bulk, pending))
+            written += outcome.written
+            rejected.extend(outcome.rejected)
+            pending = outcome.retry
+            if pending:
+                # Only the throttled items go again; the rest are already durable.
+                if self.retrier.should_stop():
+                    raise StopRetrying(f"{self.name}: {len(pending)} items not yet written")
+                self.retrier.pause(attempt, ItemsThrottled(f"{len(pending)} items"))
+                attempt += 1
+        return WriteOutcome(written, tuple(rejected))
+
+    def write_batch(self, rows: Sequence[RowT], batch_key: str = "") -> WriteOutcome:
+        return self.write_docs([self.to_doc(r) for r in rows])
+
+
+def results_sink(
+    client: Any, prefix: str, retrier: Retrier | None = None
+) -> OpenSearchSink[ResultRow]:
+    return OpenSearchSink("opensearch-results", client, lambda r: result_doc(prefix, r), retrier)
+
+
+def raw_sink(client: Any, prefix: str, retrier: Retrier | None = None) -> OpenSearchSink[RawRow]:
+    return OpenSearchSink("opensearch-raw", client, lambda r: raw_doc(prefix, r), retrier)

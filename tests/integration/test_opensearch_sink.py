@@ -1,0 +1,220 @@
+"""OpenSearch sink against a real server.
+
+Stand-in: osmem-server, because it is the only OpenSearch-compatible server installable
+offline and it behaves like OpenSearch where this sink depends on it: composable templates
+with aliases, _bulk with explicit _id (re-index overwrites), and per-item errors
+(mapper_parsing_exception, strict_dynamic_mapping_exception). It is slow (~2k docs/s), so
+the data here stays small. Faults (429 items, 503 requests) come from tests/support's proxy,
+since osmem never throttles. One osmem per module; each test uses its own index prefix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opensearchpy import OpenSearch
+
+from consumer.sinks.base import RawRow, ResultRow
+from consumer.sinks.opensearch import (
+    IndexDoc,
+    OpenSearchSink,
+    alias_name,
+    bulk_body,
+    classify_items,
+    daily_index,
+    install_templates,
+    raw_sink,
+    result_doc,
+    results_sink,
+)
+from consumer.sinks.retry import Backoff, CircuitBreaker, Retrier, StopRetrying
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.servers import osmem
+
+pytestmark = pytest.mark.integration
+DAY_MS = 86_400_000
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+_prefixes = (f"p{i}" for i in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with osmem() as base:
+        yield base
+
+
+@pytest.fixture()
+def client(url: str) -> OpenSearch:
+    return OpenSearch(hosts=[url], timeout=30)
+
+
+@pytest.fixture()
+def prefix(client: OpenSearch) -> str:
+    p = next(_prefixes)
+    install_templates(client, p)
+    return p
+
+
+def fast_retrier(name: str, **kw: Any) -> Retrier:
+    return Retrier(
+        name,
+        Backoff(base_ms=1, cap_ms=20),
+        CircuitBreaker(failure_threshold=50, reset_timeout_ms=10),
+        **kw,
+    )
+
+
+def result(i: int, *, start: int = T0, count: int = 1) -> ResultRow:
+    return ResultRow(
+        result_id=f"r{i:04d}",
+        kind="tumbling",
+        start_ms=start,
+        end_ms=start + 60_000,
+        key=(f"dev-{i % 7}", "temp"),
+        shard_id="shardId-000",
+        count=count,
+        sum=float(count),
+        min=1.0,
+        max=1.0,
+        mean=1.0,
+        first_ts_ms=start,
+        last_ts_ms=start + 1,
+        is_final=False,
+        quantiles={"p50": 1.0},
+    )
+
+
+def count(client: OpenSearch, index: str) -> int:
+    client.indices.refresh(index=index)
+    return int(client.count(index=index)["count"])
+
+
+def test_templates_installed(client: OpenSearch, prefix: str) -> None:
+    got = client.indices.get_index_template(name=f"{prefix}-*")
+    names = sorted(t["name"] for t in got["index_templates"])
+    assert names == [f"{prefix}-raw", f"{prefix}-results"]
+    install_templates(client, prefix)  # idempotent
+
+
+def test_daily_indices_behind_alias_and_replay_keeps_count(client: OpenSearch, prefix: str) -> None:
+    sink = results_sink(client, prefix, fast_retrier("os"))
+    rows = [result(i, start=T0 + (i % 2) * DAY_MS) for i in range(40)]
+    assert sink.write_batch(rows, "b").written == 40
+    alias = alias_name(prefix, "results")
+    indices = sorted(client.indices.get_alias(name=alias))
+    assert indices == [f"{prefix}-results-2023.11.14", f"{prefix}-results-2023.11.15"]
+    assert count(client, alias) == 40
+    assert sink.write_batch(rows, "b").written == 40  # replay overwrites
+    # A late record updates one result: same _id, same daily index, new values.
+    sink.write_batch([result(3, start=T0 + DAY_MS, count=5)], "late")
+    assert count(client, alias) == 40
+    doc = client.get(index=f"{prefix}-results-2023.11.15", id="r0003")
+    assert doc["_source"]["count"] == 5
+
+
+def test_raw_records_use_record_identity(client: OpenSearch, prefix: str) -> None:
+    rows = [
+        RawRow("s", "sh-1", 10**50 + i, 0, "pk", T0, T0 + i, "d", "m", 1.5, '{"a": 1}')
+        for i in range(10)
+    ]
+    sink = raw_sink(client, prefix, fast_retrier("os-raw"))
+    sink.write_batch(rows + rows[:3], "x")
+    sink.write_batch(rows, "x")
+    assert count(client, alias_name(prefix, "raw")) == 10
+    doc = client.get(index=f"{prefix}-raw-2023.11.14", id=rows[0].doc_id)
+    assert doc["_source"]["sequence"] == str(10**50)
+
+
+def test_mapping_conflict_is_rejected_with_reason_rest_lands(
+    client: OpenSearch, prefix: str
+) -> None:
+    sink = results_sink(client, prefix, fast_retrier("os"))
+    good = [result_doc(prefix, result(i)) for i in range(5)]
+    bad_type = IndexDoc(good[0].index, "bad-type", {**good[0].source, "count": "many"})
+    unknown = IndexDoc(good[0].index, "bad-field", {**good[0].source, "surprise": 1})
+    outcome = sink.write_docs([good[0], bad_type, *good[1:], unknown])
+    assert outcome.written == 5
+    reasons = {r.item_id: (r.status, r.reason) for r in outcome.rejected}
+    assert reasons == {
+        "bad-type": (400, "mapper_parsing_exception"),
+        "bad-field": (400, "strict_dynamic_mapping_exception"),
+    }
+    assert "count" in next(r.message for r in outcome.rejected if r.item_id == "bad-type")
+    assert count(client, alias_name(prefix, "results")) == 5
+
+
+def test_throttled_items_and_failed_requests_land_exactly_once(
+    client: OpenSearch, url: str, prefix: str
+) -> None:
+    rows = [result(i, start=T0 + (i % 3) * DAY_MS) for i in range(300)]
+    with FaultyProxy(url, throttle_fraction=0.3, fail_fraction=0.2, seed=7) as proxy:
+        via = OpenSearch(hosts=[proxy.url], timeout=30, max_retries=0)
+        sink = results_sink(via, prefix, fast_retrier("os"))
+        for chunk in range(0, 300, 100):
+            outcome = sink.write_batch(rows[chunk : chunk + 100], f"c{chunk}")
+            assert outcome.written == 100 and outcome.rejected == ()
+    assert proxy.stats.throttled_items > 50 and proxy.stats.failed_requests > 0
+    assert proxy.stats.forwarded_items == 300  # nothing was forwarded twice
+    alias = alias_name(prefix, "results")
+    assert count(client, alias) == 300
+    got = client.mget(
+        body={"docs": [{"_index": result_doc(prefix, r).index, "_id": r.result_id} for r in rows]}
+    )
+    assert all(d["found"] and d["_version"] == 1 for d in got["docs"])
+
+
+def test_stop_interrupts_endless_throttling(url: str, prefix: str) -> None:
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with FaultyProxy(url, throttle_fraction=1.0) as proxy:
+        via = OpenSearch(hosts=[proxy.url], timeout=30, max_retries=0)
+        sink = results_sink(via, prefix, fast_retrier("os", should_stop=stop))
+        with pytest.raises(StopRetrying):
+            sink.write_batch([result(1)], "k")
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_daily_index_uses_utc_event_day() -> None:
+    assert daily_index("a", "results", 0) == "a-results-1970.01.01"
+    assert daily_index("a", "raw", DAY_MS - 1) == "a-raw-1970.01.01"
+    assert daily_index("a", "raw", DAY_MS) == "a-raw-1970.01.02"
+
+
+def test_classify_items_and_body() -> None:
+    docs = [IndexDoc("i", str(n), {"n": n}) for n in range(4)]
+    assert bulk_body(docs[:1]) == b'{"index":{"_index":"i","_id":"0"}}\n{"n":0}\n'
+    response = {
+        "items": [
+            {"index": {"status": 201}},
+            {"index": {"status": 429, "error": {"type": "es_rejected_execution_exception"}}},
+            {"index": {"status": 503, "error": {"type": "unavailable"}}},
+            {
+                "index": {
+                    "status": 400,
+                    "error": {"type": "mapper_parsing_exception", "reason": "bad"},
+                }
+            },
+        ]
+    }
+    out = classify_items(docs, response)
+    assert out.written == 1
+    assert [d.doc_id for d in out.retry] == ["1", "2"]
+    assert [(r.item_id, r.reason, r.message) for r in out.rejected] == [
+        ("3", "mapper_parsing_exception", "bad")
+    ]
+
+
+def test_sink_type_accepts_custom_docs(client: OpenSearch, prefix: str) -> None:
+    sink: OpenSearchSink[int] = OpenSearchSink(
+        "ints", client, lambda n: result_doc(prefix, result(n)), fast_retrier("ints")
+    )
+    assert sink.write_batch([1, 2, 2], "k").written == 2
