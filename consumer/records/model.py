@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
+
 
 class Position(NamedTuple):
     """A point in a shard: (sequence number, sub-sequence number), ordered.
@@ -35,9 +37,15 @@ class RawRecord:
     arrival_ms: int  # approximateArrivalTimestamp, epoch milliseconds
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A record that passed the contract: what the windows and sinks need of it."""
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """A record that passed the contract: what the windows and sinks need of it.
+
+    A frozen msgspec Struct rather than a frozen dataclass: construction is ~10x cheaper
+    (40 ns vs 500 ns), which matters at one Event per record. It is immutable, hashable,
+    keyword- or positionally-constructed like the dataclass; use msgspec.structs.replace
+    instead of dataclasses.replace. gc=False: an Event holds no cycles, so the collector
+    need not track a million of them.
+    """
 
     key: tuple[str, ...]  # (device_id, metric) by default; configurable field paths
     ts_ms: int  # event time, epoch milliseconds UTC
