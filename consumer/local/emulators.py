@@ -16,7 +16,6 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,9 +29,9 @@ from consumer.local import postgres
 from consumer.local.procs import (
     LOCALHOST,
     ManagedProcess,
+    ReadyWaiter,
     StartupError,
     free_port,
-    wait_all_ready,
 )
 from consumer.local.tooling import (
     ensure_npm_packages,
@@ -229,41 +228,33 @@ class LocalStack:
         modules = ensure_npm_packages(self._cache_dir)
         self.startup_seconds["npm packages"] = time.monotonic() - t0
         node, _ = find_node()
-        # Spawn everything first, then wait: the servers boot in parallel.
-        km_port, km_tls = self._port("kinesis"), self._port("kinesis_tls")
-        ddb_port, moto_port = self._port("dynamodb"), self._port("moto")
-        kinesis = self._spawn_kinesis_mock(node, modules, km_port, km_tls)
-        dynalite = self._spawn_dynalite(node, modules, ddb_port)
+        km, km_tls = self._port("kinesis"), self._port("kinesis_tls")
+        ddb, moto_port = self._port("dynamodb"), self._port("moto")
+        # Spawn everything, then wait for all in parallel: the servers boot concurrently.
+        kinesis = self._spawn_kinesis_mock(node, modules, km, km_tls)
+        dynalite = self._spawn_dynalite(node, modules, ddb)
         moto = self._spawn_moto(moto_port)
         osmem = self._spawn_osmem()
-        osmem_url: dict[str, str] = {}
-        checks: list[tuple[ManagedProcess, Callable[[], bool]]] = [
-            (kinesis, lambda: kinesis.listens_on(km_port) and kinesis.listens_on(km_tls)),
-            (dynalite, lambda: dynalite.listens_on(ddb_port)),
-            (moto, lambda: moto.listens_on(moto_port)),
-            (osmem, lambda: _osmem_url(osmem.log_path, osmem_url)),
-        ]
-        if self._external_dsn:
-            _check_dsn(self._external_dsn, "external PostgreSQL")
-            dsn = self._external_dsn
-        else:
-            pg_port = self._port("postgres")
-            pg = self._spawn_postgres(pg_port)
-            checks.append((pg, lambda: pg.listens_on(pg_port)
-                           and postgres.accepts_connections(pg_port)))
-        self.startup_seconds.update(wait_all_ready(checks, READY_TIMEOUT))
-        if not self._external_dsn:
-            postgres.create_database(pg_port, DATABASE)
-            dsn = postgres.dsn(pg_port, DATABASE)
+        found: dict[str, str] = {}
+        with ReadyWaiter(READY_TIMEOUT) as waiter:
+            waiter.add(kinesis, lambda: kinesis.listens_on(km) and kinesis.listens_on(km_tls))
+            waiter.add(dynalite, lambda: dynalite.listens_on(ddb))
+            waiter.add(moto, lambda: moto.listens_on(moto_port))
+            waiter.add(osmem, lambda: _osmem_url(osmem.log_path, found))
+            self._start_postgres(waiter, found)  # initdb runs while the others boot
+            self.startup_seconds.update(waiter.results())
+        if "dsn" not in found:
+            postgres.create_database(self._port("postgres"), DATABASE)
+            found["dsn"] = postgres.dsn(self._port("postgres"), DATABASE)
         moto_url = f"http://{LOCALHOST}:{moto_port}"
         return Endpoints(
-            kinesis_endpoint=f"http://{LOCALHOST}:{km_port}",
-            dynamodb_endpoint=f"http://{LOCALHOST}:{ddb_port}",
+            kinesis_endpoint=f"http://{LOCALHOST}:{km}",
+            dynamodb_endpoint=f"http://{LOCALHOST}:{ddb}",
             s3_endpoint=moto_url,
             cloudwatch_endpoint=moto_url,
             region=self.region,
-            postgres_dsn=dsn,
-            opensearch_url=osmem_url["url"],
+            postgres_dsn=found["dsn"],
+            opensearch_url=found["url"],
         )
 
     def _port(self, name: str) -> int:
@@ -312,15 +303,21 @@ class LocalStack:
                 "-parent-pid", str(os.getpid())]  # dies with us even if atexit never runs
         return self._spawn("osmem", argv)
 
-    def _spawn_postgres(self, port: int) -> ManagedProcess:
-        pgdata = self.run_dir / "postgres"
-        log_path = self.log_dir / "postgres.log"
+    def _start_postgres(self, waiter: ReadyWaiter, found: dict[str, str]) -> None:
+        """Use the external DSN, or initdb (first run only) and spawn our own server."""
         t0 = time.monotonic()
-        postgres.init_pgdata(pgdata, log_path)  # ~1 s, while the other servers boot
+        if self._external_dsn:
+            _check_dsn(self._external_dsn, "external PostgreSQL")
+            found["dsn"] = self._external_dsn
+            self.startup_seconds["postgres (external)"] = time.monotonic() - t0
+            return
+        port = self._port("postgres")
+        log_path = self.log_dir / "postgres.log"
+        postgres.init_pgdata(self.run_dir / "postgres", log_path)
         self.startup_seconds["postgres initdb"] = time.monotonic() - t0
-        proc = postgres.spawn(pgdata, port, log_path)
+        proc = postgres.spawn(self.run_dir / "postgres", port, log_path)
         self._procs.append(proc)
-        return proc
+        waiter.add(proc, lambda: proc.listens_on(port) and postgres.accepts_connections(port))
 
 
 def _check_dsn(dsn: str, name: str) -> None:

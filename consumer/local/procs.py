@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -123,16 +124,21 @@ class ManagedProcess:
             f"{self.name} {reason}; log {self.log_path}:\n{log_tail(self.log_path)}"
         )
 
-    def check_ready(self, probe: Callable[[], bool], timeout: float) -> float | None:
-        """Seconds since spawn if probe() is true now, else None; raise naming the server."""
-        code = self.popen.poll()
-        if code is not None:
-            raise self.fail(f"exited with code {code} during start-up")
-        if probe():
-            return time.monotonic() - self.started_at
-        if time.monotonic() > self.started_at + timeout:
-            raise self.fail(f"was not ready within {timeout:.0f} s")
-        return None
+    def wait_ready(self, probe: Callable[[], bool], timeout: float,
+                   abort: threading.Event) -> float:
+        """Poll probe() until true; return seconds since spawn. Raise naming the server."""
+        while True:
+            code = self.popen.poll()
+            if code is not None:
+                raise self.fail(f"exited with code {code} during start-up")
+            if probe():
+                secs = time.monotonic() - self.started_at
+                log.info("%s ready in %.2f s (pid %d)", self.name, secs, self.pid)
+                return secs
+            if time.monotonic() > self.started_at + timeout:
+                raise self.fail(f"was not ready within {timeout:.0f} s")
+            if abort.wait(0.05):
+                raise StartupError(f"{self.name}: start-up abandoned, another server failed")
 
     def listens_on(self, port: int) -> bool:
         """True once this process itself listens on 127.0.0.1:port.
@@ -179,20 +185,32 @@ class ManagedProcess:
             os.killpg(self.pid, sig)
 
 
-def wait_all_ready(
-    checks: Sequence[tuple[ManagedProcess, Callable[[], bool]]], timeout: float
-) -> dict[str, float]:
-    """Poll all servers together, so each one's start-up time is its own; name -> seconds."""
-    pending = list(checks)
-    ready: dict[str, float] = {}
-    while pending:
-        for item in list(pending):
-            proc, probe = item
-            secs = proc.check_ready(probe, timeout)
-            if secs is not None:
-                ready[proc.name] = secs
-                log.info("%s ready in %.2f s (pid %d)", proc.name, secs, proc.pid)
-                pending.remove(item)
-        if pending:
-            time.sleep(0.05)
-    return ready
+class ReadyWaiter:
+    """Waits for servers in threads while the caller keeps spawning more.
+
+    Each server gets its own poller, so each start-up time is its own. Spawning stays in the
+    calling thread: the parent-death signal is tied to the thread that forks. On any error
+    the abort event makes the other pollers give up.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.abort = threading.Event()
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="local-stack-ready")
+        self._futures: dict[Future[float], str] = {}
+
+    def add(self, proc: ManagedProcess, probe: Callable[[], bool]) -> None:
+        future = self._pool.submit(proc.wait_ready, probe, self.timeout, self.abort)
+        self._futures[future] = proc.name
+
+    def results(self) -> dict[str, float]:
+        """Server name -> seconds from spawn to ready; raises the first failure."""
+        return {self._futures[f]: f.result() for f in as_completed(self._futures)}
+
+    def __enter__(self) -> ReadyWaiter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.abort.set()
+        self._pool.shutdown(wait=True)

@@ -80,6 +80,17 @@ def test_kinesis_put_and_get_record(ep: Endpoints) -> None:
     ]
 
 
+def test_kinesis_speaks_h2c_for_the_kcl(ep: Endpoints) -> None:
+    # The KCL talks HTTP/2 with prior knowledge to an http:// endpoint; the server must answer
+    # the connection preface with a SETTINGS frame (werkzeug-style servers answer HTTP/1.1).
+    port = urlsplit(ep.kinesis_endpoint).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)[:3] + b"\x04" + bytes(5))
+        header = sock.recv(9)
+    assert len(header) == 9 and header[3] == 0x04, header
+
+
 def test_dynamodb_table_round_trip(ep: Endpoints) -> None:
     ddb = boto3_client("dynamodb", ep)
     ddb.create_table(
