@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import psycopg2
@@ -240,12 +241,14 @@ class LocalStack:
             waiter.add(kinesis, lambda: kinesis.listens_on(km) and kinesis.listens_on(km_tls))
             waiter.add(dynalite, lambda: dynalite.listens_on(ddb))
             waiter.add(moto, lambda: moto.listens_on(moto_port))
-            waiter.add(osmem, lambda: _osmem_url(osmem.log_path, found))
+            waiter.add(osmem, lambda: _osmem_url(osmem, found))
             self._start_postgres(waiter, found)  # initdb runs while the others boot
             self.startup_seconds.update(waiter.results())
         if "dsn" not in found:
             postgres.create_database(self._port("postgres"), DATABASE)
             found["dsn"] = postgres.dsn(self._port("postgres"), DATABASE)
+        # Keep osmem's self-chosen port, so a restart of this stack keeps every endpoint.
+        self._ports.setdefault("opensearch", urlsplit(found["url"]).port or 0)
         moto_url = f"http://{LOCALHOST}:{moto_port}"
         return Endpoints(
             kinesis_endpoint=f"http://{LOCALHOST}:{km}",
@@ -327,9 +330,9 @@ def _check_dsn(dsn: str, name: str) -> None:
         raise StartupError(f"{name}: cannot connect to {dsn}: {exc}") from exc
     conn.close()
 
-def _osmem_url(log_path: Path, found: dict[str, str]) -> bool:
+def _osmem_url(proc: ManagedProcess, found: dict[str, str]) -> bool:
     """osmem prints one JSON line with its url once it listens; store it in found."""
-    for line in log_path.read_text(errors="replace").splitlines():
+    for line in proc.new_log_text().splitlines():
         if line.startswith("{") and '"url"' in line:
             with contextlib.suppress(ValueError, KeyError):
                 found["url"] = str(json.loads(line)["url"])

@@ -80,6 +80,7 @@ class ManagedProcess:
     log_path: Path
     started_at: float
     stop_signal: signal.Signals = signal.SIGTERM
+    log_offset: int = 0  # logs are appended across runs; this run's output starts here
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     @classmethod
@@ -96,6 +97,7 @@ class ManagedProcess:
     ) -> ManagedProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("ab")
+        offset = log_file.tell()
         full_env = {**os.environ, **(env or {})}
         log.info("starting %s: %s (log %s)", name, " ".join(argv), log_path)
         try:
@@ -113,11 +115,17 @@ class ManagedProcess:
         except OSError as exc:
             log_file.close()
             raise StartupError(f"{name}: cannot execute {argv[0]}: {exc}") from exc
-        return cls(name, popen, log_path, time.monotonic(), stop_signal, log_file)
+        return cls(name, popen, log_path, time.monotonic(), stop_signal, offset, log_file)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def new_log_text(self) -> str:
+        """What this process has logged so far (not earlier runs)."""
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")
 
     def fail(self, reason: str) -> StartupError:
         return StartupError(

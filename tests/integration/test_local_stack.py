@@ -29,6 +29,7 @@ from consumer.local.emulators import (
     find_node,
 )
 from consumer.local.procs import port_is_open
+from consumer.local.tooling import patched_kinesis_mock
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +236,32 @@ def test_killed_caller_leaks_no_server(tmp_path: Path) -> None:
     while [p for p in pids if _alive(p)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [p for p in pids if _alive(p)] == []
+
+
+def test_restart_in_same_run_dir_keeps_postgres_data(tmp_path: Path) -> None:
+    st = LocalStack(tmp_path)
+    with st:
+        first = st.endpoints
+        with psycopg2.connect(first.postgres_dsn) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE kept (id int)")
+        conn.close()
+    with st:  # same object: same ports, appended logs, existing pgdata
+        assert st.endpoints == first
+        assert "postgres initdb" in st.startup_seconds
+        with psycopg2.connect(first.postgres_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM kept")
+            assert cur.fetchone() == (0,)
+        conn.close()
+        client = OpenSearch(hosts=[first.opensearch_url])
+        assert client.info()["version"]["number"]
+
+
+@pytest.mark.parametrize("occurrences", [0, 2])
+def test_kinesis_bind_patch_must_apply_exactly_once(tmp_path: Path, occurrences: int) -> None:
+    src = tmp_path / "node_modules" / "kinesis-local"
+    src.mkdir(parents=True)
+    (src / "server.json").write_text("{}")
+    (src / "main.js").write_text('x = em("0.0.0.0");\n' * occurrences)
+    with pytest.raises(StartupError, match=f"found {occurrences}"):
+        patched_kinesis_mock(tmp_path / "node_modules")
+    assert not (tmp_path / "kinesis-local-127.0.0.1" / "main.js").exists()
