@@ -196,9 +196,10 @@ def _in_groups(leaders: list[int]) -> list[int]:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        status: str = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
         return False
+    return bool(status != psutil.STATUS_ZOMBIE)
 
 
 def test_port_taken_names_the_server_and_cleans_up(tmp_path: Path) -> None:
