@@ -116,6 +116,7 @@ class LocalStack:
         shards: int = 4,
         bucket: str | None = None,
         ports: dict[str, int] | None = None,
+        ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         """ports pins ports by name: kinesis, kinesis_tls, dynamodb, moto, postgres, opensearch.
 
@@ -128,6 +129,7 @@ class LocalStack:
         self._cache_dir = cache_dir
         self._stream, self._shards, self._bucket = stream, shards, bucket
         self._ports = dict(ports or {})
+        self._ready_timeout = ready_timeout
         self._procs: list[ManagedProcess] = []
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
@@ -203,9 +205,12 @@ class LocalStack:
         """Stop every server we started; idempotent and safe from atexit."""
         with self._lock:
             procs, self._procs = self._procs, []
+            t0 = time.monotonic()
             for proc in reversed(procs):
                 log.info("stopping %s (pid %d)", proc.name, proc.pid)
                 proc.stop()
+            if procs:
+                log.info("local stack stopped in %.1f s", time.monotonic() - t0)
             self._endpoints = None
             atexit.unregister(self.stop)
 
@@ -237,7 +242,7 @@ class LocalStack:
         moto = self._spawn_moto(moto_port)
         osmem = self._spawn_osmem()
         found: dict[str, str] = {}
-        with ReadyWaiter(READY_TIMEOUT) as waiter:
+        with ReadyWaiter(self._ready_timeout) as waiter:
             waiter.add(kinesis, lambda: kinesis.listens_on(km) and kinesis.listens_on(km_tls))
             waiter.add(dynalite, lambda: dynalite.listens_on(ddb))
             waiter.add(moto, lambda: moto.listens_on(moto_port))
