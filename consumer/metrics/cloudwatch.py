@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from aws_embedded_metrics.logger.metrics_context import MetricsContext
 from aws_embedded_metrics.serializers.log_serializer import LogSerializer
 from prometheus_client import CollectorRegistry, Metric
 
 from consumer.metrics.registry import merged_registry, reap_dead_processes
+
+if TYPE_CHECKING:  # only for the annotation: config imports nothing from metrics
+    from consumer.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ PUT_BATCH = 1000  # PutMetricData's limit of MetricDatum entries per request
 
 Dimensions = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Dimensions]
+# The registry itself, or a callable returning it (e.g. MetricsServer.collect_source, which
+# first forgets the live gauges of exited processes).
+Source = CollectorRegistry | Callable[[], CollectorRegistry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,21 +116,18 @@ class Mirror:
     """Publishes on an interval in a daemon thread; :meth:`publish_once` for tests."""
 
     def __init__(
-        self, source: CollectorRegistry, static_dimensions: dict[str, str], interval_s: float,
-        *, before_collect: Callable[[], object] | None = None,
+        self, source: Source, static_dimensions: dict[str, str], interval_s: float
     ) -> None:
         self.source = source
         self.interval_s = interval_s
         self._tracker = DeltaTracker(static_dimensions)
-        self._before_collect = before_collect
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def publish_once(self) -> int:
         """Publish one snapshot; returns the number of datums sent."""
-        if self._before_collect is not None:
-            self._before_collect()
-        datums, totals = self._tracker.datums(self.source.collect())
+        registry = self.source if isinstance(self.source, CollectorRegistry) else self.source()
+        datums, totals = self._tracker.datums(registry.collect())
         if datums:
             self._send(datums, datetime.now(UTC))
         self._tracker.commit(totals)
@@ -165,11 +169,10 @@ class EmfMirror(Mirror):
     """
 
     def __init__(
-        self, source: CollectorRegistry, static_dimensions: dict[str, str], interval_s: float,
+        self, source: Source, static_dimensions: dict[str, str], interval_s: float,
         *, namespace: str, stream: IO[str] | None = None,
-        before_collect: Callable[[], object] | None = None,
     ) -> None:
-        super().__init__(source, static_dimensions, interval_s, before_collect=before_collect)
+        super().__init__(source, static_dimensions, interval_s)
         self.namespace = namespace
         self._stream = stream
         self._lock = threading.Lock()
@@ -197,11 +200,10 @@ class PutMirror(Mirror):
     """Sends datums with PutMetricData, at most :data:`PUT_BATCH` per request."""
 
     def __init__(
-        self, source: CollectorRegistry, static_dimensions: dict[str, str], interval_s: float,
+        self, source: Source, static_dimensions: dict[str, str], interval_s: float,
         *, namespace: str, client: Any,
-        before_collect: Callable[[], object] | None = None,
     ) -> None:
-        super().__init__(source, static_dimensions, interval_s, before_collect=before_collect)
+        super().__init__(source, static_dimensions, interval_s)
         self.namespace = namespace
         self.client = client
 
@@ -225,33 +227,72 @@ class PutMirror(Mirror):
 def build_mirror(
     mode: MirrorMode,
     *,
-    multiproc_dir: str,
     namespace: str,
     application: str,
     stream_name: str,
+    multiproc_dir: str | None = None,
+    source: Source | None = None,
     interval_s: float = 60.0,
     emf_stream: IO[str] | None = None,
     endpoint_url: str | None = None,
     region_name: str | None = None,
     client: Any = None,
 ) -> Mirror | None:
-    """The mirror the config asks for (None for "off"); call ``.start()`` on it."""
+    """The mirror the config asks for (None for "off"); call ``.start()`` on it.
+
+    Reads ``source`` if given, else the merge of ``multiproc_dir`` (reaping exited processes
+    before each publish, as the HTTP server does).
+    """
     if mode == "off":
         return None
-    source = merged_registry(multiproc_dir)
+    if source is None:
+        if multiproc_dir is None:
+            raise ValueError("build_mirror needs multiproc_dir or source")
+        source = _reaping_source(multiproc_dir)
     static = {"Application": application, "Stream": stream_name}
-
-    def reap() -> object:
-        return reap_dead_processes(multiproc_dir)
-
     if mode == "emf":
-        return EmfMirror(source, static, interval_s, namespace=namespace, stream=emf_stream,
-                         before_collect=reap)
+        return EmfMirror(source, static, interval_s, namespace=namespace, stream=emf_stream)
     if mode == "put":
         if client is None:
             import boto3
 
             client = boto3.client("cloudwatch", endpoint_url=endpoint_url, region_name=region_name)
-        return PutMirror(source, static, interval_s, namespace=namespace, client=client,
-                         before_collect=reap)
+        return PutMirror(source, static, interval_s, namespace=namespace, client=client)
     raise ValueError(f"cloudwatch mirror mode must be emf, put or off, not {mode!r}")
+
+
+def _reaping_source(multiproc_dir: str) -> Callable[[], CollectorRegistry]:
+    registry = merged_registry(multiproc_dir)
+
+    def collect_source() -> CollectorRegistry:
+        reap_dead_processes(multiproc_dir)
+        return registry
+
+    return collect_source
+
+
+def start_mirror(
+    settings: Settings, source: Source, env: Mapping[str, str] | None = None
+) -> Mirror | None:
+    """The supervisor's entry: build from settings.metrics and start it (None when "off").
+
+    The CloudWatch endpoint and region come from ``env`` (AWS_ENDPOINT_URL_CLOUDWATCH or
+    AWS_ENDPOINT_URL; AWS_REGION or AWS_DEFAULT_REGION), so the local stack can point it at
+    moto the same way it points boto3 and the KCL.
+    """
+    env = os.environ if env is None else env
+    mirror = build_mirror(
+        settings.metrics.cloudwatch,
+        namespace=settings.metrics.namespace,
+        application=settings.stream.app_name,
+        stream_name=settings.stream.name,
+        source=source,
+        interval_s=settings.metrics.publish_interval_s,
+        endpoint_url=env.get("AWS_ENDPOINT_URL_CLOUDWATCH") or env.get("AWS_ENDPOINT_URL"),
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+    if mirror is not None:
+        mirror.start()
+        log.info("CloudWatch mirror started", extra={"mode": settings.metrics.cloudwatch,
+                                                     "interval_s": mirror.interval_s})
+    return mirror

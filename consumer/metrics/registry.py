@@ -25,15 +25,18 @@ with ``REGISTRY.get_sample_value(...)``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, values
 from prometheus_client import multiprocess as _mp
+from prometheus_client.registry import Collector
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -258,27 +261,50 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_REAP_LOCK = threading.Lock()
+
+
 def reap_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
     """mark_process_dead for every pid with live gauge files that no longer runs.
 
     Processors are the daemon's children, not the supervisor's, so the supervisor cannot
     wait() on them; checking the pids found in the files is the reliable way to notice exits.
+    The HTTP server and the CloudWatch mirror both call this, hence the lock.
     """
-    pids: set[int] = set()
-    for name in glob.glob(os.path.join(str(directory), "gauge_live*_*.db")):
-        match = _PID_IN_FILE.search(name)
-        if match:
-            pids.add(int(match.group(1)))
-    dead = sorted(pid for pid in pids if pid != os.getpid() and not _pid_alive(pid))
-    for pid in dead:
-        _mp.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
-    return dead
+    with _REAP_LOCK:
+        pids: set[int] = set()
+        for name in glob.glob(os.path.join(str(directory), "gauge_live*_*.db")):
+            match = _PID_IN_FILE.search(name)
+            if match:
+                pids.add(int(match.group(1)))
+        dead = sorted(pid for pid in pids if pid != os.getpid() and not _pid_alive(pid))
+        for pid in dead:
+            with contextlib.suppress(FileNotFoundError):
+                _mp.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+        return dead
+
+
+class _MergingCollector(Collector):
+    """MultiProcessCollector that tolerates a file vanishing mid-merge (a reap in between)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        for attempt in range(3):
+            files = glob.glob(os.path.join(self._directory, "*.db"))
+            try:
+                return list(_mp.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        return []
 
 
 def merged_registry(directory: str | os.PathLike[str]) -> CollectorRegistry:
     """A registry that merges all processes' files on every collect (for /metrics, mirror)."""
     merged = CollectorRegistry()
-    _mp.MultiProcessCollector(merged, path=str(directory))  # type: ignore[no-untyped-call]
+    merged.register(_MergingCollector(str(directory)))
     return merged
 
 

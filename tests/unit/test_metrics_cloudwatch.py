@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from consumer.metrics.cloudwatch import DeltaTracker, EmfMirror, build_mirror, unit_for
+from consumer.metrics.cloudwatch import (
+    DeltaTracker,
+    EmfMirror,
+    build_mirror,
+    start_mirror,
+    unit_for,
+)
 
 STATIC = {"Application": "app", "Stream": "events"}
 
@@ -105,3 +113,24 @@ def test_off_mode_builds_nothing(tmp_path: Any) -> None:
     mirror = build_mirror("off", multiproc_dir=str(tmp_path), namespace="A",
                           application="app", stream_name="s")
     assert mirror is None
+
+
+def test_start_mirror_publishes_on_its_interval(capsys: Any) -> None:
+    reg, counter, _, _ = _registry()
+    counter.labels("shardId-0").inc(3)
+    metrics = SimpleNamespace(cloudwatch="emf", namespace="AetherStream", publish_interval_s=0.05)
+    settings: Any = SimpleNamespace(
+        metrics=metrics, stream=SimpleNamespace(app_name="app", name="events")
+    )
+    mirror = start_mirror(settings, lambda: reg, env={})
+    assert mirror is not None
+    deadline = time.monotonic() + 10
+    err = ""
+    while "aetherstream_user_records_received_total" not in err and time.monotonic() < deadline:
+        time.sleep(0.05)
+        err += capsys.readouterr().err
+    mirror.stop()
+    events = _events(err + capsys.readouterr().err)
+    assert sum(e.get("aetherstream_user_records_received_total", 0) for e in events) == 3
+    assert all(e["Application"] == "app" and e["Stream"] == "events" for e in events)
+    assert capsys.readouterr().out == ""
