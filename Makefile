@@ -1,0 +1,36 @@
+# Two commands matter: `make demo` (the main job on the embedded local stack) and
+# `make test` (everything CI runs). Both build .venv first, offline-safe.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit bench-windows bench-sinks clean
+
+$(STAMP): pyproject.toml scripts/install-kclpy.sh
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[local,dev]'
+	scripts/install-kclpy.sh $(VENV)/bin/python
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/aetherstream demo
+
+test: $(STAMP) lint
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check consumer tests
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+bench-windows: $(STAMP)
+	$(VENV)/bin/aetherstream bench windows
+
+bench-sinks: $(STAMP)
+	$(VENV)/bin/aetherstream bench sinks
+
+clean:
+	rm -rf $(VENV) .cache run

@@ -1,0 +1,177 @@
+"""The `aetherstream` command. Each subcommand is a thin wrapper over a module of its stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from consumer.config import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from consumer.kcl.supervisor import run
+
+    settings = _settings(args)
+    return run(settings, Path(args.run_dir or settings.run_dir))
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from consumer.local.stack import LocalRun
+
+    log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
+    print(f"local up: logs in {log_path}", file=sys.stderr)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run = LocalRun(
+        _settings(args), Path(args.run_dir), shards=args.shards, postgres_dsn=args.postgres_dsn
+    )
+    try:
+        info = run.start()
+        print(json.dumps(info), flush=True)
+        assert run.supervisor is not None
+        while not stop.wait(1.0):
+            run.supervisor.health and run.supervisor.health.tick()  # type: ignore[func-returns-value]
+            if not run.supervisor.daemon or not run.supervisor.daemon.alive():
+                print("KCL daemon exited; see the run dir's logs", file=sys.stderr)
+                return 1
+    finally:
+        run.stop()
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from consumer.aws import client
+    from consumer.local.producer import ProducerSpec, produce
+
+    settings = _settings(args)
+    spec = ProducerSpec(
+        records=args.records,
+        devices=args.devices,
+        poison_ratio=args.poison_ratio,
+        kpl_fraction=args.kpl_fraction,
+        seed=args.seed,
+    )
+    report = produce(
+        client("kinesis"),
+        args.stream or settings.stream.name,
+        spec,
+        rate=args.rate,
+        progress=not args.quiet,
+    )
+    print(json.dumps(report.__dict__))
+    return 0
+
+
+def _log_to_run_dir(run_dir: Path, level: str) -> Path:
+    """Local modes keep the terminal for the summary; the JSON logs go to a file."""
+    from consumer.metrics.logs import configure_logging
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "aetherstream.log"
+    configure_logging(level, stream=path.open("a", buffering=1), component="local")
+    return path
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from consumer.local.demo import human_summary, run_demo
+
+    log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
+    print(f"demo: starting the local stack and the KCL daemon; logs in {log_path}",
+          file=sys.stderr)
+    summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout)
+    print(json.dumps(summary) if args.json else human_summary(summary))
+    ok = summary["complete"] and summary["duplicates"] == 0
+    return 0 if ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "windows":
+        from consumer.bench.windows import main as bench_windows
+
+        return int(bench_windows(args.rest))
+    from consumer.bench.sinks import main as bench_sinks
+
+    return int(bench_sinks(args.rest))
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from consumer.scaling.shell import main as scale_main
+
+    return int(scale_main(args.rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aetherstream", description=__doc__)
+    p.add_argument("--config", help="TOML settings file (default: $AETHERSTREAM_CONFIG)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="production entry point: metrics server + KCL daemon")
+    run.add_argument("--run-dir", help="working dir for properties, logs and metrics files")
+    run.set_defaults(func=cmd_run)
+
+    local = sub.add_parser("local", help="the embedded local stack")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    up = local_sub.add_parser("up", help="start emulators + the service; Ctrl-C stops all")
+    up.add_argument("--run-dir", default="run/local")
+    up.add_argument("--shards", type=int, default=4)
+    up.add_argument("--postgres-dsn", help="use this PostgreSQL instead of starting pgserver")
+    up.set_defaults(func=cmd_local_up)
+
+    prod = sub.add_parser("produce", help="send synthetic IoT records to the stream")
+    prod.add_argument("--stream")
+    prod.add_argument("--records", type=int, default=10_000)
+    prod.add_argument("--rate", type=float, default=0.0, help="user records/s; 0 = unlimited")
+    prod.add_argument("--devices", type=int, default=200)
+    prod.add_argument("--kpl-fraction", type=float, default=0.0)
+    prod.add_argument("--poison-ratio", type=float, default=0.0)
+    prod.add_argument("--seed", type=int, default=7)
+    prod.add_argument("--quiet", action="store_true")
+    prod.set_defaults(func=cmd_produce)
+
+    demo = sub.add_parser("demo", help="local up, produce, consume, reconcile, shut down")
+    demo.add_argument("--records", type=int, default=10_000)
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--run-dir", default="run/demo")
+    demo.add_argument("--timeout", type=float, default=300.0)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks that print ratios from one run")
+    bench.add_argument("what", choices=["windows", "sinks"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+
+    scale = sub.add_parser("scale", help="task count recommendation from the shard count")
+    scale.add_argument("rest", nargs=argparse.REMAINDER)
+    scale.set_defaults(func=cmd_scale)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from consumer.metrics.logs import configure_logging
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"aetherstream: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or settings.log.level, component=args.command)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"aetherstream: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

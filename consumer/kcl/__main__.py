@@ -1,0 +1,38 @@
+"""Entry point of one record-processor process: `python -m consumer.kcl`.
+
+The MultiLangDaemon starts one per leased shard and talks to it over stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from consumer.kcl.stdout_guard import guard_stdout
+
+
+def main() -> int:
+    protocol_out = guard_stdout()  # first: nothing may reach stdout before this
+    from amazon_kclpy import kcl
+
+    from consumer.aws import client
+    from consumer.config import load_settings
+    from consumer.kcl.processor import ShardProcessor
+    from consumer.metrics.logs import configure_logging
+    from consumer.metrics.registry import assert_multiprocess_mode
+
+    settings = load_settings()
+    configure_logging(settings.log.level, component="processor")
+    assert_multiprocess_mode()
+    processor = ShardProcessor(settings, client("s3"))
+    try:
+        kcl.KCLProcess(
+            processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr
+        ).run()
+    finally:
+        logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Where and how records are laid out as S3 objects (pure: names and bytes, no I/O).
+
+An object holds one shard's records of one hour partition, contiguous in shard order. Its key
+carries the shard and the first and last position it holds:
+
+    <prefix>dt=2026-11-26/hour=09/shard=shardId-000000000001/<first>_<last>.ndjson.gz
+
+The name is a function of the records alone, so a replay that rebuilds the same batch writes
+the same key, and a listing of a partition says exactly which positions are already durable
+(the objects are their own manifest; see consumer/sinks/s3.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import orjson
+
+from consumer.records.model import Event, Position, RawRecord, Rejected
+
+SUFFIX = ".ndjson.gz"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    stream: str
+    shard_id: str
+
+
+def position_token(p: Position) -> str:
+    # Fixed width keeps lexical key order equal to shard order.
+    return f"{p.sequence:056d}-{p.sub_sequence:010d}"
+
+
+def parse_position_token(token: str) -> Position:
+    seq, sub = token.split("-")
+    return Position(int(seq), int(sub))
+
+
+def hour_partition(ms: int) -> str:
+    t = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return f"dt={t:%Y-%m-%d}/hour={t:%H}/"
+
+
+def partition_prefix(prefix: str, partition: str, shard_id: str) -> str:
+    return f"{prefix}{partition}shard={shard_id}/"
+
+
+def object_key(partition_prefix_: str, first: Position, last: Position) -> str:
+    return f"{partition_prefix_}{position_token(first)}_{position_token(last)}{SUFFIX}"
+
+
+def parse_object_range(key: str) -> tuple[Position, Position] | None:
+    """The (first, last) positions named by an object key, or None for a foreign key."""
+    name = key.rsplit("/", 1)[-1]
+    if not name.endswith(SUFFIX):
+        return None
+    try:
+        first, last = name[: -len(SUFFIX)].split("_")
+        return parse_position_token(first), parse_position_token(last)
+    except ValueError:
+        return None
+
+
+def provenance_fields(prov: Provenance, r: RawRecord) -> dict[str, object]:
+    return {
+        "stream": prov.stream,
+        "shard": prov.shard_id,
+        "sequence": str(r.position.sequence),
+        "sub_sequence": r.position.sub_sequence,
+        "partition_key": r.partition_key,
+        "arrival_ms": r.arrival_ms,
+    }
+
+
+def archive_line(prov: Provenance, e: Event) -> bytes:
+    """One NDJSON line: provenance, then the payload spliced in unparsed (it is valid JSON)."""
+    head = provenance_fields(prov, e.record)
+    head["event_ts_ms"] = e.ts_ms
+    return orjson.dumps(head)[:-1] + b',"payload":' + e.record.data + b"}\n"
+
+
+def quarantine_line(prov: Provenance, rej: Rejected, quarantined_ms: int) -> bytes:
+    """Raw bytes kept whole (base64) with the reason, so a fixed consumer can replay them."""
+    body = provenance_fields(prov, rej.record)
+    body.update(
+        stage=rej.stage,
+        reason=rej.reason,
+        message=rej.message,
+        quarantined_ms=quarantined_ms,
+        data_b64=base64.b64encode(rej.record.data).decode(),
+    )
+    return orjson.dumps(body) + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPlan:
+    """Records bound for one partition of one shard, in shard order, with their lines."""
+
+    partition_prefix: str
+    positions: tuple[Position, ...]
+    lines: tuple[bytes, ...]
+
+
+def plan_objects(
+    items: Sequence[T],
+    position_of: Callable[[T], Position],
+    partition_ms_of: Callable[[T], int],
+    line_of: Callable[[T], bytes],
+    prefix: str,
+    shard_id: str,
+) -> list[ObjectPlan]:
+    """Group items by hour partition, keeping shard order inside each group."""
+    groups: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        groups[hour_partition(partition_ms_of(item))].append(item)
+    plans = []
+    for partition, members in sorted(groups.items()):
+        members.sort(key=position_of)
+        plans.append(
+            ObjectPlan(
+                partition_prefix(prefix, partition, shard_id),
+                tuple(position_of(m) for m in members),
+                tuple(line_of(m) for m in members),
+            )
+        )
+    return plans
+
+
+def uncovered(plan: ObjectPlan, durable: Iterable[tuple[Position, Position]]) -> ObjectPlan:
+    """The part of a plan not already inside a durable object's [first, last] range."""
+    ranges = list(durable)
+    keep = [
+        i
+        for i, p in enumerate(plan.positions)
+        if not any(first <= p <= last for first, last in ranges)
+    ]
+    return ObjectPlan(
+        plan.partition_prefix,
+        tuple(plan.positions[i] for i in keep),
+        tuple(plan.lines[i] for i in keep),
+    )
+
+
+def gzip_body(lines: Iterable[bytes]) -> bytes:
+    # mtime=0: the same lines always give the same bytes, so a rewrite is byte-identical.
+    return gzip.compress(b"".join(lines), compresslevel=6, mtime=0)

@@ -1,0 +1,107 @@
+"""S3 object naming and planning: deterministic keys, shard order, replay skipping."""
+
+import gzip
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.records.model import Event, Position, RawRecord, Rejected
+from consumer.sinks.layout import (
+    Provenance,
+    archive_line,
+    gzip_body,
+    hour_partition,
+    object_key,
+    parse_object_range,
+    plan_objects,
+    quarantine_line,
+    uncovered,
+)
+
+PROV = Provenance("events", "shardId-000000000001")
+
+
+def event(seq: int, sub: int, ts_ms: int) -> Event:
+    raw = RawRecord(
+        b'{"device_id":"d","metric":"m","value":1.5,"ts":1}', "d", Position(seq, sub), 5
+    )
+    return Event(("d", "m"), ts_ms, 1.5, raw)
+
+
+def test_key_round_trips_and_sorts_in_shard_order() -> None:
+    first, last = Position(49_680_569_627_287_411_978_382_143_521_977, 0), Position(10**55, 12)
+    key = object_key("raw/dt=2026-11-26/hour=09/shard=s/", first, last)
+    assert parse_object_range(key) == (first, last)
+    assert object_key("p/", Position(9, 0), Position(9, 0)) < object_key(
+        "p/", Position(10, 0), Position(10, 0)
+    )
+    assert parse_object_range("raw/other-file.txt") is None
+
+
+def test_hour_partition_is_utc() -> None:
+    assert hour_partition(1_795_000_000_000) == "dt=2026-11-18/hour=11/"
+    assert hour_partition(0) == "dt=1970-01-01/hour=00/"
+
+
+def test_archive_line_keeps_payload_and_provenance() -> None:
+    row = orjson.loads(archive_line(PROV, event(123, 4, 1_795_000_000_000)))
+    assert row["payload"] == {"device_id": "d", "metric": "m", "value": 1.5, "ts": 1}
+    assert (row["shard"], row["sequence"], row["sub_sequence"]) == (PROV.shard_id, "123", 4)
+    assert row["event_ts_ms"] == 1_795_000_000_000
+
+
+def test_quarantine_line_keeps_raw_bytes_and_reason() -> None:
+    raw = RawRecord(b"\xff\x00garbage", "pk", Position(7, 0), 11)
+    row = orjson.loads(
+        quarantine_line(PROV, Rejected(raw, "decode", "invalid_utf8", "not UTF-8"), 99)
+    )
+    import base64
+
+    assert base64.b64decode(row["data_b64"]) == raw.data
+    assert (row["stage"], row["reason"], row["arrival_ms"]) == ("decode", "invalid_utf8", 11)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 3 * 3_600_000)),
+        min_size=1,
+        max_size=40,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_plans_partition_every_event_once_in_order(items: list[tuple[int, int]]) -> None:
+    events = [event(1000 + i * 10 + s, 0, ts) for i, (s, ts) in enumerate(items)]
+    plans = plan_objects(
+        events,
+        lambda e: e.record.position,
+        lambda e: e.ts_ms,
+        lambda e: archive_line(PROV, e),
+        "raw/",
+        PROV.shard_id,
+    )
+    planned = [p for plan in plans for p in plan.positions]
+    assert sorted(planned) == sorted(e.record.position for e in events)
+    for plan in plans:
+        assert list(plan.positions) == sorted(plan.positions)
+        assert plan.partition_prefix.endswith(f"shard={PROV.shard_id}/")
+
+
+def test_uncovered_skips_what_an_earlier_object_holds() -> None:
+    events = [event(s, 0, 0) for s in (10, 20, 30, 40)]
+    [plan] = plan_objects(
+        events,
+        lambda e: e.record.position,
+        lambda e: e.ts_ms,
+        lambda e: archive_line(PROV, e),
+        "raw/",
+        PROV.shard_id,
+    )
+    rest = uncovered(plan, [(Position(5, 0), Position(20, 0))])
+    assert rest.positions == (Position(30, 0), Position(40, 0))
+    assert len(rest.lines) == 2
+
+
+def test_gzip_body_is_deterministic() -> None:
+    assert gzip_body([b"a\n", b"b\n"]) == gzip_body([b"a\n", b"b\n"])
+    assert gzip.decompress(gzip_body([b"a\n"])) == b"a\n"
