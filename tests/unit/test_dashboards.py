@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,33 @@ def test_dashboard_names_only_exported_metrics_and_all_of_them() -> None:
         used |= {n.removesuffix(s) for n in names for s in HISTOGRAM_SUFFIXES if n.endswith(s)}
         used |= names
     assert set(METRIC_NAMES) <= used, f"no panel for {sorted(set(METRIC_NAMES) - used)}"
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    """promtool parses every expression (as a recording rule), with Grafana's variables
+    replaced by what Grafana would send. Skipped where promtool is not installed (Debian:
+    apt-get install prometheus)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    exprs = [e.replace("$__rate_interval", "1m").replace("$shard", ".*")
+             for e in _exprs(_dashboard()) if not e.startswith("label_values(")]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"check:expr{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))
+    res = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_prometheus_config_valid() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    res = subprocess.run([promtool, "check", "config", str(ROOT / "docker/prometheus.yml")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_dashboard_sections() -> None:
