@@ -71,8 +71,11 @@ FROM ${PYTHON_IMAGE} AS runtime
 # versions from its mirror on every security update, so an exact pin breaks the build within
 # weeks. The base image tag (and the release digest pin) fixes the distribution release;
 # within it we want the security updates.
+# The man1 directory: openjdk's postinst registers man pages and fails where slim images
+# have removed the directory.
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
     && apt-get install -y --no-install-recommends openjdk-21-jre-headless tini \
     && rm -rf /var/lib/apt/lists/* \
     && java -version
@@ -85,11 +88,10 @@ RUN groupadd --system --gid 10001 aether \
 COPY --from=build /opt/venv /opt/venv
 
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only; bytecode was compiled at build.
-# JAVA_TOOL_OPTIONS: container-aware heap; the JVM's temp files go to /tmp.
+# The JVM's heap is set by the supervisor (kcl.java_heap_mb); its temp files go to /tmp.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    JAVA_TOOL_OPTIONS="-XX:+UseContainerSupport -XX:MaxRAMPercentage=50 -Djava.io.tmpdir=/tmp" \
     TMPDIR=/tmp \
     PROMETHEUS_MULTIPROC_DIR=/run/aetherstream/metrics \
     AETHERSTREAM_METRICS_MULTIPROC_DIR=/run/aetherstream/metrics \
