@@ -137,7 +137,13 @@ def _render(stream: str, rec: Recommendation, loads: Sequence[ShardLoad],
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`aetherstream scale recommend`: 0 on success, 1 when AWS calls fail, 2 on bad usage."""
+    """`aetherstream scale recommend`: 0 on success, 1 when AWS calls fail, 2 on bad usage.
+
+    `argv` may start with "recommend": `aetherstream scale` passes its remainder unchanged.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["recommend"]:
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     kwargs: dict[str, str] = {}
     if args.region:

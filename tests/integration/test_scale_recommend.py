@@ -123,10 +123,13 @@ def test_stream_level_metrics_and_closed_shards(
     assert closed and all(s["records_per_s"] == 0 for s in closed)
 
 
-def test_text_output(endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_output_through_the_cli(endpoint: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     kinesis, _ = _clients(endpoint)
     kinesis.create_stream(StreamName="quiet", ShardCount=1)
-    assert main(["--stream", "quiet", "--endpoint-url", endpoint]) == 0
+    from consumer.cli import main as cli_main
+
+    assert cli_main(["scale", "recommend", "--stream", "quiet", "--endpoint-url", endpoint]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "recommended tasks: 1"
 
 
