@@ -125,8 +125,16 @@ def _template() -> Any:
 
 def test_params_example_matches_template() -> None:
     params = _template()["Parameters"]
-    example = {p["ParameterKey"] for p in json.loads(PARAMS.read_text())}
-    assert example == set(params)
+    example = {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(PARAMS.read_text())}
+    assert set(example) == set(params)
+    for key, value in example.items():
+        spec = params[key]
+        if "AllowedPattern" in spec:
+            assert re.fullmatch(spec["AllowedPattern"], value), key
+        if "AllowedValues" in spec:
+            assert value in [str(v) for v in spec["AllowedValues"]], key
+        if spec["Type"] == "Number":
+            assert float(value) >= float(spec.get("MinValue", float("-inf"))), key
 
 
 def test_task_definition_contract() -> None:
