@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import boto3
@@ -24,3 +25,15 @@ def region() -> str:
 def client(service: str, **kwargs: Any) -> Any:
     kwargs.setdefault("region_name", region())
     return boto3.client(service, config=_CONFIG, **kwargs)
+
+
+def put_records(kinesis: Any, stream: str, entries: list[dict[str, Any]]) -> None:
+    """PutRecords (at most 500 entries), retrying failed entries: throttling is per entry."""
+    pending = entries
+    for attempt in range(20):
+        resp = kinesis.put_records(StreamName=stream, Records=pending)
+        if not resp.get("FailedRecordCount"):
+            return
+        pending = [e for e, r in zip(pending, resp["Records"], strict=True) if "ErrorCode" in r]
+        time.sleep(min(2.0, 0.05 * 2**attempt))
+    raise RuntimeError(f"{len(pending)} records still failing after retries")

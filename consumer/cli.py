@@ -103,6 +103,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench_sinks(args.rest))
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from consumer.aws import client
+    from consumer.sinks import quarantine as q
+
+    settings = _settings(args)
+    flt = q.Filter(reason=args.reason, stage=args.stage)
+    bucket, prefix = settings.s3.bucket, settings.s3.quarantine_prefix
+    if args.quarantine_command == "ls":
+        summary = q.summarize(client("s3"), bucket, prefix, flt)
+        print(f"{summary.records} quarantined records in {summary.objects} objects "
+              f"under s3://{bucket}/{prefix}")
+        for (stage, reason), n in summary.by_reason.most_common():
+            print(f"  {n:>8}  {stage}/{reason}  e.g. {summary.examples[(stage, reason)]}")
+        return 0
+    report = q.replay(client("s3"), client("kinesis"), bucket, prefix,
+                      args.stream or settings.stream.name, flt, dry_run=args.dry_run)
+    verb = "would put back" if args.dry_run else "put back"
+    print(f"{verb} {report.records} records from {report.objects} objects "
+          f"({report.skipped_objects} objects already replayed)")
+    return 0
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from consumer.scaling.shell import main as scale_main
 
@@ -149,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["windows", "sinks"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+
+    quar = sub.add_parser("quarantine", help="list quarantined records, or replay them")
+    quar_sub = quar.add_subparsers(dest="quarantine_command", required=True)
+    for name, text in (("ls", "count by stage and reason"),
+                       ("replay", "put records back on the stream after a fix")):
+        cmd = quar_sub.add_parser(name, help=text)
+        cmd.add_argument("--reason", help="only this reason, e.g. invalid_json")
+        cmd.add_argument("--stage", help="only this stage: decode, contract, window, sink:...")
+        if name == "replay":
+            cmd.add_argument("--stream", help="default: the configured stream")
+            cmd.add_argument("--dry-run", action="store_true")
+        cmd.set_defaults(func=cmd_quarantine)
 
     scale = sub.add_parser("scale", help="task count recommendation from the shard count")
     scale.add_argument("rest", nargs=argparse.REMAINDER)

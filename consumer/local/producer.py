@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aws_kinesis_agg.aggregator import RecordAggregator
 
+from consumer.aws import put_records
+
 METRICS = ("temperature", "humidity", "battery", "pressure")
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"
 PUT_BATCH = 500  # PutRecords' limit
@@ -147,18 +149,6 @@ class ProduceReport:
     seconds: float = 0.0
 
 
-def put_entries(kinesis: Any, stream: str, entries: list[dict[str, Any]]) -> None:
-    """PutRecords with retry of the failed entries (throttling is per entry)."""
-    pending = entries
-    for attempt in range(20):
-        resp = kinesis.put_records(StreamName=stream, Records=pending)
-        if not resp.get("FailedRecordCount"):
-            return
-        pending = [e for e, r in zip(pending, resp["Records"], strict=True) if "ErrorCode" in r]
-        time.sleep(min(2.0, 0.05 * 2**attempt))
-    raise RuntimeError(f"{len(pending)} records still failing after retries")
-
-
 def produce(
     kinesis: Any, stream: str, spec: ProducerSpec, rate: float = 0.0, progress: bool = True
 ) -> ProduceReport:
@@ -184,7 +174,7 @@ def _send(
 ) -> None:
     entries = to_kinesis_entries(chunk, spec.kpl_per_aggregate)
     for start in range(0, len(entries), PUT_BATCH):
-        put_entries(kinesis, stream, entries[start : start + PUT_BATCH])
+        put_records(kinesis, stream, entries[start : start + PUT_BATCH])
     report.user_records += len(chunk)
     report.kinesis_records += len(entries)
     report.aggregated_user_records += sum(r.aggregate for r in chunk)

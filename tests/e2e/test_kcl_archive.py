@@ -9,6 +9,7 @@ A fresh lease table costs KCL a random 1-30 s wait before the first lease.
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,39 @@ def test_every_record_is_archived_or_quarantined_once(run: LocalRun) -> None:
     assert len(shards) == 4
     reasons = {r["reason"] for r in quarantine.rows}
     assert {"invalid_json", "kpl_checksum", "missing_field"} <= reasons
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sum every sample of each metric family over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def test_metrics_page_counts_what_was_produced_and_delivered(run: LocalRun) -> None:
+    """/metrics merges the four processor processes (prometheus-client multiprocess mode)."""
+    assert run.supervisor is not None
+    sent = list(generate(FIRST))
+    poison = sum(r.poison is not None for r in sent)
+    deadline = time.monotonic() + 30
+    while True:
+        m = scrape(run.supervisor.metrics_url)
+        archived = m.get("aetherstream_records_archived_total", 0)
+        quarantined = m.get("aetherstream_records_quarantined_total", 0)
+        if archived + quarantined >= FIRST.records or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert m["aetherstream_user_records_received_total"] == FIRST.records
+    assert m["aetherstream_kinesis_records_received_total"] < FIRST.records  # KPL aggregates
+    assert archived == FIRST.records - poison
+    assert quarantined == poison
+    assert m["aetherstream_leases_held"] == 4
+    assert m["aetherstream_checkpoints_total"] >= 4
 
 
 def test_checkpoints_reach_the_lease_table(run: LocalRun) -> None:
