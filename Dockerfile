@@ -57,11 +57,12 @@ d = pathlib.Path(amazon_kclpy.__file__).parent / 'jars'; \
 n = len(list(d.glob('*.jar'))); \
 sys.exit(0 if n == 86 else f'expected 86 KCL jars, found {n}')"
 
-# Dependencies first (pinned in pyproject.toml), so a source change reuses this layer.
 COPY pyproject.toml /build/app/pyproject.toml
 COPY consumer /build/app/consumer
+# unchecked-hash: the .pyc stay valid whatever mtimes the COPY into the runtime stage gives
+# the sources; the read-only runtime could not rewrite stale ones.
 RUN pip install /build/app \
-    && python -m compileall -q /opt/venv
+    && python -m compileall -q --invalidation-mode unchecked-hash /opt/venv
 
 # ---------------------------------------------------------------------------------------------
 # Stage 3: runtime. Python 3.11 + a headless JRE 21 + tini, running as an unprivileged user.
