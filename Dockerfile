@@ -85,6 +85,10 @@ RUN groupadd --system --gid 10001 aether \
     && useradd --system --uid 10001 --gid aether --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin aether \
     && install -d -o aether -g aether -m 0750 /run/aetherstream /run/aetherstream/metrics
+# Declared volumes: ECS (Fargate bind mounts) copies these directories' contents and
+# ownership into the task's scratch volumes, so uid 10001 can write there under a read-only
+# root; a plain `docker run --read-only` gets writable anonymous volumes the same way.
+VOLUME ["/tmp", "/run/aetherstream"]
 
 COPY --from=build /opt/venv /opt/venv
 
