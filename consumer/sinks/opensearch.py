@@ -107,6 +107,11 @@ class IndexDoc:
     source: Mapping[str, Any]
 
 
+def key_text(key: Sequence[str]) -> str:
+    """The key as one JSON array string, the same text the Redshift table stores."""
+    return orjson.dumps(list(key)).decode()
+
+
 def result_doc(prefix: str, row: ResultRow) -> IndexDoc:
     source = {
         "result_id": row.result_id,
@@ -114,7 +119,7 @@ def result_doc(prefix: str, row: ResultRow) -> IndexDoc:
         "window_start": row.start_ms,
         "window_end": row.end_ms,
         "key": list(row.key),
-        "key_text": "\x1f".join(row.key),  # unit separator: cannot clash with key text
+        "key_text": key_text(row.key),
         "shard_id": row.shard_id,
         "count": row.count,
         "sum": row.sum,
@@ -254,13 +259,29 @@ class OpenSearchSink(Generic[RowT]):
         response = self.client.bulk(body=bulk_body(docs))
         return classify_items(docs, response)
 
+    def _send(self, docs: Sequence[IndexDoc]) -> BulkOutcome:
+        """One bulk, retried while the cluster is unavailable; halved on 413."""
+        from opensearchpy.exceptions import TransportError
+
+        try:
+            return self.retrier.call(partial(self._bulk, docs))
+        except TransportError as exc:
+            if exc.status_code != 413:
+                raise
+            if len(docs) == 1:  # a single document over the request limit cannot land
+                item = RejectedItem(docs[0].doc_id, 413, "request_too_large", str(exc.error))
+                return BulkOutcome(0, (), (item,))
+            mid = len(docs) // 2
+            a, b = self._send(docs[:mid]), self._send(docs[mid:])
+            return BulkOutcome(a.written + b.written, a.retry + b.retry, a.rejected + b.rejected)
+
     def write_docs(self, docs: Sequence[IndexDoc]) -> WriteOutcome:
         pending: Sequence[IndexDoc] = dedupe_docs(docs)
         written = 0
         rejected: list[RejectedItem] = []
         attempt = 0
         while pending:
-            outcome = self.retrier.call(partial(self._bulk, pending))
+            outcome = self._send(pending)
             written += outcome.written
             rejected.extend(outcome.rejected)
             pending = outcome.retry

@@ -17,6 +17,7 @@ local PostgreSQL stand-in cannot, so it reads the same staged bytes and COPYs FR
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -461,8 +462,10 @@ class RedshiftLoader:
         if not unique:
             return 0
         spec = binding.spec
-        object_key = f"{spec.name}/{key}.csv"
-        self.staging.put(object_key, encode_csv(spec, (binding.values(r) for r in unique)))
+        data = encode_csv(spec, (binding.values(r) for r in unique))
+        # Without a batch key, the content names the object: a replay restages the same key.
+        object_key = f"{spec.name}/{key or hashlib.sha256(data).hexdigest()[:32]}.csv"
+        self.staging.put(object_key, data)
         with conn, conn.cursor() as cur:  # commit on success, rollback on any exception
             for stmt in create_stage_sql(self.schema, spec):
                 cur.execute(stmt)

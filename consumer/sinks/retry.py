@@ -131,6 +131,17 @@ class RetryEvent:
     breaker: BreakerState
 
 
+@dataclass(frozen=True, slots=True)
+class SinkHealth:
+    """A sink's retry state, for gauges and /readyz."""
+
+    sink: str
+    breaker: BreakerState
+    consecutive_failures: int
+    total_retries: int
+    last_error: str | None
+
+
 def _never() -> bool:
     return False
 
@@ -162,10 +173,23 @@ class Retrier:
         self._sleep = sleep
         self._rand = rand
         self.on_retry = on_retry
+        self.total_retries = 0
+        self.last_error: str | None = None
+
+    def health(self) -> SinkHealth:
+        return SinkHealth(
+            self.sink,
+            self.breaker.state,
+            self.breaker.consecutive_failures,
+            self.total_retries,
+            self.last_error,
+        )
 
     def pause(self, attempt: int, error: BaseException) -> None:
         """Back off after failed attempt number `attempt` (also used for item-level retries)."""
         delay = self.backoff.delay_ms(attempt, self._rand)
+        self.total_retries += 1
+        self.last_error = f"{type(error).__name__}: {error}"
         self.on_retry(RetryEvent(self.sink, attempt, delay, error, self.breaker.state))
         self._sleep(delay / 1000.0)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
-from consumer.sinks.base import RawRow, ResultRow
+from consumer.sinks.base import RawRow, ResultRow, Sink
 from consumer.sinks.opensearch import (
     IndexDoc,
     OpenSearchSink,
@@ -100,7 +100,7 @@ def test_templates_installed(client: OpenSearch, prefix: str) -> None:
 
 
 def test_daily_indices_behind_alias_and_replay_keeps_count(client: OpenSearch, prefix: str) -> None:
-    sink = results_sink(client, prefix, fast_retrier("os"))
+    sink: Sink[ResultRow] = results_sink(client, prefix, fast_retrier("os"))
     rows = [result(i, start=T0 + (i % 2) * DAY_MS) for i in range(40)]
     assert sink.write_batch(rows, "b").written == 40
     alias = alias_name(prefix, "results")
@@ -178,6 +178,22 @@ def test_stop_interrupts_endless_throttling(url: str, prefix: str) -> None:
         sink = results_sink(via, prefix, fast_retrier("os", should_stop=stop))
         with pytest.raises(StopRetrying):
             sink.write_batch([result(1)], "k")
+
+
+def test_too_large_requests_are_split_and_oversized_doc_rejected(
+    client: OpenSearch, url: str, prefix: str
+) -> None:
+    docs = [result_doc(prefix, result(i)) for i in range(16)]
+    huge = IndexDoc(docs[0].index, "huge", {**docs[0].source, "kind": "x" * 5_000})
+    limit = len(bulk_body(docs[:3])) + 10  # about three docs per request
+    with FaultyProxy(url, max_body_bytes=limit) as proxy:
+        via = OpenSearch(hosts=[proxy.url], timeout=30, max_retries=0)
+        sink: OpenSearchSink[IndexDoc] = OpenSearchSink("os", via, lambda d: d, fast_retrier("os"))
+        outcome = sink.write_docs([*docs[:8], huge, *docs[8:]])
+    assert outcome.written == 16
+    assert [(r.item_id, r.status) for r in outcome.rejected] == [("huge", 413)]
+    assert proxy.stats.too_large > 0
+    assert count(client, alias_name(prefix, "results")) == 16
 
 
 # ---------------------------------------------------------------- pure parts

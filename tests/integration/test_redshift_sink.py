@@ -10,13 +10,16 @@ One server of each per module.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from consumer.sinks.base import RawRow, ResultRow
+from consumer.sinks.base import RawRow, ResultRow, Sink
 from consumer.sinks.redshift import (
     RAW_BINDING,
     RAW_TABLE,
@@ -29,6 +32,7 @@ from consumer.sinks.redshift import (
     S3StagingStore,
     TableSpec,
     delete_insert_sql,
+    fit_varchar,
     ident,
     merge_sql,
     migrate,
@@ -188,6 +192,54 @@ def test_values_round_trip_exactly(conn: Any, schema: str, staging: S3StagingSto
     ]
 
 
+texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=40) | st.sampled_from(
+    ["", "\\N", '"', ",", "\n", "\r\n", "\x00", "é" * 300]
+)
+_seq = itertools.count()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    pk=texts,
+    device=st.none() | texts,
+    value=st.none() | st.floats(allow_nan=False),
+    ts=st.none() | st.integers(-(2**63), 2**63 - 1),
+    payload=texts,
+)
+def test_csv_staging_round_trips_any_values(
+    dsn: str,
+    staging: S3StagingStore,
+    pk: str,
+    device: str | None,
+    value: float | None,
+    ts: int | None,
+    payload: str,
+) -> None:
+    conn = psycopg2.connect(dsn)
+    try:
+        migrate(conn, "prop")
+        row = RawRow("s", "sh", next(_seq), 0, pk, 1, ts, device, "m", value, payload)
+        loader("prop", staging).load(conn, RAW_BINDING, [row], "")
+        got = rows(
+            conn,
+            "SELECT partition_key, device_id, value, event_ts_ms, payload FROM prop.raw_records "
+            f"WHERE sequence_number = '{row.sequence}'",
+        )
+        assert got == [
+            (
+                fit_varchar(pk, 1024),
+                None if device is None else fit_varchar(device, 256),
+                value,
+                ts,
+                fit_varchar(payload, 65535),
+            )
+        ]
+    finally:
+        conn.close()
+
+
 def test_late_update_replaces_result_and_view_merges_shards(
     conn: Any, schema: str, staging: S3StagingStore
 ) -> None:
@@ -236,7 +288,8 @@ def test_sink_reconnects_after_connection_loss(
         lambda: psycopg2.connect(dsn),
         Retrier("redshift-raw", Backoff(base_ms=1, cap_ms=5), sleep=lambda _: None),
     )
-    assert sink.write_batch([raw(1)], "k1").written == 1
+    as_protocol: Sink[RawRow] = sink  # mypy checks the sink fits the shared protocol
+    assert as_protocol.write_batch([raw(1)], "k1").written == 1
     with conn.cursor() as cur:  # kill the sink's backend, as a failover would
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

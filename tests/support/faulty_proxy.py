@@ -1,6 +1,7 @@
 """A fault-injecting HTTP proxy (stdlib, one thread per request) in front of an OpenSearch.
 
-- Whole requests: a `fail_fraction` of them get 503 without being forwarded.
+- Whole requests: a `fail_fraction` of them get 503 without being forwarded, and a body
+  over `max_body_bytes` gets 413 (like http.max_content_length).
 - _bulk requests: a `throttle_fraction` of the ITEMS are answered 429
   (es_rejected_execution_exception) and NOT forwarded; the rest are forwarded and the
   upstream's item results are merged back in request order.
@@ -28,6 +29,7 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length
 class ProxyStats:
     requests: int = 0
     failed_requests: int = 0
+    too_large: int = 0
     bulk_items_seen: int = 0
     throttled_items: int = 0
     forwarded_items: int = 0
@@ -72,6 +74,7 @@ class FaultyProxy:
         *,
         throttle_fraction: float = 0.0,
         fail_fraction: float = 0.0,
+        max_body_bytes: int | None = None,
         seed: int = 0,
     ) -> None:
         parts = urlsplit(upstream)
@@ -79,6 +82,7 @@ class FaultyProxy:
         self.upstream_port = parts.port or 80
         self.throttle_fraction = throttle_fraction
         self.fail_fraction = fail_fraction
+        self.max_body_bytes = max_body_bytes
         self.stats = ProxyStats()
         self._rand = random.Random(seed)
         self._lock = threading.Lock()
@@ -125,6 +129,11 @@ class FaultyProxy:
                 self.stats.failed_requests += 1
             err = {"error": {"type": "unavailable", "reason": "injected 503"}, "status": 503}
             return 503, "application/json", json.dumps(err).encode()
+        if self.max_body_bytes is not None and len(body) > self.max_body_bytes:
+            with self._lock:
+                self.stats.too_large += 1
+            err = {"error": {"type": "content_too_long", "reason": "injected 413"}, "status": 413}
+            return 413, "application/json", json.dumps(err).encode()
         if method in ("POST", "PUT") and urlsplit(path).path.endswith("/_bulk") and body:
             return self._bulk(method, path, headers, body)
         return self.forward(method, path, headers, body)

@@ -122,6 +122,9 @@ def test_retrier_retries_through_an_outage_without_dropping() -> None:
     )
     assert r.call(flaky) == "ok"
     assert calls["n"] == 13
+    health = r.health()
+    assert health.total_retries == 12 and health.last_error == "ConnectionError: down"
+    assert health.breaker is BreakerState.CLOSED and health.consecutive_failures == 0
     assert len(events) == 12
     assert any(e.breaker is BreakerState.OPEN for e in events)
     assert _state(r.breaker) is BreakerState.CLOSED
