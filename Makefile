@@ -3,6 +3,10 @@
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# checkov pins an old boto3, so it lives in a venv of its own.
+LINT_VENV := .cache/lint-venv
+LINT_STAMP := $(LINT_VENV)/.installed
+CHECKOV := checkov==3.3.30
 
 .PHONY: demo test lint unit bench-windows bench-sinks clean
 
@@ -13,11 +17,16 @@ $(STAMP): pyproject.toml scripts/install-kclpy.sh
 	scripts/install-kclpy.sh $(VENV)/bin/python
 	touch $(STAMP)
 
+$(LINT_STAMP):
+	test -x $(LINT_VENV)/bin/python || $(PY) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install -q '$(CHECKOV)'
+	touch $(LINT_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/aetherstream demo
 
-test: $(STAMP) lint
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+test: $(STAMP) $(LINT_STAMP) lint
+	AETHERSTREAM_REQUIRE_LINTERS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check consumer tests
