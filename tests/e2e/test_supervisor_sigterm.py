@@ -86,7 +86,9 @@ def wait_ready(url: str, timeout_s: float) -> None:
     raise AssertionError(f"{url} never became ready")
 
 
-def test_sigterm_flushes_checkpoints_and_exits_within_grace(stack: LocalStack, tmp_path: Path) -> None:
+def test_sigterm_flushes_checkpoints_and_exits_within_grace(
+    stack: LocalStack, tmp_path: Path
+) -> None:
     port = free_port()
     proc = start_run(stack, tmp_path, port)
     metrics = f"http://127.0.0.1:{port}/metrics"
