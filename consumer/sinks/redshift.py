@@ -22,7 +22,7 @@ import io
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
 
@@ -187,24 +187,35 @@ def dedupe_last(rows: Iterable[RowT], identity: Callable[[RowT], Any]) -> list[R
     return list({identity(row): row for row in rows}.values())
 
 
-def _encode_column(column: Column, values: Sequence[Value]) -> list[str]:
-    """One column's CSV fields. Column-wise comprehensions instead of a call per value:
-    encoding was the largest cost of a staged load."""
-    limit = column.varchar_bytes
-    if limit is not None:
-        texts = [str(v) for v in values if v is not None]
-        # Whole-column checks at C speed; the per-value cut only runs where needed
-        # (UTF-8 takes at most 4 bytes per character).
-        if texts and (max(map(len, texts)) * 4 > limit or "\x00" in "".join(texts)):
+def _encode_column(column: Column, values: Sequence[Value]) -> tuple[Sequence[Any], str]:
+    """One column as (values, printf piece); encode_csv then formats each row with one `%`.
+
+    Decisions are made per column at C speed (joins, `in`), so the common case touches no
+    value in Python: encoding was the largest cost of a staged load.
+    """
+    has_null = None in values
+    if column.varchar_bytes is not None:
+        limit = column.varchar_bytes
+        texts = cast(list[str], [v for v in values if v is not None] if has_null else [*values])
+        try:
+            joined = "".join(texts)
+        except TypeError:  # a non-str value in a text column: render it as text
+            texts = [str(v) for v in texts]
+            joined = "".join(texts)
+        # UTF-8 takes at most 4 bytes per character: only long columns need the exact cut.
+        if texts and (max(map(len, texts)) * 4 > limit or "\x00" in joined):
             texts = [fit_varchar(t, limit) for t in texts]
-        quoted = ['"' + t.replace('"', '""') + '"' for t in texts]
-        if len(quoted) == len(values):  # the common case: no NULLs in this column
-            return quoted
-        it = iter(quoted)
-        return [NULL_TOKEN if v is None else next(it) for v in values]
+        if '"' in joined:
+            texts = [t.replace('"', '""') for t in texts]
+        if not has_null:
+            return texts, '"%s"'
+        quoted = iter(texts)
+        return [NULL_TOKEN if v is None else f'"{next(quoted)}"' for v in values], "%s"
     if column.sql_type == "BOOLEAN":
-        return [NULL_TOKEN if v is None else ("true" if v else "false") for v in values]
-    return [NULL_TOKEN if v is None else repr(v) for v in values]  # repr round-trips floats
+        return [NULL_TOKEN if v is None else ("true" if v else "false") for v in values], "%s"
+    if not has_null:
+        return values, "%r"  # repr round-trips floats exactly
+    return [NULL_TOKEN if v is None else repr(v) for v in values], "%s"
 
 
 def encode_csv(spec: TableSpec, rows: Iterable[tuple[Value, ...]]) -> bytes:
@@ -218,10 +229,9 @@ def encode_csv(spec: TableSpec, rows: Iterable[tuple[Value, ...]]) -> bytes:
         return b""
     # strict zips: a row of the wrong width is a bug, so fail loudly (ValueError)
     by_column = zip(*table_rows, strict=True)
-    columns = [_encode_column(c, v) for c, v in zip(spec.columns, by_column, strict=True)]
-    lines = [",".join(fields) for fields in zip(*columns, strict=True)]
-    lines.append("")
-    return "\n".join(lines).encode()
+    encoded = [_encode_column(c, v) for c, v in zip(spec.columns, by_column, strict=True)]
+    line = ",".join(piece for _, piece in encoded) + "\n"
+    return "".join([line % row for row in zip(*(v for v, _ in encoded), strict=True)]).encode()
 
 
 # ---------------------------------------------------------------- SQL builders (pure)
