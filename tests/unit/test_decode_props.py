@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.records.contract import Contract
+from consumer.records.contract import Contract, TsFormat
 from consumer.records.decode import decode_batch
 from consumer.records.model import Event, Position, RawRecord, Rejected
 
@@ -181,7 +181,7 @@ def test_any_bytes_end_as_exactly_one_outcome_in_order(datas: list[bytes]) -> No
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=10), st.sampled_from(["auto", "iso", "epoch_ms"]))
-def test_arbitrary_bytes_never_raise_nested_contract(datas: list[bytes], fmt: str) -> None:
+def test_arbitrary_bytes_never_raise_nested_contract(datas: list[bytes], fmt: TsFormat) -> None:
     c = Contract(
         key_fields=("a.b", "c"), ts_field="t.u", value_field="v", ts_format=fmt, max_depth=3
     )

@@ -1,0 +1,216 @@
+"""The per-shard event-time window engine: watermark, lateness, emission, snapshot/restore.
+
+Pure: values in, values out; time comes in as `now_ms` arguments.
+
+Watermark
+  W = max(largest event time seen - out_of_orderness_ms, idle advance, start watermark),
+  never decreasing. W means "records with event time < W are not expected any more".
+  It is advanced per record (a record is judged against W before its own time counts),
+  so which records are late depends only on the record sequence and the ticks, not on
+  how KCL happened to cut the batches.
+  Idle advance: process() with no events, or tick(now), when idle_timeout_ms is set and
+  no event came for idle = now - (processing time of the last non-empty batch) >=
+  idle_timeout_ms: W >= max_event_time - out_of_orderness + (idle - idle_timeout_ms),
+  i.e. event time is assumed to move on with processing time once the shard is idle.
+
+Windows are half-open [start, end). Tumbling/sliding windows align to the UTC epoch.
+Let L = allowed_lateness_ms.
+
+Emission (results are produced at the end of process/tick/close_all calls)
+  tumbling/sliding: a (window, key) result is emitted when W >= end, with is_final =
+    (end + L <= W). While end <= W < end + L, records that arrive late still update
+    the window, and the corrected result is emitted again (same result_id, is_final=False)
+    at the end of that step. When W >= end + L the window is emitted one last time with
+    is_final=True and its state is freed. With L = 0 each result is emitted once, final.
+  session: emitted once, is_final=True, when end + L <= W (see kinds.Sessions for why).
+  close_all (shard end): every open window is emitted with is_final=True, whatever W.
+  is_final=True therefore means: this engine will never emit this result_id again.
+
+Late records (side output, StepOutput.late, stage="window", reason="late")
+  tumbling/sliding: a record whose windows all have end + L <= W; a sliding record that
+    still fits some of its windows goes into those and is not reported.
+  session: see kinds.Sessions.
+
+Commit frontier: min_open_position() is the smallest position of a record still held by
+an open window (events must arrive in shard order, which KCL guarantees).
+
+Replay after a failover
+  The record processor checkpoints at most at the commit frontier, so after a failover
+  records are replayed from there. Two ways to make that exact:
+  1. snapshot() at the checkpoint and restore(data) on takeover: the snapshot carries the
+     last processed position, and process() silently drops replayed events at or before
+     it (counted in replayed_skipped), so nothing is counted twice.
+  2. Without a snapshot, a fresh engine rebuilds the open windows from the replay, but
+     windows that had already CLOSED (been emitted final) before the failover would be
+     rebuilt partially from the replayed tail of their records and re-emitted with the
+     same result_id, overwriting the complete result. Construct the engine with
+     start_watermark_ms = the watermark recorded at the checkpoint (and replay_until =
+     the last position processed then, if known): records whose windows have
+     end + L <= start_watermark_ms are then dropped; at or before replay_until silently
+     (counted in replayed_skipped, they were counted or quarantined before), after it as
+     ordinary late records.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import msgspec
+
+from consumer.records.model import Event, Position, Rejected
+from consumer.windows.kinds import NEG_INF, Aligned, Late, Sessions, load_pos, snap_pos
+from consumer.windows.model import StepOutput, WindowResult, WindowSpec
+
+SNAPSHOT_VERSION = 1
+
+
+class WindowEngine:
+    """Windows for one shard. See the module docstring for the exact semantics."""
+
+    def __init__(
+        self,
+        spec: WindowSpec,
+        shard_id: str,
+        *,
+        start_watermark_ms: int | None = None,
+        replay_until: Position | None = None,
+    ) -> None:
+        self.spec = spec
+        self.shard_id = shard_id
+        self._windows: Aligned | Sessions = (
+            Sessions(spec, shard_id) if spec.kind == "session" else Aligned(spec, shard_id)
+        )
+        self._max_ts = NEG_INF
+        self._wm = NEG_INF if start_watermark_ms is None else start_watermark_ms
+        self._last_event_now: int | None = None
+        self._last_pos: Position | None = None  # last position processed
+        self._dedupe_until: Position | None = None  # from a snapshot: already counted
+        self._replay_until = replay_until
+        self._closed = False
+        self.late_count = 0
+        self.replayed_skipped = 0
+
+    # --- stepping ---------------------------------------------------------------------
+
+    def process(self, events: Sequence[Event], now_ms: int) -> StepOutput:
+        """Add a batch (in shard order) and emit what the watermark now allows."""
+        if self._closed:
+            raise ValueError(f"shard {self.shard_id}: process() after close_all()")
+        was_enabled = gc.isenabled()
+        gc.disable()  # the batch allocates many state lists; mid-batch collections dominate
+        try:
+            late: Late = []
+            events = self._drop_already_counted(events)
+            if events:
+                self._last_event_now = now_ms
+                self._last_pos = events[-1].record.position
+                self._max_ts, self._wm, late = self._windows.add(events, self._max_ts, self._wm)
+            else:
+                self._idle_advance(now_ms)
+            results = self._windows.collect(self._wm, False)
+            return StepOutput(results, self._report_late(late))
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def tick(self, now_ms: int) -> StepOutput:
+        """Processing-time step for an idle shard (KCL delivered an empty batch)."""
+        return self.process((), now_ms)
+
+    def close_all(self) -> StepOutput:
+        """Shard end: emit every open window as final and free all state."""
+        results: list[WindowResult] = self._windows.collect(self._wm, True)
+        self._closed = True
+        return StepOutput(results, [])
+
+    def _idle_advance(self, now_ms: int) -> None:
+        timeout = self.spec.idle_timeout_ms
+        if timeout is None or self._last_event_now is None or self._max_ts == NEG_INF:
+            return
+        idle = now_ms - self._last_event_now
+        if idle >= timeout:
+            self._wm = max(self._wm, self._max_ts - self.spec.out_of_orderness_ms + idle - timeout)
+
+    def _drop_already_counted(self, events: Sequence[Event]) -> Sequence[Event]:
+        until = self._dedupe_until
+        if until is None or not events:
+            return events
+        if events[0].record.position > until:
+            self._dedupe_until = None  # positions only grow: the replayed part is over
+            return events
+        kept = [e for e in events if e.record.position > until]
+        self.replayed_skipped += len(events) - len(kept)
+        return kept
+
+    def _report_late(self, late: Late) -> list[Rejected]:
+        out: list[Rejected] = []
+        replay_until, lateness = self._replay_until, self.spec.allowed_lateness_ms
+        for ev, wm in late:
+            if replay_until is not None and ev.record.position <= replay_until:
+                self.replayed_skipped += 1
+                continue
+            msg = (
+                f"event time {ev.ts_ms} ms is too late: watermark {wm} ms had passed its "
+                f"window end + allowed lateness {lateness} ms"
+            )
+            out.append(Rejected(ev.record, "window", "late", msg))
+        self.late_count += len(out)
+        return out
+
+    # --- introspection ----------------------------------------------------------------
+
+    def min_open_position(self) -> Position | None:
+        """Smallest (sequence, sub_sequence) still held by an open window, or None."""
+        return self._windows.min_position()
+
+    @property
+    def watermark_ms(self) -> int | None:
+        return None if self._wm == NEG_INF else self._wm
+
+    @property
+    def open_windows(self) -> int:
+        """Open (window, key) groups."""
+        return self._windows.open_groups
+
+    @property
+    def state_bytes(self) -> int:
+        """Estimate of the memory held by open state (calibrated by the windows bench)."""
+        return self._windows.state_bytes()
+
+    # --- snapshot ---------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """All state as bytes (msgpack). Restoring it and replaying from any earlier
+        position yields the same results as if nothing had happened."""
+        state = {
+            "version": SNAPSHOT_VERSION,
+            "spec": asdict(self.spec),
+            "shard_id": self.shard_id,
+            "max_ts": self._max_ts,
+            "wm": self._wm,
+            "last_event_now": self._last_event_now,
+            "last_pos": None if self._last_pos is None else snap_pos(self._last_pos),
+            "replay_until": None if self._replay_until is None else snap_pos(self._replay_until),
+            "closed": self._closed,
+            "late_count": self.late_count,
+            "windows": self._windows.to_state(),
+        }
+        return msgspec.msgpack.encode(state)
+
+    @classmethod
+    def restore(cls, data: bytes) -> WindowEngine:
+        s: dict[str, Any] = msgspec.msgpack.decode(data)
+        if s.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {s.get('version')!r} is not {SNAPSHOT_VERSION}")
+        eng = cls(WindowSpec(**s["spec"]), s["shard_id"])
+        eng._max_ts, eng._wm, eng._last_event_now = s["max_ts"], s["wm"], s["last_event_now"]
+        if s["last_pos"] is not None:
+            eng._last_pos = eng._dedupe_until = load_pos(s["last_pos"])
+        if s["replay_until"] is not None:
+            eng._replay_until = load_pos(s["replay_until"])
+        eng._closed, eng.late_count = s["closed"], s["late_count"]
+        eng._windows.load_state(s["windows"])
+        return eng

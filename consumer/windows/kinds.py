@@ -1,0 +1,447 @@
+"""Window kinds over in-memory state: aligned (tumbling, sliding) and session windows.
+
+State per (window, key) is a plain list, the "agg":
+    [count, sum, min, max, first_ts, last_ts, q]
+where q (only with quantiles) is a list of raw values, folded into a QuantileSketch once it
+passes RAW_LIMIT. Sessions append their own fields (see _Sessions). Plain lists, no objects
+per record: the hot loops only index and compare.
+
+`add` assigns events to windows and returns the ones that were too late for every window
+they belong to; `collect` emits results as the watermark allows. Both are driven by
+WindowEngine, which owns the watermark; these classes only read and advance it per record.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from typing import Any
+
+from consumer.records.model import Event, Position
+from consumer.windows.model import Aggregates, WindowResult, WindowSpec
+from consumer.windows.sketch import RAW_LIMIT, QuantileSketch
+
+Key = tuple[str, ...]
+Agg = list[Any]
+Late = list[tuple[Event, int]]  # (event, watermark when it arrived)
+NEG_INF = -(2**62)
+BYTES_PER_GROUP = 230  # calibrated with tracemalloc by consumer.bench.windows
+BYTES_PER_RAW_VALUE = 32
+BYTES_PER_BIN = 100
+KEY_CACHE_CAP = 1 << 20
+
+
+def _add_q(agg: Agg, v: float, accuracy: float) -> None:
+    q = agg[6]
+    if type(q) is list:
+        q.append(v)
+        if len(q) > RAW_LIMIT:
+            agg[6] = QuantileSketch(accuracy).add_all(q)
+    else:
+        q.add(v)
+
+
+def _merge_q(a: Any, b: Any, accuracy: float) -> Any:
+    """Merge two q slots (raw list or sketch) into one."""
+    if type(a) is list and type(b) is list and len(a) + len(b) <= RAW_LIMIT:
+        return a + b
+    sa = a if isinstance(a, QuantileSketch) else QuantileSketch(accuracy).add_all(a)
+    sb = b if isinstance(b, QuantileSketch) else QuantileSketch(accuracy).add_all(b)
+    sa.merge(sb)
+    return sa
+
+
+def _sketch_bytes(q: Any, accuracy: float) -> bytes:
+    s = q if isinstance(q, QuantileSketch) else QuantileSketch(accuracy).add_all(q)
+    return s.to_bytes()
+
+
+def _q_bytes(q: Any) -> int:
+    if isinstance(q, QuantileSketch):
+        return BYTES_PER_BIN * (len(q.pos) + len(q.neg))
+    return BYTES_PER_RAW_VALUE * len(q)
+
+
+class _Base:
+    """Shared configuration and result building."""
+
+    def __init__(self, spec: WindowSpec, shard_id: str) -> None:
+        self.spec = spec
+        self.shard_id = shard_id
+        self.kind = spec.kind
+        self.lateness = spec.allowed_lateness_ms
+        self.ooo = spec.out_of_orderness_ms
+        self.quantiles = spec.quantiles
+        self.accuracy = spec.quantile_accuracy
+        # Interned key tuples: equal keys across windows share one tuple and its strings.
+        self.keys: dict[Key, Key] = {}
+
+    def _result(self, start: int, end: int, key: Key, a: Agg, final: bool) -> WindowResult:
+        sketch = _sketch_bytes(a[6], self.accuracy) if self.quantiles else None
+        aggs = Aggregates(a[0], a[1], a[2], a[3], a[4], a[5], sketch)
+        return WindowResult(self.kind, start, end, key, self.shard_id, aggs, final)
+
+    def _trim_key_cache(self) -> None:
+        if len(self.keys) > KEY_CACHE_CAP:
+            self.keys.clear()
+
+
+class Aligned(_Base):
+    """Tumbling (slide == size) and sliding windows, aligned to the epoch.
+
+    State: buckets[start][key] -> agg. A bucket (one window start) is emitted the first time
+    the watermark reaches its end; while end + lateness > watermark, late records update it
+    and only the updated keys are re-emitted; at end + lateness <= watermark every key is
+    emitted once more with is_final=True and the bucket is freed.
+    """
+
+    def __init__(self, spec: WindowSpec, shard_id: str) -> None:
+        super().__init__(spec, shard_id)
+        self.size = spec.size_ms
+        self.slide = spec.slide_ms if spec.kind == "sliding" and spec.slide_ms else spec.size_ms
+        self.buckets: dict[int, dict[Key, Agg]] = {}
+        self.first_pos: dict[int, Position] = {}
+        self.dirty: dict[int, set[Key]] = {}  # only for buckets already emitted
+
+    def add(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
+        if self.slide == self.size and not self.quantiles:
+            return self._add_tumbling(events, max_ts, wm)
+        return self._add_general(events, max_ts, wm)
+
+    def _bucket(self, start: int, ev: Event) -> dict[Key, Agg]:
+        b = self.buckets[start] = {}
+        # Events arrive in shard order, so a bucket's first record is its smallest position.
+        self.first_pos[start] = ev.record.position
+        return b
+
+    def _add_tumbling(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
+        size, ooo = self.size, self.ooo
+        buckets, keys, dirty = self.buckets, self.keys, self.dirty
+        late: Late = []
+        late_cut = wm - size - self.lateness  # start <= late_cut: end + lateness <= wm
+        cur_start = None
+        bucket: dict[Key, Agg] = {}
+        cur_dirty: set[Key] | None = None
+        for ev in events:
+            ts = ev.ts_ms
+            start = ts - ts % size
+            if start <= late_cut:
+                late.append((ev, wm))
+                max_ts = max(max_ts, ts)  # only after an idle advance can a late ts be new
+                continue
+            if start != cur_start:
+                cur_start = start
+                found = buckets.get(start)
+                bucket = self._bucket(start, ev) if found is None else found
+                cur_dirty = dirty.get(start)
+            key = ev.key
+            v = ev.value
+            a = bucket.get(key)
+            if a is None:
+                k = keys.get(key)
+                if k is None:
+                    keys[key] = k = key
+                bucket[k] = [1, v, v, v, ts, ts]
+            else:
+                a[0] += 1
+                a[1] += v
+                if v < a[2]:
+                    a[2] = v
+                elif v > a[3]:
+                    a[3] = v
+                if ts < a[4]:
+                    a[4] = ts
+                elif ts > a[5]:
+                    a[5] = ts
+            if cur_dirty is not None:
+                cur_dirty.add(key)
+            if ts > max_ts:
+                max_ts = ts
+                if ts - ooo > wm:
+                    wm = ts - ooo
+                    late_cut = wm - size - self.lateness
+        return max_ts, wm, late
+
+    def _add_general(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
+        size, slide, ooo, lateness = self.size, self.slide, self.ooo, self.lateness
+        buckets, keys, dirty = self.buckets, self.keys, self.dirty
+        quantiles, accuracy = self.quantiles, self.accuracy
+        late: Late = []
+        late_cut = wm - size - lateness
+        for ev in events:
+            ts = ev.ts_ms
+            last = ts - ts % slide
+            lo = last - size + slide
+            if lo <= late_cut:  # skip the windows already past end + lateness
+                lo = late_cut - late_cut % slide + slide
+                if lo > last:
+                    late.append((ev, wm))
+                    max_ts = max(max_ts, ts)
+                    continue
+            key = keys.get(ev.key)
+            if key is None:
+                keys[ev.key] = key = ev.key
+            v = ev.value
+            for start in range(lo, last + 1, slide):
+                bucket = buckets.get(start)
+                if bucket is None:
+                    bucket = self._bucket(start, ev)
+                a = bucket.get(key)
+                if a is None:
+                    bucket[key] = a = [1, v, v, v, ts, ts]
+                    if quantiles:
+                        a.append([v])
+                else:
+                    a[0] += 1
+                    a[1] += v
+                    a[2] = min(a[2], v)
+                    a[3] = max(a[3], v)
+                    a[4] = min(a[4], ts)
+                    a[5] = max(a[5], ts)
+                    if quantiles:
+                        _add_q(a, v, accuracy)
+                d = dirty.get(start)
+                if d is not None:
+                    d.add(key)
+            if ts > max_ts:
+                max_ts = ts
+                if ts - ooo > wm:
+                    wm = ts - ooo
+                    late_cut = wm - size - lateness
+        return max_ts, wm, late
+
+    def collect(self, wm: int, everything: bool) -> list[WindowResult]:
+        """Emit what the watermark allows (everything=True: all, final; shard end)."""
+        out: list[WindowResult] = []
+        size, lateness = self.size, self.lateness
+        for start in sorted(self.buckets):
+            end = start + size
+            if not everything and end > wm:
+                break
+            bucket = self.buckets[start]
+            d = self.dirty.get(start)
+            if everything or end + lateness <= wm:
+                out.extend(self._result(start, end, k, a, True) for k, a in bucket.items())
+                del self.buckets[start], self.first_pos[start]
+                self.dirty.pop(start, None)
+            elif d is None:  # first emission of this window
+                out.extend(self._result(start, end, k, a, False) for k, a in bucket.items())
+                self.dirty[start] = set()
+            elif d:  # late records updated these keys since the last emission
+                out.extend(self._result(start, end, k, bucket[k], False) for k in sorted(d))
+                d.clear()
+        self._trim_key_cache()
+        return out
+
+    def min_position(self) -> Position | None:
+        return min(self.first_pos.values(), default=None)
+
+    @property
+    def open_groups(self) -> int:
+        return sum(len(b) for b in self.buckets.values())
+
+    def state_bytes(self) -> int:
+        n = self.open_groups * BYTES_PER_GROUP
+        if self.quantiles:
+            n += sum(_q_bytes(a[6]) for b in self.buckets.values() for a in b.values())
+        return n
+
+    def to_state(self) -> list[Any]:
+        q = self.quantiles
+        return [
+            [
+                start,
+                snap_pos(self.first_pos[start]),
+                start in self.dirty,
+                sorted(self.dirty.get(start, ())),
+                [[k, *a[:6], *([_snap_q(a[6])] if q else [])] for k, a in b.items()],
+            ]
+            for start, b in self.buckets.items()
+        ]
+
+    def load_state(self, state: list[Any]) -> None:
+        for start, pos, emitted, dirty_keys, groups in state:
+            bucket = self.buckets[start] = {}
+            self.first_pos[start] = load_pos(pos)
+            if emitted:
+                self.dirty[start] = {tuple(k) for k in dirty_keys}
+            for g in groups:
+                a = g[1:7]
+                if self.quantiles:
+                    a.append(_load_q(g[7]))
+                bucket[tuple(g[0])] = a
+
+
+def snap_pos(p: Position) -> list[Any]:
+    return [str(p.sequence), p.sub_sequence]  # sequence numbers exceed 64-bit msgpack ints
+
+
+def load_pos(p: list[Any]) -> Position:
+    return Position(int(p[0]), int(p[1]))
+
+
+def _snap_q(q: Any) -> Any:
+    return q.to_bytes() if isinstance(q, QuantileSketch) else q
+
+
+def _load_q(q: Any) -> Any:
+    return QuantileSketch.from_bytes(q) if isinstance(q, bytes) else list(q)
+
+
+class Sessions(_Base):
+    """Session windows per key: [first_ts, last_ts + gap), merged when they overlap.
+
+    A session is emitted once, with is_final=True, when end + lateness <= watermark (or at
+    shard end). Why not earlier: a late record can extend or merge a session, which changes
+    its start/end and so its result_id; emitting only final results keeps ids stable.
+    A record is late (side output) if it would merge into a session whose end + lateness is
+    already <= watermark, or its own session [ts, ts + gap) would be, or it falls before a
+    session of its key that was already finalised and freed (closed_until, kept only while a
+    record could still reach it: until it is gap + lateness behind the watermark).
+
+    Session agg: [count, sum, min, max, first_ts, last_ts, q, first_pos].
+    """
+
+    def __init__(self, spec: WindowSpec, shard_id: str) -> None:
+        super().__init__(spec, shard_id)
+        assert spec.gap_ms is not None
+        self.gap = spec.gap_ms
+        self.sessions: dict[Key, list[Agg]] = {}  # per key, disjoint, sorted by first_ts
+        self.heap: list[tuple[int, Key]] = []  # (end + lateness, key), lazily invalidated
+        self.sched: dict[Key, int] = {}  # key -> deadline of its live heap entry
+        self.closed_until: dict[Key, int] = {}
+        self.pruned_at = NEG_INF
+
+    def _schedule(self, key: Key, deadline: int) -> None:
+        cur = self.sched.get(key)
+        if cur is None or deadline < cur:
+            self.sched[key] = deadline
+            heapq.heappush(self.heap, (deadline, key))
+
+    def add(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
+        late: Late = []
+        for ev in events:
+            if not self._add_one(ev, wm):
+                late.append((ev, wm))
+            ts = ev.ts_ms
+            if ts > max_ts:
+                max_ts = ts
+                wm = max(wm, ts - self.ooo)
+        return max_ts, wm, late
+
+    def _add_one(self, ev: Event, wm: int) -> bool:
+        gap, lateness = self.gap, self.lateness
+        key, ts, v = ev.key, ev.ts_ms, ev.value
+        cu = self.closed_until.get(key)
+        if cu is not None and ts < cu:
+            return False
+        ss = self.sessions.get(key)
+        hits = [s for s in ss if s[4] < ts + gap and ts < s[5] + gap] if ss else []
+        if any(s[5] + gap + lateness <= wm for s in hits) or (
+            not hits and ts + gap + lateness <= wm
+        ):
+            return False
+        if not hits:
+            k = self.keys.get(key)
+            if k is None:
+                self.keys[key] = k = key
+            new = [1, v, v, v, ts, ts, [v] if self.quantiles else None, ev.record.position]
+            ss = self.sessions.setdefault(k, [])
+            ss.append(new)
+            ss.sort(key=lambda s: s[4])
+            self._schedule(k, ts + gap + lateness)
+            return True
+        a = hits[0]
+        for b in hits[1:]:  # the record bridges several sessions: fold them into the first
+            self._fold(a, b)
+            assert ss is not None
+            ss.remove(b)
+        a[0] += 1
+        a[1] += v
+        a[2], a[3] = min(a[2], v), max(a[3], v)
+        a[4], a[5] = min(a[4], ts), max(a[5], ts)
+        if self.quantiles:
+            _add_q(a, v, self.accuracy)
+        return True
+
+    def _fold(self, a: Agg, b: Agg) -> None:
+        a[0] += b[0]
+        a[1] += b[1]
+        a[2], a[3] = min(a[2], b[2]), max(a[3], b[3])
+        a[4], a[5] = min(a[4], b[4]), max(a[5], b[5])
+        if self.quantiles:
+            a[6] = _merge_q(a[6], b[6], self.accuracy)
+        a[7] = min(a[7], b[7])
+
+    def collect(self, wm: int, everything: bool) -> list[WindowResult]:
+        out: list[WindowResult] = []
+        gap, lateness = self.gap, self.lateness
+        if everything:
+            for key in sorted(self.sessions):
+                out.extend(self._result(s[4], s[5] + gap, key, s, True) for s in self.sessions[key])
+            self.sessions.clear()
+            self.heap.clear()
+            self.sched.clear()
+            return out
+        heap = self.heap
+        while heap and heap[0][0] <= wm:
+            deadline, key = heapq.heappop(heap)
+            if self.sched.get(key) != deadline:
+                continue  # stale entry: superseded by an earlier deadline
+            del self.sched[key]
+            keep = []
+            for s in self.sessions.pop(key):
+                end = s[5] + gap
+                if end + lateness <= wm:
+                    out.append(self._result(s[4], end, key, s, True))
+                    self.closed_until[key] = max(self.closed_until.get(key, NEG_INF), end)
+                else:
+                    keep.append(s)
+            if keep:
+                self.sessions[key] = keep
+                self._schedule(key, min(s[5] for s in keep) + gap + lateness)
+        self._prune(wm)
+        self._trim_key_cache()
+        return out
+
+    def _prune(self, wm: int) -> None:
+        """Forget closed_until entries no record can reach any more (bounded memory)."""
+        horizon = wm - self.gap - self.lateness
+        if horizon - self.pruned_at < self.gap:
+            return
+        self.pruned_at = horizon
+        stale = [k for k, until in self.closed_until.items() if until <= horizon]
+        for k in stale:
+            del self.closed_until[k]
+
+    def min_position(self) -> Position | None:
+        return min((s[7] for ss in self.sessions.values() for s in ss), default=None)
+
+    @property
+    def open_groups(self) -> int:
+        return sum(len(ss) for ss in self.sessions.values())
+
+    def state_bytes(self) -> int:
+        n = (self.open_groups + len(self.closed_until)) * BYTES_PER_GROUP
+        if self.quantiles:
+            n += sum(_q_bytes(s[6]) for ss in self.sessions.values() for s in ss)
+        return n
+
+    def to_state(self) -> list[Any]:
+        sessions = [
+            [k, [[*s[:6], _snap_q(s[6]) if self.quantiles else None, snap_pos(s[7])] for s in ss]]
+            for k, ss in self.sessions.items()
+        ]
+        return [sessions, [[k, u] for k, u in self.closed_until.items()], self.pruned_at]
+
+    def load_state(self, state: list[Any]) -> None:
+        sessions, closed, self.pruned_at = state
+        for k, ss in sessions:
+            key = tuple(k)
+            rows = []
+            for s in ss:
+                q = _load_q(s[6]) if self.quantiles else None
+                rows.append([*s[:6], q, load_pos(s[7])])
+            self.sessions[key] = rows
+            self._schedule(key, min(r[5] for r in rows) + self.gap + self.lateness)
+        self.closed_until = {tuple(k): u for k, u in closed}
