@@ -503,7 +503,12 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class RedshiftSink(Generic[RowT]):
-    """Commit step for one table: durable in Redshift when write_batch returns."""
+    """Commit step for one table: durable in Redshift when write_batch returns.
+
+    Connection loss, serialization failures (concurrent shard loads) and staging-store
+    outages are retried forever through `retrier` (whose `retryable` this sets); a broken
+    connection is replaced. Other errors (bad SQL, permissions) propagate.
+    """
 
     def __init__(
         self,
@@ -541,3 +546,15 @@ class RedshiftSink(Generic[RowT]):
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def raw_records_sink(
+    loader: RedshiftLoader, connect: Callable[[], Any], retrier: Retrier | None = None
+) -> RedshiftSink[RawRow]:
+    return RedshiftSink("redshift-raw", RAW_BINDING, loader, connect, retrier)
+
+
+def window_results_sink(
+    loader: RedshiftLoader, connect: Callable[[], Any], retrier: Retrier | None = None
+) -> RedshiftSink[ResultRow]:
+    return RedshiftSink("redshift-results", RESULTS_BINDING, loader, connect, retrier)

@@ -28,7 +28,6 @@ from consumer.sinks.redshift import (
     PostgresDialect,
     RedshiftDialect,
     RedshiftLoader,
-    RedshiftSink,
     S3StagingStore,
     TableSpec,
     delete_insert_sql,
@@ -36,6 +35,7 @@ from consumer.sinks.redshift import (
     ident,
     merge_sql,
     migrate,
+    raw_records_sink,
     redshift_merge_problems,
 )
 from consumer.sinks.retry import Backoff, Retrier
@@ -281,9 +281,7 @@ def test_failed_load_rolls_back_completely(conn: Any, schema: str, staging: S3St
 def test_sink_reconnects_after_connection_loss(
     dsn: str, conn: Any, schema: str, staging: S3StagingStore
 ) -> None:
-    sink = RedshiftSink(
-        "redshift-raw",
-        RAW_BINDING,
+    sink = raw_records_sink(
         loader(schema, staging),
         lambda: psycopg2.connect(dsn),
         Retrier("redshift-raw", Backoff(base_ms=1, cap_ms=5), sleep=lambda _: None),
