@@ -59,6 +59,7 @@ class S3Settings:
     archive_prefix: str = "raw/"
     quarantine_prefix: str = "quarantine/"
     results_prefix: str = "results/"
+    state_prefix: str = "state/"  # window-engine snapshots, one per checkpoint
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,39 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WindowSettings:
+    """Event-time windows over (key fields) -> value; see consumer/windows/engine.py."""
+
+    enabled: bool = True
+    kind: Literal["tumbling", "sliding", "session"] = "tumbling"
+    size_ms: int = 60_000
+    slide_ms: int = 0  # sliding only
+    gap_ms: int = 0  # session only
+    allowed_lateness_ms: int = 0
+    out_of_orderness_ms: int = 5_000
+    idle_timeout_ms: int = 30_000  # 0: idle shards do not advance their watermark
+    quantiles: bool = False
+
+
+@dataclass(frozen=True)
+class RedshiftSettings:
+    enabled: bool = False
+    dsn: str = ""  # libpq DSN; in production the password comes from Secrets Manager
+    schema: str = "aetherstream"
+    dialect: Literal["redshift", "postgres"] = "redshift"
+    copy_iam_role: str = ""  # Redshift COPY ... IAM_ROLE
+    staging_prefix: str = "redshift-staging/"
+    load_raw: bool = True  # raw records too, not only window results
+
+
+@dataclass(frozen=True)
+class OpenSearchSettings:
+    enabled: bool = False
+    url: str = ""
+    index_prefix: str = "aetherstream"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -94,6 +128,9 @@ class Settings:
     s3: S3Settings = field(default_factory=S3Settings)
     flush: FlushSettings = field(default_factory=FlushSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    windows: WindowSettings = field(default_factory=WindowSettings)
+    redshift: RedshiftSettings = field(default_factory=RedshiftSettings)
+    opensearch: OpenSearchSettings = field(default_factory=OpenSearchSettings)
     log: LogSettings = field(default_factory=LogSettings)
     run_dir: str = "run"
 

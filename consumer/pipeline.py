@@ -1,149 +1,174 @@
-"""One shard's path: records -> decode -> buffers -> durable objects -> commit frontier.
+"""One shard's path: records -> decode -> windows -> routes (buffers + sinks) -> frontier.
 
 This is the shell that wires the pure stages together for one shard. It knows nothing of
 the KCL protocol (consumer/kcl/processor.py adapts that), so tests drive it with plain
-RawRecords against a real S3 server.
+RawRecords against real servers.
+
+Checkpoints and window state: a checkpoint is taken only when every route has drained, and
+the window engine's snapshot for that exact position is durable first (consumer/kcl/state.py).
+A new owner restores the snapshot and resumes after the checkpoint, so open windows need not
+hold the checkpoint back, and windows that closed before it are never rebuilt from a partial
+replay (see consumer/windows/engine.py, "Replay after a failover").
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 from consumer.commit.frontier import CommitFrontier
 from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch
-from consumer.records.model import Event, Position, RawRecord, Rejected
-from consumer.sinks.buffer import ByteBudget, FlushHints, SinkBuffer
-from consumer.sinks.layout import (
-    ObjectPlan,
-    Provenance,
-    archive_line,
-    plan_objects,
-    quarantine_line,
-)
-from consumer.sinks.s3 import S3ObjectWriter
+from consumer.records.model import Event, Position, RawRecord
+from consumer.sinks.routes import RESULT_SIZE, Route, Routes, WindowGroup
+from consumer.windows.engine import WindowEngine
+from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Retrier = Callable[[str, Callable[[], T]], T]
 
 
 def contract_from(settings: Settings) -> Contract:
     c = settings.contract
-    return Contract(
-        key_fields=c.key_fields,
-        ts_field=c.ts_field,
-        value_field=c.value_field,
-        ts_format=c.ts_format,
+    return Contract(key_fields=c.key_fields, ts_field=c.ts_field, value_field=c.value_field,
+                    ts_format=c.ts_format)
+
+
+def window_spec(settings: Settings) -> WindowSpec:
+    w = settings.windows
+    return WindowSpec(
+        kind=w.kind, size_ms=w.size_ms, slide_ms=w.slide_ms or None, gap_ms=w.gap_ms or None,
+        allowed_lateness_ms=w.allowed_lateness_ms, out_of_orderness_ms=w.out_of_orderness_ms,
+        idle_timeout_ms=w.idle_timeout_ms or None, quantiles=w.quantiles,
     )
 
 
 @dataclass(frozen=True)
 class FlushReport:
-    archived: int
-    quarantined: int
+    written: dict[str, int]
 
 
 class ShardPipeline:
-    def __init__(
-        self,
-        settings: Settings,
-        shard_id: str,
-        writer: S3ObjectWriter,
-        retry: Retrier[int],
-        checkpointed: Position | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, shard_id: str, routes: Routes,
+                 engine: WindowEngine | None, checkpointed: Position | None = None) -> None:
         self.shard_id = shard_id
-        self._s3 = settings.s3
-        self._prov = Provenance(settings.stream.name, shard_id)
         self._contract = contract_from(settings)
-        self._writer = writer
-        self._retry = retry
-        f = settings.flush
-        hints = FlushHints(
-            max_records=f.max_records, max_bytes=f.max_bytes, max_age_ms=f.max_age_ms
-        )
-        budget = ByteBudget(4 * f.max_bytes)
-        self._archive: SinkBuffer[Event] = SinkBuffer("archive", hints, budget)
-        self._quarantine: SinkBuffer[Rejected] = SinkBuffer("quarantine", hints, budget)
+        self.routes = routes
+        self.engine = engine
         self.frontier = CommitFrontier(checkpointed)
+        self._last_seen: Position | None = checkpointed
 
+    # --- stages ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[RawRecord], now_ms: int) -> None:
-        """Decode a KCL batch and buffer every record: valid ones to the archive, the rest to
-        quarantine. Nothing is dropped: each record lands in exactly one buffer."""
+        """Decode a KCL batch and buffer everything it produced. Nothing is dropped: each
+        record lands in the archive or in quarantine, and windows see every valid one."""
         events, rejected = decode_batch(records, self._contract)
-        for e in events:
-            self._archive.add(e, e.record.position, len(e.record.data), now_ms)
-        for r in rejected:
-            self._quarantine.add(r, r.record.position, len(r.record.data), now_ms)
-        self.frontier.observe([r.position for r in records])
+        if records:
+            self.frontier.observe([r.position for r in records])
+            self._last_seen = records[-1].position
+        self._add(self.routes.archive, events, now_ms)
+        for route in self.routes.raw:
+            self._add(route, events, now_ms)
+        self._add(self.routes.quarantine, rejected, now_ms)
+        if self.engine is not None:
+            self._emit(self.engine.process(events, now_ms), now_ms)
 
+    def tick(self, now_ms: int) -> None:
+        """An empty KCL batch: processing time moves idle windows on."""
+        if self.engine is not None:
+            self._emit(self.engine.tick(now_ms), now_ms)
+
+    def close(self, now_ms: int) -> None:
+        """Shard end: the parent's contribution to every window is final."""
+        if self.engine is not None:
+            self._emit(self.engine.close_all(), now_ms)
+
+    def _emit(self, out: StepOutput, now_ms: int) -> None:
+        self._add(self.routes.quarantine, out.late, now_ms)
+        if out.late:
+            m.LATE_RECORDS.labels(self.shard_id).inc(len(out.late))
+        if not out.results or self._last_seen is None:
+            return
+        m.WINDOW_RESULTS_EMITTED.labels(self.shard_id).inc(len(out.results))
+        for route in self.routes.results:
+            for r in out.results:
+                route.buffer.add(r, self._last_seen, RESULT_SIZE, now_ms)
+        for group in final_groups(out.results):
+            for window_route in self.routes.windows:
+                window_route.buffer.add(group, self._last_seen, RESULT_SIZE * len(group), now_ms)
+
+    def _add(self, route: Route[Any], items: Sequence[Any], now_ms: int) -> None:
+        for item in items:
+            record = item.record
+            route.buffer.add(item, record.position, len(record.data), now_ms)
+
+    # --- flushing and the frontier ------------------------------------------------------
     def flush_due(self, now_ms: int) -> bool:
-        return bool(self._archive.should_flush(now_ms) or self._quarantine.should_flush(now_ms))
+        return any(r.buffer.should_flush(now_ms) for r in self.routes.all())
 
-    def flush(self, now_ms: int) -> FlushReport:
-        """Make everything buffered durable (retrying until it is), in batches."""
-        archived = quarantined = 0
-        while (batch := self._archive.take_batch()) is not None:
-            archived += self._write(batch.items, self._archive_plans, "archive")
-            self._archive.mark_durable(batch)
-        while (qbatch := self._quarantine.take_batch()) is not None:
-            quarantined += self._write(
-                qbatch.items, lambda items: self._quarantine_plans(items, now_ms), "quarantine"
-            )
-            self._quarantine.mark_durable(qbatch)
-            for r in qbatch.items:
-                m.RECORDS_QUARANTINED.labels(self.shard_id, r.reason).inc()
-        m.RECORDS_ARCHIVED.labels(self.shard_id).inc(archived)
-        return FlushReport(archived, quarantined)
+    def flush(self) -> FlushReport:
+        """Make everything buffered durable (each route retries until it is), in order;
+        quarantine last, as deliveries can add sink rejections to it."""
+        written: dict[str, int] = {}
+        for route in self.routes.all():
+            written[route.name] = written.get(route.name, 0) + self._drain(route)
+        return FlushReport(written)
+
+    def _drain(self, route: Route[Any]) -> int:
+        written = 0
+        while (batch := route.buffer.take_batch()) is not None:
+            started = time.monotonic()
+            outcome = route.deliver(batch.items, batch.last_position)
+            route.buffer.mark_durable(batch)
+            for rejected in outcome.rejected:
+                self.routes.quarantine.buffer.add(rejected, rejected.record.position,
+                                                  len(rejected.record.data), 0)
+            written += outcome.written
+            m.SINK_FLUSH_DURATION_SECONDS.labels(route.name).observe(time.monotonic() - started)
+            m.SINK_BATCHES.labels(route.name, "ok").inc()
+            m.SINK_RECORDS.labels(route.name).inc(outcome.written)
+        if route is self.routes.archive:
+            m.RECORDS_ARCHIVED.labels(self.shard_id).inc(written)
+        return written
 
     def checkpoint_position(self) -> Position | None:
-        """The newest position every stage is done with, if it moved past the last one."""
-        held = (self._archive.min_pending_position(), self._quarantine.min_pending_position())
+        """The newest record every route is done with, if it moved past the last checkpoint.
+        Open windows do not hold it back: their state is snapshotted at the checkpoint."""
+        held = [r.buffer.min_pending_position() for r in self.routes.all()]
         safe = self.frontier.safe_position(held)
-        if safe is None or (
-            self.frontier.checkpointed is not None and safe <= self.frontier.checkpointed
-        ):
+        last = self.frontier.checkpointed
+        if safe is None or (last is not None and safe <= last):
             return None
         return safe
 
-    def buffered_bytes(self) -> int:
-        return self._archive.pending_bytes + self._quarantine.pending_bytes
+    @property
+    def last_seen(self) -> Position | None:
+        return self._last_seen
 
-    def _write(
-        self, items: Sequence[T], plan: Callable[[Sequence[T]], list[ObjectPlan]], sink: str
-    ) -> int:
-        written = 0
-        with m.SINK_FLUSH_DURATION_SECONDS.labels(sink).time():
-            for p in plan(items):
-                written += self._retry(sink, functools.partial(self._writer.write, p))
-        m.SINK_BATCHES.labels(sink, "ok").inc()
-        m.SINK_RECORDS.labels(sink).inc(written)
-        return written
+    def report_gauges(self, now_ms: int) -> None:
+        for route in self.routes.all():
+            m.SINK_BUFFER_BYTES.labels(route.name, self.shard_id).set(route.buffer.pending_bytes)
+        m.CHECKPOINT_LAG_RECORDS.labels(self.shard_id).set(self.frontier.pending)
+        if self.engine is not None:
+            m.OPEN_WINDOWS.labels(self.shard_id).set(self.engine.open_windows)
+            m.WINDOW_STATE_BYTES.labels(self.shard_id).set(self.engine.state_bytes)
+            wm = self.engine.watermark_ms
+            if wm is not None:
+                m.WATERMARK_LAG_SECONDS.labels(self.shard_id).set(max(0.0, (now_ms - wm) / 1000))
 
-    def _archive_plans(self, events: Sequence[Event]) -> list[ObjectPlan]:
-        return plan_objects(
-            events,
-            lambda e: e.record.position,
-            lambda e: e.ts_ms,
-            lambda e: archive_line(self._prov, e),
-            self._s3.archive_prefix,
-            self.shard_id,
-        )
 
-    def _quarantine_plans(self, rejected: Sequence[Rejected], now_ms: int) -> list[ObjectPlan]:
-        # Partitioned by arrival time: a rejected record may have no usable event time.
-        return plan_objects(
-            rejected,
-            lambda r: r.record.position,
-            lambda r: r.record.arrival_ms,
-            lambda r: quarantine_line(self._prov, r, now_ms),
-            self._s3.quarantine_prefix,
-            self.shard_id,
-        )
+def final_groups(results: Sequence[WindowResult]) -> list[WindowGroup]:
+    """One engine step's final results, grouped by window (the S3 results objects)."""
+    groups: dict[tuple[str, int, int], list[WindowResult]] = defaultdict(list)
+    for r in results:
+        if r.is_final:
+            groups[(r.kind, r.start_ms, r.end_ms)].append(r)
+    return [tuple(g) for g in groups.values()]
+
+
+__all__ = ["Event", "FlushReport", "ShardPipeline", "final_groups", "window_spec"]

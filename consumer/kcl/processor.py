@@ -22,14 +22,16 @@ from typing import Any, TypeVar
 from amazon_kclpy.checkpoint_error import CheckpointError
 from amazon_kclpy.v3 import processor
 
+from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
 from consumer.kcl.checkpoint import Checkpointer, checkpoint_with_retry
-from consumer.kcl.retry import RetryUntilStopped, StopRetrying
 from consumer.metrics import registry as m
 from consumer.metrics.logs import bind_context
-from consumer.pipeline import ShardPipeline
+from consumer.pipeline import ShardPipeline, window_spec
 from consumer.records.model import Position, RawRecord
-from consumer.sinks.s3 import S3ObjectWriter
+from consumer.sinks.retry import StopRetrying
+from consumer.sinks.routes import ShardRetriers, open_routes
+from consumer.windows.engine import WindowEngine
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
@@ -78,7 +80,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._settings = settings
         self._s3_client = s3_client
         self._pipeline: ShardPipeline | None = None
-        self._retry = RetryUntilStopped()
+        self._state: SnapshotStore | None = None
+        self._retriers = ShardRetriers()
         self._metrics: m.ShardMetrics | None = None
         self.shard_id = ""
 
@@ -86,41 +89,43 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     @exit_on_error
     def initialize(self, initialize_input: Any) -> None:
         self.shard_id = initialize_input.shard_id
-        start = _start_position(
-            initialize_input.sequence_number, initialize_input.sub_sequence_number
-        )
+        start = _start_position(initialize_input.sequence_number,
+                                initialize_input.sub_sequence_number)
         bind_context(shard=self.shard_id)
-        writer = S3ObjectWriter(self._s3_client, self._settings.s3.bucket)
-        self._pipeline = ShardPipeline(self._settings, self.shard_id, writer, self._retry, start)
+        s = self._settings
+        routes = open_routes(s, self.shard_id, self._retriers, _now_ms, self._s3_client)
+        self._state = SnapshotStore(self._s3_client, s.s3.bucket, s.s3.state_prefix,
+                                    s.stream.app_name, self.shard_id)
+        engine = self._restore_engine(start) if s.windows.enabled else None
+        self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start)
         self._metrics = m.ShardMetrics(self.shard_id)
         self._metrics.lease_acquired()
-        log.info(
-            "initialized", extra={"start": str(start) if start else "none", "pid": os.getpid()}
-        )
+        log.info("initialized", extra={"start": str(start) if start else "none",
+                                       "routes": [r.name for r in routes.all()]})
 
     @exit_on_error
     def process_records(self, process_records_input: Any) -> None:
         pipeline, metrics = self._require()
         started = time.monotonic()
         records = to_raw_records(process_records_input.records)
-        now_ms = int(time.time() * 1000)
+        now_ms = _now_ms()
         if records:
-            metrics.batch_received(
-                (r.position.sequence for r in records), (len(r.data) for r in records)
-            )
+            metrics.batch_received((r.position.sequence for r in records),
+                                   (len(r.data) for r in records))
             pipeline.ingest(records, now_ms)
+        else:
+            pipeline.tick(now_ms)
         m.MILLIS_BEHIND_LATEST.labels(self.shard_id).set(
-            process_records_input.millis_behind_latest or 0
-        )
+            process_records_input.millis_behind_latest or 0)
         if pipeline.flush_due(now_ms):
             self._flush_and_checkpoint(process_records_input.checkpointer)
-        m.CHECKPOINT_LAG_RECORDS.labels(self.shard_id).set(pipeline.frontier.pending)
+        pipeline.report_gauges(now_ms)
         m.PROCESS_RECORDS_DURATION_SECONDS.labels(self.shard_id).observe(time.monotonic() - started)
         metrics.heartbeat()
 
     def lease_lost(self, lease_lost_input: Any) -> None:
         # Another worker owns the shard now: stop at once, write nothing more.
-        self._retry.stop()
+        self._retriers.stop()
         self._pipeline = None
         if self._metrics:
             self._metrics.lease_released()
@@ -129,9 +134,10 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     @exit_on_error
     def shard_ended(self, shard_ended_input: Any) -> None:
         pipeline, _ = self._require()
-        pipeline.flush(int(time.time() * 1000))
+        pipeline.close(_now_ms())  # the parent's windows are final; children emit their own
+        pipeline.flush()
         # At shard end KCL wants a checkpoint with no position: it records SHARD_END.
-        self._checkpoint(shard_ended_input.checkpointer, None, final=True)
+        self._checkpoint(shard_ended_input.checkpointer, None)
         log.info("shard ended; checkpointed SHARD_END")
 
     @exit_on_error
@@ -149,21 +155,46 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             raise RuntimeError("record processor used before initialize or after lease loss")
         return self._pipeline, self._metrics
 
+    def _restore_engine(self, start: Position | None) -> WindowEngine:
+        assert self._state is not None
+        data = self._state.load(start) if start else None
+        if data is not None:
+            return WindowEngine.restore(data)
+        if start is not None:
+            log.warning("no window snapshot for the checkpoint; windows restart empty",
+                        extra={"checkpoint": str(start)})
+        return WindowEngine(window_spec(self._settings), self.shard_id)
+
     def _flush_and_checkpoint(self, checkpointer: Checkpointer) -> None:
         pipeline, _ = self._require()
-        pipeline.flush(int(time.time() * 1000))
+        pipeline.flush()
         position = pipeline.checkpoint_position()
-        if position is not None and self._checkpoint(checkpointer, position, final=False):
+        if position is None:
+            return
+        previous = pipeline.frontier.checkpointed
+        if pipeline.engine is not None:
+            # The snapshot must be the state after exactly the records up to `position`.
+            if position != pipeline.last_seen:
+                return
+            snapshot = pipeline.engine.snapshot()
+            state = self._state
+            assert state is not None
+            self._retriers("s3-state").call(lambda: state.save(position, snapshot))
+        if self._checkpoint(checkpointer, position):
             pipeline.frontier.mark_checkpointed(position)
+            if pipeline.engine is not None and previous is not None and self._state:
+                self._state.forget(previous)
 
-    def _checkpoint(
-        self, checkpointer: Checkpointer, position: Position | None, final: bool
-    ) -> bool:
+    def _checkpoint(self, checkpointer: Checkpointer, position: Position | None) -> bool:
         outcome = checkpoint_with_retry(checkpointer, position)
         m.CHECKPOINTS.labels(self.shard_id, outcome).inc()
         if outcome == "lease_lost":
             self.lease_lost(None)
         return outcome == "ok"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 __all__ = ["CheckpointError", "ShardProcessor", "to_raw_records"]

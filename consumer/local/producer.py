@@ -33,12 +33,15 @@ PUT_BATCH = 500  # PutRecords' limit
 class ProducerSpec:
     records: int = 10_000
     devices: int = 200
-    jitter_ms: int = 5_000  # bounded out-of-orderness of event time
-    interval_ms: int = 50  # event-time step between consecutive readings
+    jitter_ms: int = 3_000  # bounded out-of-orderness of event time
+    interval_ms: int = 10  # event-time step between consecutive readings
     start_ms: int = 1_795_000_000_000  # 2026-11-18T11:06:40Z: fixed, so runs repeat
     poison_ratio: float = 0.0
     kpl_fraction: float = 0.0  # share of valid records sent inside KPL aggregates
     kpl_per_aggregate: int = 25
+    # Like the KPL's RecordMaxBufferedTime: an aggregate only holds records produced close
+    # together (100 readings = 1 s of event time), so aggregation adds little disorder.
+    kpl_buffer_records: int = 100
     seed: int = 7
 
 
@@ -172,7 +175,10 @@ def produce(
 def _send(
     kinesis: Any, stream: str, chunk: list[UserRecord], spec: ProducerSpec, report: ProduceReport
 ) -> None:
-    entries = to_kinesis_entries(chunk, spec.kpl_per_aggregate)
+    entries = []
+    for first in range(0, len(chunk), spec.kpl_buffer_records):
+        window = chunk[first : first + spec.kpl_buffer_records]
+        entries += to_kinesis_entries(window, spec.kpl_per_aggregate)
     for start in range(0, len(entries), PUT_BATCH):
         put_records(kinesis, stream, entries[start : start + PUT_BATCH])
     report.user_records += len(chunk)

@@ -36,11 +36,11 @@ class S3ObjectWriter:
             return 0
         first, last = remaining.positions[0], remaining.positions[-1]
         key = object_key(plan.partition_prefix, first, last)
-        written = self._put_if_absent(key, gzip_body(remaining.lines))
+        written = self.put_if_absent(key, gzip_body(remaining.lines))
         self._durable[plan.partition_prefix].append((first, last))
         return len(remaining.positions) if written else 0
 
-    def _put_if_absent(self, key: str, body: bytes) -> bool:
+    def put_if_absent(self, key: str, body: bytes) -> bool:
         try:
             self._client.put_object(
                 Bucket=self._bucket,

@@ -8,6 +8,8 @@ A fresh lease table costs KCL a random 1-30 s wait before the first lease.
 
 from __future__ import annotations
 
+import gzip
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]:
         stream={"name": "e2e-archive", "app_name": "e2e-archive"},
         s3={"bucket": "e2e-archive"},
         flush={"max_age_ms": 1000},
+        windows={"size_ms": 10_000, "idle_timeout_ms": 2_000},
     )
     local = LocalRun(settings, Path(tmp_path_factory.mktemp("e2e")), shards=4)
     local.start()
@@ -49,6 +52,10 @@ def counters(run: LocalRun) -> tuple[ObjectCounter, ObjectCounter]:
             ObjectCounter(s3, bucket, run.settings.s3.quarantine_prefix))
 
 
+def wait_total_rejected(archive: ObjectCounter, quarantine: ObjectCounter) -> int:
+    return archive.distinct + sum(1 for r in quarantine.rows if r["stage"] != "window")
+
+
 def wait_total(
     run: LocalRun, expected: int, timeout_s: float = 150
 ) -> tuple[ObjectCounter, ObjectCounter]:
@@ -57,7 +64,7 @@ def wait_total(
         archive, quarantine = counters(run)
         archive.refresh()
         quarantine.refresh()
-        if archive.distinct + quarantine.distinct >= expected or time.monotonic() > deadline:
+        if wait_total_rejected(archive, quarantine) >= expected or time.monotonic() > deadline:
             return archive, quarantine
         time.sleep(2)
 
@@ -76,7 +83,8 @@ def test_every_record_is_archived_or_quarantined_once(run: LocalRun) -> None:
     archive, quarantine = wait_total(run, FIRST.records)
     sent = list(generate(FIRST))
     assert archive.duplicates == 0 and quarantine.duplicates == 0
-    assert quarantine.distinct == sum(r.poison is not None for r in sent)
+    rejected = [r for r in quarantine.rows if r["stage"] != "window"]
+    assert len(rejected) == sum(r.poison is not None for r in sent)
     assert archive.distinct == sum(r.poison is None for r in sent)
     # The payloads themselves came through: every valid reading's seq, exactly once.
     assert sorted(r["payload"]["seq"] for r in archive.rows) == sorted(
@@ -85,6 +93,39 @@ def test_every_record_is_archived_or_quarantined_once(run: LocalRun) -> None:
     assert len(shards) == 4
     reasons = {r["reason"] for r in quarantine.rows}
     assert {"invalid_json", "kpl_checksum", "missing_field"} <= reasons
+
+
+def window_results(run: LocalRun) -> list[dict]:
+    assert run.endpoints is not None
+    s3 = boto3_client("s3", run.endpoints)
+    rows: list[dict] = []
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=run.settings.s3.bucket, Prefix=run.settings.s3.results_prefix)
+    for page in pages:
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=run.settings.s3.bucket, Key=obj["Key"])["Body"].read()
+            rows += [json.loads(line) for line in gzip.decompress(body).splitlines()]
+    return rows
+
+
+def test_window_counts_plus_late_records_equal_the_archive(run: LocalRun) -> None:
+    """Every valid record is in exactly one final window result, or quarantined as late.
+    Idle shards close their last windows by processing time (idle_timeout_ms)."""
+    deadline = time.monotonic() + 90
+    while True:
+        archive, quarantine = counters(run)
+        archive.refresh()
+        quarantine.refresh()
+        late = sum(1 for r in quarantine.rows if r["stage"] == "window")
+        results = window_results(run)
+        counted = sum(r["count"] for r in results)
+        if counted + late >= archive.distinct or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert counted + late == archive.distinct
+    ids = [r["result_id"] for r in results]
+    assert len(ids) == len(set(ids))
+    assert all(r["is_final"] for r in results)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -115,7 +156,7 @@ def test_metrics_page_counts_what_was_produced_and_delivered(run: LocalRun) -> N
     assert m["aetherstream_user_records_received_total"] == FIRST.records
     assert m["aetherstream_kinesis_records_received_total"] < FIRST.records  # KPL aggregates
     assert archived == FIRST.records - poison
-    assert quarantined == poison
+    assert quarantined == poison + m.get("aetherstream_late_records_total", 0)
     assert m["aetherstream_leases_held"] == 4
     assert m["aetherstream_checkpoints_total"] >= 4
 
@@ -139,4 +180,4 @@ def test_restart_archives_nothing_twice(run: LocalRun) -> None:
             progress=False)
     archive, quarantine = wait_total(run, FIRST.records + SECOND.records)
     assert archive.duplicates == 0 and quarantine.duplicates == 0
-    assert archive.distinct + quarantine.distinct == FIRST.records + SECOND.records
+    assert wait_total_rejected(archive, quarantine) == FIRST.records + SECOND.records

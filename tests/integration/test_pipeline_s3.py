@@ -6,7 +6,7 @@ checkpoint, with different batch boundaries, must not write any record twice.
 """
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -15,7 +15,7 @@ from consumer.config import load_settings, with_overrides
 from consumer.local.reconcile import ObjectCounter
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
-from consumer.sinks.s3 import S3ObjectWriter
+from tests.support.pipelines import make_pipeline as build_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
 
 BUCKET = "pipeline-test"
@@ -43,10 +43,6 @@ def records(n: int) -> list[RawRecord]:
     return out
 
 
-def no_retry(_sink: str, write: Callable[[], int]) -> int:
-    return write()
-
-
 def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None) -> ShardPipeline:
     settings = with_overrides(
         load_settings(None, env={}),
@@ -54,12 +50,12 @@ def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None) ->
             "bucket": BUCKET,
             "archive_prefix": f"{prefix}/raw/",
             "quarantine_prefix": f"{prefix}/quarantine/",
+            "results_prefix": f"{prefix}/results/",
         },
         flush={"max_records": 100_000, "max_age_ms": 10**9},
+        windows={"enabled": False},
     )
-    return ShardPipeline(
-        settings, "shardId-000000000003", S3ObjectWriter(s3.client(), BUCKET), no_retry, start
-    )
+    return build_pipeline(settings, "shardId-000000000003", s3.client(), start)
 
 
 def counted(s3: S3Endpoint, prefix: str) -> tuple[ObjectCounter, ObjectCounter]:
@@ -75,12 +71,13 @@ def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint) -> Non
     p = make_pipeline(s3, "once")
     for start in range(0, 200, 50):
         p.ingest(recs[start : start + 50], now_ms=0)
-    report = p.flush(now_ms=0)
+    report = p.flush()
     archive, quarantine = counted(s3, "once")
     assert archive.duplicates == quarantine.duplicates == 0
     assert archive.distinct + quarantine.distinct == 200
     assert quarantine.distinct == sum(1 for i in range(200) if i % 29 == 7)
-    assert (report.archived, report.quarantined) == (archive.distinct, quarantine.distinct)
+    assert report.written["s3-archive"] == archive.distinct
+    assert report.written["s3-quarantine"] == quarantine.distinct
     assert p.checkpoint_position() == recs[-1].position
     reasons = Counter(r["reason"] for r in quarantine.rows)
     assert set(reasons) == {"invalid_json"}
@@ -91,14 +88,14 @@ def test_replay_from_an_older_checkpoint_writes_nothing_twice(s3: S3Endpoint) ->
     first = make_pipeline(s3, "replay")
     for start in range(0, 240, 60):  # flushes 4 batches, then "crashes" before checkpointing
         first.ingest(recs[start : start + 60], now_ms=0)
-        first.flush(now_ms=0)
+        first.flush()
     checkpoint = recs[59].position  # only the first batch's checkpoint reached DynamoDB
 
     second = make_pipeline(s3, "replay", start=checkpoint)
     rest = recs[60:]
     for start in range(0, len(rest), 37):  # different batch boundaries on the replay
         second.ingest(rest[start : start + 37], now_ms=0)
-        second.flush(now_ms=0)
+        second.flush()
 
     archive, quarantine = counted(s3, "replay")
     assert archive.duplicates == 0 and quarantine.duplicates == 0
@@ -109,8 +106,8 @@ def test_checkpoint_waits_for_buffered_records(s3: S3Endpoint) -> None:
     p = make_pipeline(s3, "frontier")
     recs = records(20)
     p.ingest(recs[:10], now_ms=0)
-    p.flush(now_ms=0)
+    p.flush()
     p.ingest(recs[10:], now_ms=0)  # buffered, not durable
     assert p.checkpoint_position() == recs[9].position
-    p.flush(now_ms=0)
+    p.flush()
     assert p.checkpoint_position() == recs[19].position

@@ -4,7 +4,7 @@ Stand-in: moto's server for S3 and Kinesis (PutRecords/GetRecords over real HTTP
 is not involved, which is the part of moto's Kinesis that is broken.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -13,10 +13,9 @@ import pytest
 from botocore.config import Config
 
 from consumer.config import load_settings, with_overrides
-from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
 from consumer.sinks import quarantine as q
-from consumer.sinks.s3 import S3ObjectWriter
+from tests.support.pipelines import make_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
 
 BUCKET, STREAM, PREFIX = "quarantine-test", "fixed-stream", "quarantine/"
@@ -37,17 +36,13 @@ def moto() -> Iterator[S3Endpoint]:
         yield endpoint
 
 
-def no_retry(_sink: str, write: Callable[[], int]) -> int:
-    return write()
-
-
 def quarantine_bad_records(moto: S3Endpoint) -> None:
-    settings = with_overrides(load_settings(None, env={}), s3={"bucket": BUCKET})
-    p = ShardPipeline(settings, "shardId-000000000000", S3ObjectWriter(client(moto, "s3"), BUCKET),
-                      no_retry)
+    settings = with_overrides(load_settings(None, env={}), s3={"bucket": BUCKET},
+                              windows={"enabled": False})
+    p = make_pipeline(settings, "shardId-000000000000", client(moto, "s3"))
     p.ingest([RawRecord(d, f"pk{i}", Position(100 + i, 0), 1_795_000_000_000)
               for i, d in enumerate(BAD)], now_ms=0)
-    p.flush(now_ms=0)
+    p.flush()
 
 
 def read_stream(moto: S3Endpoint) -> list[tuple[str, bytes]]:

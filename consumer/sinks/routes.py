@@ -1,0 +1,237 @@
+"""Routes: one buffer plus one commit step per destination, built from the settings.
+
+A route is Flink's writer/committer pair in miniature: `buffer` (pure batching decisions)
+holds items until a batch is taken; `deliver` makes that batch durable and returns only then
+(retrying transient failures until the shard's lease is lost), reporting what the sink
+refused so the pipeline can quarantine it. Every destination writes by deterministic
+identity, so a replayed batch overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from consumer.config import Settings
+from consumer.metrics import registry as m
+from consumer.records.model import Event, Position, Rejected
+from consumer.sinks import layout
+from consumer.sinks.buffer import ByteBudget, FlushHints, SinkBuffer
+from consumer.sinks.retry import Retrier, RetryEvent
+from consumer.sinks.rows import raw_row, rejected_by_sink, result_line, result_row
+from consumer.sinks.s3 import S3ObjectWriter
+from consumer.windows.model import WindowResult
+
+T = TypeVar("T")
+WindowGroup = tuple[WindowResult, ...]  # one window's results from one engine step
+RESULT_SIZE = 256  # bytes a buffered window result is charged, roughly its encoded size
+
+
+@dataclass(frozen=True)
+class Delivered:
+    written: int
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class Route(Generic[T]):
+    name: str
+    buffer: SinkBuffer[T]
+    # Makes a batch durable; the position is the batch's newest, for sink rejections.
+    deliver: Callable[[Sequence[T], Position], Delivered]
+
+
+class ShardRetriers:
+    """One Retrier per sink, all bound to the shard's stop signal (lease lost)."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._by_sink: dict[str, Retrier] = {}
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def __call__(self, sink: str) -> Retrier:
+        if sink not in self._by_sink:
+            self._by_sink[sink] = Retrier(sink, should_stop=self.stopped.is_set,
+                                          sleep=self.stopped.wait, on_retry=_count_retry)
+        return self._by_sink[sink]
+
+
+def _count_retry(event: RetryEvent) -> None:
+    m.SINK_RETRIES.labels(event.sink).inc()
+
+
+@dataclass
+class Routes:
+    archive: Route[Event]
+    quarantine: Route[Rejected]
+    raw: list[Route[Event]]
+    results: list[Route[WindowResult]]
+    windows: list[Route[WindowGroup]]
+
+    def all(self) -> list[Route[Any]]:
+        # Quarantine last: the other routes' deliveries may add sink rejections to it.
+        return [self.archive, *self.raw, *self.results, *self.windows, self.quarantine]
+
+
+class RouteFactory:
+    """Builds a shard's routes from the settings and the clients the shell opened."""
+
+    def __init__(self, settings: Settings, shard_id: str, s3_client: Any,
+                 retriers: ShardRetriers, now_ms: Callable[[], int]) -> None:
+        self.settings = settings
+        self.shard_id = shard_id
+        self.retriers = retriers
+        self.now_ms = now_ms
+        self.prov = layout.Provenance(settings.stream.name, shard_id)
+        self.writer = S3ObjectWriter(s3_client, settings.s3.bucket)
+        f = settings.flush
+        self.hints = FlushHints(max_records=f.max_records, max_bytes=f.max_bytes,
+                                max_age_ms=f.max_age_ms)
+        # One budget for every buffer of the shard: over it, process_records flushes first.
+        self.budget = ByteBudget(4 * f.max_bytes)
+
+    def buffer(self, name: str) -> SinkBuffer[Any]:
+        return SinkBuffer(name, self.hints, self.budget)
+
+    def _s3(self, sink: str, plans: list[layout.ObjectPlan]) -> int:
+        retry = self.retriers(sink)
+        return sum(retry.call(functools.partial(self.writer.write, p)) for p in plans)
+
+    def archive(self) -> Route[Event]:
+        def deliver(events: Sequence[Event], _: Position) -> Delivered:
+            plans = layout.plan_objects(
+                events, lambda e: e.record.position, lambda e: e.ts_ms,
+                lambda e: layout.archive_line(self.prov, e), self.settings.s3.archive_prefix,
+                self.shard_id)
+            return Delivered(self._s3("s3-archive", plans))
+
+        return Route("s3-archive", self.buffer("s3-archive"), deliver)
+
+    def quarantine(self) -> Route[Rejected]:
+        def deliver(rejected: Sequence[Rejected], _: Position) -> Delivered:
+            now = self.now_ms()
+            records = [r for r in rejected if not r.stage.startswith("sink:")]
+            # Partitioned by arrival time: a rejected record may have no usable event time.
+            plans = layout.plan_objects(
+                records, lambda r: r.record.position, lambda r: r.record.arrival_ms,
+                lambda r: layout.quarantine_line(self.prov, r, now),
+                self.settings.s3.quarantine_prefix, self.shard_id)
+            written = self._s3("s3-quarantine", plans)
+            written += self._sink_rejections([r for r in rejected if r.stage.startswith("sink:")],
+                                             now)
+            for r in rejected:
+                m.RECORDS_QUARANTINED.labels(self.shard_id, r.reason).inc()
+            return Delivered(written)
+
+        return Route("s3-quarantine", self.buffer("s3-quarantine"), deliver)
+
+    def _sink_rejections(self, rejected: Sequence[Rejected], now: int) -> int:
+        """A document a sink refused has no shard position of its own (a window result is
+        not a record), so it gets an object named by its identity instead."""
+        retry = self.retriers("s3-quarantine")
+        written = 0
+        for r in rejected:
+            prefix = layout.partition_prefix(
+                f"{self.settings.s3.quarantine_prefix}stage={r.stage.replace(':', '-')}/",
+                layout.hour_partition(now), self.shard_id)
+            key = f"{prefix}{r.record.partition_key}{layout.SUFFIX}"
+            body = layout.gzip_body([layout.quarantine_line(self.prov, r, now)])
+            written += int(retry.call(functools.partial(self.writer.put_if_absent, key, body)))
+        return written
+
+    def s3_results(self) -> Route[WindowGroup]:
+        """Final results, one object per (shard, window). Every key of a window turns final
+        in the same engine step, and the pipeline buffers that step's results of a window
+        as ONE item, so an object's content is deterministic and a replay finds it already
+        written (If-None-Match)."""
+        prefix = self.settings.s3.results_prefix
+
+        def deliver(groups: Sequence[WindowGroup], _: Position) -> Delivered:
+            retry = self.retriers("s3-results")
+            written = 0
+            for group in groups:
+                first = group[0]
+                partition = layout.hour_partition(first.start_ms)
+                key = (f"{layout.partition_prefix(prefix, partition, self.shard_id)}"
+                       f"{first.kind}-{first.start_ms}-{first.end_ms}{layout.SUFFIX}")
+                rows = sorted((result_row(r) for r in group), key=lambda row: row.key)
+                body = layout.gzip_body(result_line(row) for row in rows)
+                if retry.call(functools.partial(self.writer.put_if_absent, key, body)):
+                    written += len(rows)
+            return Delivered(written)
+
+        return Route("s3-results", self.buffer("s3-results"), deliver)
+
+    def redshift(self, connect: Callable[[], Any], staging_client: Any) -> tuple[
+            Route[Event], Route[WindowResult]]:
+        from consumer.sinks import redshift as rs
+
+        cfg = self.settings.redshift
+        staging = rs.S3StagingStore(staging_client, self.settings.s3.bucket, cfg.staging_prefix)
+        dialect: rs.Dialect = (rs.PostgresDialect() if cfg.dialect == "postgres"
+                               else rs.RedshiftDialect(cfg.copy_iam_role))
+        loader = rs.RedshiftLoader(cfg.schema, dialect, staging)
+        raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
+                                   self.retriers("redshift-raw"))
+        results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
+                                       self.retriers("redshift-results"))
+        stream = self.settings.stream.name
+
+        def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
+            rows = [raw_row(stream, self.shard_id, e) for e in events]
+            return Delivered(raw_sink.write_batch(rows, "").written)
+
+        def deliver_results(results: Sequence[WindowResult], _: Position) -> Delivered:
+            return Delivered(results_sink.write_batch([result_row(r) for r in results], "").written)
+
+        return (Route("redshift-raw", self.buffer("redshift-raw"), deliver_raw),
+                Route("redshift-results", self.buffer("redshift-results"), deliver_results))
+
+    def opensearch(self, client: Any) -> Route[WindowResult]:
+        from consumer.sinks import opensearch as osr
+
+        sink = osr.results_sink(client, self.settings.opensearch.index_prefix,
+                                self.retriers("opensearch-results"))
+
+        def deliver(results: Sequence[WindowResult], position: Position) -> Delivered:
+            rows = {row.result_id: row for row in (result_row(r) for r in results)}
+            outcome = sink.write_batch(list(rows.values()))
+            rejected = [
+                rejected_by_sink("opensearch", item, result_line(rows[item.item_id]), position,
+                                 self.now_ms())
+                for item in outcome.rejected
+            ]
+            return Delivered(outcome.written, rejected)
+
+        return Route("opensearch-results", self.buffer("opensearch-results"), deliver)
+
+
+def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
+                now_ms: Callable[[], int], s3_client: Any) -> Routes:
+    """Every route the settings enable, with the clients they need."""
+    factory = RouteFactory(settings, shard_id, s3_client, retriers, now_ms)
+    raw: list[Route[Event]] = []
+    results: list[Route[WindowResult]] = []
+    windows: list[Route[WindowGroup]] = []
+    if settings.windows.enabled:
+        windows.append(factory.s3_results())
+    if settings.redshift.enabled:
+        import psycopg2
+
+        dsn = settings.redshift.dsn
+        raw_route, results_route = factory.redshift(lambda: psycopg2.connect(dsn), s3_client)
+        if settings.redshift.load_raw:
+            raw.append(raw_route)
+        if settings.windows.enabled:
+            results.append(results_route)
+    if settings.opensearch.enabled and settings.windows.enabled:
+        from opensearchpy import OpenSearch
+
+        client = OpenSearch(hosts=[settings.opensearch.url], timeout=30)
+        results.append(factory.opensearch(client))
+    return Routes(factory.archive(), factory.quarantine(), raw, results, windows)
