@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.sinks.base import RawRow, ResultRow, Sink
+from consumer.sinks.base import RawRow, ResultRow, Sink, WriteOutcome
 from consumer.sinks.redshift import (
     RAW_BINDING,
     RAW_TABLE,
@@ -37,9 +37,10 @@ from consumer.sinks.redshift import (
     migrate,
     raw_records_sink,
     redshift_merge_problems,
+    window_results_sink,
 )
-from consumer.sinks.retry import Backoff, Retrier
-from tests.support.servers import moto_s3, postgres
+from consumer.sinks.retry import Backoff, Retrier, StopRetrying
+from tests.support.servers import S3Endpoint, moto_s3, postgres
 
 pytestmark = pytest.mark.integration
 BUCKET = "aether-staging"
@@ -296,6 +297,35 @@ def test_sink_reconnects_after_connection_loss(
     conn.commit()
     assert sink.write_batch([raw(1), raw(2)], "k2").written == 2
     assert rows(conn, f"SELECT count(*) FROM {schema}.raw_records") == [(2,)]
+    sink.close()
+
+
+def test_staging_outage_is_retried_until_stopped(dsn: str, schema: str) -> None:
+    dead = S3Endpoint("http://127.0.0.1:9")  # discard port: nothing listens
+    attempts = {"n": 0}
+
+    def stop() -> bool:
+        attempts["n"] += 1
+        return attempts["n"] > 3
+
+    retrier = Retrier("rs", Backoff(base_ms=1, cap_ms=2), sleep=lambda _: None, should_stop=stop)
+    sink = window_results_sink(
+        loader(schema, S3StagingStore(dead.client(), BUCKET)),
+        lambda: psycopg2.connect(dsn),
+        retrier,
+    )
+    with pytest.raises(StopRetrying):
+        sink.write_batch([result("r", "shard-a", 1, 1.0, 1.0, 1.0)], "k")
+    assert retrier.health().total_retries == 3
+    sink.close()
+
+
+def test_results_sink_end_to_end(dsn: str, conn: Any, schema: str, staging: S3StagingStore) -> None:
+    sink = window_results_sink(loader(schema, staging), lambda: psycopg2.connect(dsn))
+    rows_in = [result(f"r{i}", "shard-a", i + 1, 2.0 * (i + 1), 1.0, 3.0) for i in range(5)]
+    assert sink.write_batch(rows_in, "b1") == WriteOutcome(written=5)
+    assert sink.write_batch(rows_in[:2], "b1-replay") == WriteOutcome(written=2)
+    assert rows(conn, f"SELECT count(*) FROM {schema}.window_results") == [(5,)]
     sink.close()
 
 
