@@ -53,6 +53,14 @@ class Datum:
     unit: str
 
 
+def cloudwatch_name(sample_name: str) -> str:
+    """CloudWatch's name for a Prometheus sample: the namespace already says AetherStream and
+    CloudWatch has no counter type, so prefix and `_total` go (aetherstream_sink_batches_total
+    -> sink_batches). The dashboards and alarms in deploy/ecs use these names."""
+    name = sample_name.removeprefix("aetherstream_")
+    return name.removesuffix("_total")
+
+
 def unit_for(name: str) -> str:
     """CloudWatch unit from the Prometheus naming convention."""
     if name.endswith(("_seconds_sum", "_seconds")):
@@ -89,7 +97,8 @@ class DeltaTracker:
                     previous = self._baseline.get((sample.name, dims), 0.0)
                     # A total below the baseline means the counter restarted from zero.
                     value = value - previous if value >= previous else value
-                out.append(Datum(sample.name, dims, value, unit_for(sample.name)))
+                out.append(Datum(cloudwatch_name(sample.name), dims, value,
+                                 unit_for(sample.name)))
         return out, totals
 
     def commit(self, totals: dict[SeriesKey, float]) -> None:
@@ -99,7 +108,7 @@ class DeltaTracker:
     def _is_cumulative(family_type: str, sample_name: str) -> bool | None:
         """True for counter-like samples, False for gauges, None for samples we skip."""
         if family_type == "counter":
-            return sample_name.endswith("_total")  # skips _created
+            return True if sample_name.endswith("_total") else None  # skips _created
         if family_type == "histogram":
             return True if sample_name.endswith(("_count", "_sum")) else None  # no buckets
         if family_type == "gauge":

@@ -145,23 +145,23 @@ def test_put_mirror_publishes_counter_deltas_and_gauges(
     mirror.publish_once()
 
     shard0 = [*STATIC, {"Name": "Shard", "Value": "shardId-0"}]
-    kinesis = _stats(cloudwatch, "aetherstream_kinesis_records_received_total", shard0)
+    kinesis = _stats(cloudwatch, "kinesis_records_received", shard0)
     # Deltas 3 then 5: their sum is the total, and neither publish re-sent the first 3.
     assert kinesis == {"sum": 8, "samplecount": 2, "maximum": 5, "minimum": 3}
-    user = _stats(cloudwatch, "aetherstream_user_records_received_total", shard0)
+    user = _stats(cloudwatch, "user_records_received", shard0)
     assert user["sum"] == 16 and user["maximum"] == 10
     shard1 = [*STATIC, {"Name": "Shard", "Value": "shardId-1"}]
-    kinesis1 = _stats(cloudwatch, "aetherstream_kinesis_records_received_total", shard1)
+    kinesis1 = _stats(cloudwatch, "kinesis_records_received", shard1)
     assert kinesis1 == {"sum": 4, "samplecount": 2, "maximum": 4, "minimum": 0}
     # A gauge is published while its process lives; exited processes' gauges are reaped.
     shard2 = [*STATIC, {"Name": "Shard", "Value": "shardId-2"}]
-    behind = _stats(cloudwatch, "aetherstream_millis_behind_latest", shard2)
+    behind = _stats(cloudwatch, "millis_behind_latest", shard2)
     assert behind == {"sum": 1500, "samplecount": 1, "maximum": 1500, "minimum": 1500}
     with pytest.raises(ValueError):  # no datapoints at all for the exited shardId-0
-        _stats(cloudwatch, "aetherstream_millis_behind_latest", shard0)
+        _stats(cloudwatch, "millis_behind_latest", shard0)
 
     pages = cloudwatch.get_paginator("list_metrics").paginate(
-        Namespace=NAMESPACE, MetricName="aetherstream_records_quarantined_total"
+        Namespace=NAMESPACE, MetricName="records_quarantined"
     )
     series = {
         tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]))

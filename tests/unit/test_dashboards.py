@@ -249,10 +249,6 @@ def test_template_covers_the_required_signals() -> None:
     assert required <= shown, sorted(required - shown)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "consumer/metrics/cloudwatch.py publishes the full Prometheus sample name "
-    "(aetherstream_sink_batches_total) instead of the agreed CloudWatch name (sink_batches); "
-    "remove this marker when the mirror follows the contract"))
 def test_cloudwatch_mirror_follows_the_naming_contract() -> None:
     from consumer.metrics.cloudwatch import DeltaTracker
 

@@ -40,7 +40,7 @@ def test_counter_deltas_add_up_to_the_total(increments: list[int]) -> None:
         counter.labels("s0").inc(inc)
         datums, totals = tracker.datums(reg.collect())
         tracker.commit(totals)
-        published += sum(d.value for d in datums if d.name.endswith("_total"))
+        published += sum(d.value for d in datums if d.name == "user_records_received")
     assert published == sum(increments)
 
 
@@ -51,7 +51,7 @@ def test_uncommitted_publish_is_resent_in_next_delta() -> None:
     tracker.datums(reg.collect())  # "failed" publish: no commit
     counter.labels("s0").inc(1)
     datums, _ = tracker.datums(reg.collect())
-    assert [d.value for d in datums if d.name.endswith("_total")] == [5]
+    assert [d.value for d in datums if d.name == "user_records_received"] == [5]
 
 
 def test_units() -> None:
@@ -89,14 +89,14 @@ def test_emf_lines_are_valid_emf() -> None:
             assert isinstance(event[metric["Name"]], (int, float))
             assert metric["Unit"] in {"Count", "Seconds", "Bytes", "Milliseconds", "None"}
     shard_events = [e for e in events if e.get("Shard") == "shardId-0"]
-    assert [e["aetherstream_user_records_received_total"] for e in shard_events] == [7, 2]
+    assert [e["user_records_received"] for e in shard_events] == [7, 2]
     assert shard_events[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
         ["Application", "Stream", "Shard"]
     ]
-    assert shard_events[0]["aetherstream_millis_behind_latest"] == 1200
+    assert shard_events[0]["millis_behind_latest"] == 1200
     sink = next(e for e in events if e.get("Sink") == "s3")
-    assert sink["aetherstream_sink_flush_duration_seconds_count"] == 1
-    assert sink["aetherstream_sink_flush_duration_seconds_sum"] == 0.5
+    assert sink["sink_flush_duration_seconds_count"] == 1
+    assert sink["sink_flush_duration_seconds_sum"] == 0.5
 
 
 def test_emf_splits_events_at_100_metrics() -> None:
@@ -126,11 +126,11 @@ def test_start_mirror_publishes_on_its_interval(capsys: Any) -> None:
     assert mirror is not None
     deadline = time.monotonic() + 10
     err = ""
-    while "aetherstream_user_records_received_total" not in err and time.monotonic() < deadline:
+    while "user_records_received" not in err and time.monotonic() < deadline:
         time.sleep(0.05)
         err += capsys.readouterr().err
     mirror.stop()
     events = _events(err + capsys.readouterr().err)
-    assert sum(e.get("aetherstream_user_records_received_total", 0) for e in events) == 3
+    assert sum(e.get("user_records_received", 0) for e in events) == 3
     assert all(e["Application"] == "app" and e["Stream"] == "events" for e in events)
     assert capsys.readouterr().out == ""
