@@ -82,15 +82,14 @@ def _log_to_run_dir(run_dir: Path, level: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from consumer.local.demo import human_summary, run_demo
+    from consumer.local.demo import human_summary, reconciled, run_demo
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
     print(f"demo: starting the local stack and the KCL daemon; logs in {log_path}",
           file=sys.stderr)
     summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout)
     print(json.dumps(summary) if args.json else human_summary(summary))
-    ok = summary["complete"] and summary["duplicates"] == 0
-    return 0 if ok else 1
+    return 0 if reconciled(summary) else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

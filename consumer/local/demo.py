@@ -10,95 +10,150 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer.config import Settings
+from consumer.config import Settings, with_overrides
 from consumer.local.emulators import boto3_client
 from consumer.local.producer import ProduceReport, ProducerSpec, produce
-from consumer.local.reconcile import ObjectCounter
+from consumer.local.reconcile import (
+    ObjectCounter,
+    opensearch_count,
+    redshift_counts,
+    s3_result_rows,
+)
 from consumer.local.stack import LocalRun
 
 log = logging.getLogger(__name__)
 
 
-def wait_for(counters: list[ObjectCounter], expected: int, timeout_s: float,
-             poll_s: float = 1.0) -> float | None:
-    """Poll until the counters hold `expected` identities; returns when the first appeared."""
+def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout_s
-    first_seen: float | None = None
     while time.monotonic() < deadline:
-        for c in counters:
-            c.refresh()
-        total = sum(c.distinct for c in counters)
-        if total and first_seen is None:
-            first_seen = time.monotonic()
-        if total >= expected:
-            return first_seen
+        if check():
+            return True
         time.sleep(poll_s)
-    return None
+    return check()
 
 
-def run_demo(
-    settings: Settings, run_dir: Path, records: int, timeout_s: float = 300
-) -> dict[str, Any]:
+def demo_settings(settings: Settings) -> Settings:
+    """Short windows and flushes: the demo's event time spans about a minute per 5k records."""
+    return with_overrides(settings, flush={"max_age_ms": 1000},
+                          windows={"size_ms": 10_000, "idle_timeout_ms": 2_000})
+
+
+@dataclass
+class DemoRun:
+    run: LocalRun
+    archive: ObjectCounter
+    quarantine: ObjectCounter
+    produced: ProduceReport = field(default_factory=ProduceReport)
+
+    def accounted(self) -> int:
+        self.archive.refresh()
+        self.quarantine.refresh()
+        return self.archive.distinct + self.quarantine.distinct_where(stage_is_window=False)
+
+    def windows_reconciled(self) -> tuple[int, int]:
+        """(records counted in final S3 window results, records late)."""
+        s = self.run.settings.s3
+        rows = s3_result_rows(self.archive.s3, s.bucket, s.results_prefix)
+        return sum(r["count"] for r in rows), self.quarantine.distinct_where(stage_is_window=True)
+
+
+def run_demo(settings: Settings, run_dir: Path, records: int, timeout_s: float = 300
+             ) -> dict[str, Any]:
     started = time.monotonic()
-    run = LocalRun(settings, run_dir)
+    run = LocalRun(demo_settings(settings), run_dir)
+    out: dict[str, Any] = {}
     try:
         info = run.start()
         endpoints = run.endpoints
         assert endpoints is not None
-        daemon_started = time.monotonic()
-        spec = ProducerSpec(records=records, kpl_fraction=0.5, poison_ratio=0.01)
-        report = ProduceReport()
-        producer = threading.Thread(target=lambda: report.__dict__.update(
-            produce(boto3_client("kinesis", endpoints), info["stream"], spec).__dict__))
-        producer.start()
         s3 = boto3_client("s3", endpoints)
-        archive = ObjectCounter(s3, info["bucket"], run.settings.s3.archive_prefix)
-        quarantine = ObjectCounter(s3, info["bucket"], run.settings.s3.quarantine_prefix)
-        first_seen = wait_for([archive, quarantine], spec.records, timeout_s, poll_s=0.5)
+        demo = DemoRun(run, ObjectCounter(s3, info["bucket"], run.settings.s3.archive_prefix),
+                       ObjectCounter(s3, info["bucket"], run.settings.s3.quarantine_prefix))
+        spec = ProducerSpec(records=records, devices=50, kpl_fraction=0.5, poison_ratio=0.01)
+        producer = threading.Thread(target=lambda: demo.produced.__dict__.update(
+            produce(boto3_client("kinesis", endpoints), info["stream"], spec).__dict__))
+        daemon_started = time.monotonic()
+        producer.start()
+        wait_until(lambda: demo.accounted() > 0, timeout_s)
+        first_seen = time.monotonic()
+        complete = wait_until(lambda: demo.accounted() >= records, timeout_s)
         producer.join()
+        windows_done = wait_until(lambda: sum(demo.windows_reconciled()) >= demo.archive.distinct,
+                                  60, poll_s=1.0)
+        out = summarize(demo, info, complete and windows_done)
+        out.update(first_record_s=round(first_seen - daemon_started, 1),
+                   consume_s=round(time.monotonic() - first_seen, 1))
     finally:
         stop_started = time.monotonic()
         run.stop()
-    complete = first_seen is not None
+    out.update(seconds=round(time.monotonic() - started, 1),
+               shutdown_s=round(time.monotonic() - stop_started, 1))
+    return out
+
+
+def summarize(demo: DemoRun, info: dict[str, Any], complete: bool) -> dict[str, Any]:
+    settings = demo.run.settings
+    in_windows, late = demo.windows_reconciled()
+    redshift = redshift_counts(settings.redshift.dsn, settings.redshift.schema)
+    rs_raw, rs_results = redshift["raw_records"], redshift["window_results"]
+    s3_results = s3_result_rows(demo.archive.s3, settings.s3.bucket, settings.s3.results_prefix)
     return {
-        "produced": report.user_records,
-        "kinesis_records": report.kinesis_records,
-        "kpl_aggregated": report.aggregated_user_records,
-        "archived": archive.distinct,
-        "quarantined": quarantine.distinct,
-        "duplicates": archive.duplicates + quarantine.duplicates,
+        "produced": demo.produced.user_records,
+        "kinesis_records": demo.produced.kinesis_records,
+        "kpl_aggregated": demo.produced.aggregated_user_records,
+        "archived": demo.archive.distinct,
+        "quarantined": demo.quarantine.distinct_where(stage_is_window=False),
+        "late": late,
+        "duplicates": (demo.archive.duplicates + demo.quarantine.duplicates + rs_raw.duplicates
+                       + rs_results.duplicates),
         "complete": complete,
-        "quarantine_reasons": dict(Counter(r["reason"] for r in quarantine.rows)),
-        "seconds": round(time.monotonic() - started, 1),
-        "first_record_s": round(first_seen - daemon_started, 1) if first_seen else None,
-        "consume_s": round(stop_started - first_seen, 1) if first_seen else None,
-        "produce_s": round(report.seconds, 1),
-        "shutdown_s": round(time.monotonic() - stop_started, 1),
+        "quarantine_reasons": dict(Counter(r["reason"] for r in demo.quarantine.rows)),
+        "s3_results": len(s3_results),
+        "records_in_windows": in_windows,
+        "redshift_rows": rs_raw.distinct,
+        "redshift_results": rs_results.distinct,
+        "opensearch_docs": opensearch_count(settings.opensearch.url,
+                                            settings.opensearch.index_prefix),
+        "produce_s": round(demo.produced.seconds, 1),
         "metrics_url": info.get("metrics_url", ""),
         "run_dir": info.get("run_dir", ""),
     }
 
 
-def human_summary(s: dict[str, Any]) -> str:
-    ok = (
-        s["complete"] and s["duplicates"] == 0 and s["archived"] + s["quarantined"] == s["produced"]
+def reconciled(s: dict[str, Any]) -> bool:
+    return bool(
+        s["complete"] and s["duplicates"] == 0
+        and s["archived"] + s["quarantined"] == s["produced"]
+        and s["records_in_windows"] + s["late"] == s["archived"]
+        and s["redshift_rows"] == s["archived"]
+        and s["redshift_results"] == s["s3_results"] == s["opensearch_docs"]
     )
-    rate = s["produced"] / s["seconds"] if s["seconds"] else 0.0
-    lines = [
-        f"AetherStream demo {'OK' if ok else 'INCOMPLETE'}",
-        f"  produced     {s['produced']:>8}  ({s['kinesis_records']} Kinesis records, "
+
+
+def human_summary(s: dict[str, Any]) -> str:
+    rate = s["produced"] / s["consume_s"] if s.get("consume_s") else 0.0
+    return "\n".join([
+        f"AetherStream demo {'OK: every record reconciled' if reconciled(s) else 'INCOMPLETE'}",
+        f"  produced      {s['produced']:>7}  ({s['kinesis_records']} Kinesis records; "
         f"{s['kpl_aggregated']} user records inside KPL aggregates)",
-        f"  archived     {s['archived']:>8}  (S3 raw archive)",
-        f"  quarantined  {s['quarantined']:>8}  {s['quarantine_reasons']}",
-        f"  duplicates   {s['duplicates']:>8}",
-        f"  seconds      {s['seconds']:>8}  ({rate:.0f} records/s end to end, start-up included)",
-        f"  timeline     first record archived {s['first_record_s']} s after the daemon started "
-        f"(KCL waits 1-30 s on a fresh lease table); produce {s['produce_s']} s; "
+        f"  S3 archive    {s['archived']:>7}  raw records",
+        f"  quarantined   {s['quarantined']:>7}  {s['quarantine_reasons']}",
+        f"  windows       {s['records_in_windows']:>7}  records in {s['s3_results']} final "
+        f"window results; {s['late']} late",
+        f"  Redshift      {s['redshift_rows']:>7}  raw rows, {s['redshift_results']} window "
+        f"results (PostgreSQL stand-in)",
+        f"  OpenSearch    {s['opensearch_docs']:>7}  window-result documents (osmem stand-in)",
+        f"  duplicates    {s['duplicates']:>7}",
+        f"  time          {s['seconds']} s in all: first record archived "
+        f"{s.get('first_record_s')} s after the daemon started (KCL waits 1-30 s on a fresh "
+        f"lease table), then {s.get('consume_s')} s to consume ({rate:.0f} records/s); "
         f"shutdown {s['shutdown_s']} s",
-        f"  metrics      {s['metrics_url']} (while it ran)",
-        f"  logs         {s['run_dir']}",
-    ]
-    return "\n".join(lines)
+        f"  metrics       {s['metrics_url']} (while it ran)",
+        f"  logs          {s['run_dir']}",
+    ])

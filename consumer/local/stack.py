@@ -15,6 +15,7 @@ from typing import Any
 from consumer.config import Settings, to_env, with_overrides
 from consumer.kcl.supervisor import Supervisor
 from consumer.local.emulators import DUMMY_KEY, Endpoints, LocalStack
+from consumer.sinks.migrate import migrate_all
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class LocalRun:
         shards: int = 4,
         postgres_dsn: str | None = None,
         base_env: dict[str, str] | None = None,
+        with_sinks: bool = True,
     ):
         self.settings = local_settings(replace(settings, run_dir=str(run_dir)))
         self.run_dir = run_dir.resolve()
@@ -64,11 +66,21 @@ class LocalRun:
         self.supervisor: Supervisor | None = None
         self.endpoints: Endpoints | None = None
         self._base_env = base_env
+        self.with_sinks = with_sinks
 
     def start_stack(self) -> Endpoints:
         self.endpoints = self.stack.start()
         self.stack.create_stream(self.settings.stream.name, self.shards)
         self.stack.create_bucket(self.settings.s3.bucket)
+        if self.with_sinks:
+            # The local stack has all three sinks: PostgreSQL in Redshift's place, osmem.
+            self.settings = with_overrides(
+                self.settings,
+                redshift={"enabled": True, "dsn": self.endpoints.postgres_dsn,
+                          "dialect": "postgres"},
+                opensearch={"enabled": True, "url": self.endpoints.opensearch_url},
+            )
+            migrate_all(self.settings)
         return self.endpoints
 
     def env(self) -> dict[str, str]:

@@ -1,0 +1,40 @@
+"""`aetherstream migrate`: create what the sinks write into. Idempotent; safe on every start.
+
+- Redshift: the schema, the raw-records and window-results tables (no primary keys: Redshift
+  would not enforce them) and the view that merges partial results from several shards.
+- OpenSearch: the index templates behind the daily indices and their aliases.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from consumer.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def migrate_all(settings: Settings) -> list[str]:
+    done = []
+    if settings.redshift.enabled:
+        import psycopg2
+
+        from consumer.sinks.redshift import migrate
+
+        conn = psycopg2.connect(settings.redshift.dsn)
+        try:
+            migrate(conn, settings.redshift.schema)
+        finally:
+            conn.close()
+        done.append(f"redshift schema {settings.redshift.schema}")
+    if settings.opensearch.enabled:
+        from opensearchpy import OpenSearch
+
+        from consumer.sinks.opensearch import install_templates
+
+        client = OpenSearch(hosts=[settings.opensearch.url], timeout=30)
+        install_templates(client, settings.opensearch.index_prefix)
+        done.append(f"opensearch templates {settings.opensearch.index_prefix}-*")
+    for item in done:
+        log.info("migrated", extra={"what": item})
+    return done
