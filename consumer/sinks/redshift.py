@@ -435,7 +435,8 @@ class PostgresDialect:
     def copy_into_stage(
         self, cursor: Any, spec: TableSpec, staging: StagingStore, key: str
     ) -> None:
-        cursor.copy_expert(self.copy_sql(spec), io.BytesIO(staging.get(key)))
+        data = io.BytesIO(staging.get(key))
+        cursor.copy_expert(self.copy_sql(spec), data, size=1 << 20)  # 1 MiB reads, not 8 KiB
         # Redshift's COPY into an empty table updates statistics itself (STATUPDATE);
         # PostgreSQL does not, and without them it plans the MERGE as a sort-merge join.
         # Only the join columns: a full ANALYZE (payload included) cost more than the MERGE.
