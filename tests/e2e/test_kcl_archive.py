@@ -20,7 +20,7 @@ import pytest
 from consumer.config import load_settings, with_overrides
 from consumer.local.emulators import boto3_client
 from consumer.local.producer import ProducerSpec, generate, produce
-from consumer.local.reconcile import ObjectCounter
+from consumer.local.reconcile import ObjectCounter, opensearch_count, redshift_counts
 from consumer.local.stack import LocalRun
 
 pytestmark = pytest.mark.e2e
@@ -126,6 +126,14 @@ def test_window_counts_plus_late_records_equal_the_archive(run: LocalRun) -> Non
     ids = [r["result_id"] for r in results]
     assert len(ids) == len(set(ids))
     assert all(r["is_final"] for r in results)
+
+    # The same records and results in the two other sinks, once each.
+    s = run.settings
+    tables = redshift_counts(s.redshift.dsn, s.redshift.schema)
+    assert tables["raw_records"].rows == tables["raw_records"].distinct == archive.distinct
+    assert tables["window_results"].rows == tables["window_results"].distinct == len(ids)
+    assert tables["window_results"].value_count == counted
+    assert opensearch_count(s.opensearch.url, s.opensearch.index_prefix) == len(ids)
 
 
 def scrape(url: str) -> dict[str, float]:
