@@ -14,7 +14,7 @@ WindowEngine, which owns the watermark; these classes only read and advance it p
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from consumer.records.model import Event, Position
@@ -75,6 +75,15 @@ class _Base:
         self.accuracy = spec.quantile_accuracy
         # Interned key tuples: equal keys across windows share one tuple and its strings.
         self.keys: dict[Key, Key] = {}
+
+    def _results(
+        self, start: int, end: int, items: Iterable[tuple[Key, Agg]], final: bool
+    ) -> list[WindowResult]:
+        if self.quantiles:
+            return [self._result(start, end, k, a, final) for k, a in items]
+        kind, shard = self.kind, self.shard_id
+        # Inlined for the no-sketch case: one comprehension, no method call per result.
+        return [WindowResult(kind, start, end, k, shard, Aggregates(*a), final) for k, a in items]
 
     def _result(self, start: int, end: int, key: Key, a: Agg, final: bool) -> WindowResult:
         sketch = _sketch_bytes(a[6], self.accuracy) if self.quantiles else None
@@ -221,14 +230,14 @@ class Aligned(_Base):
             bucket = self.buckets[start]
             d = self.dirty.get(start)
             if everything or end + lateness <= wm:
-                out.extend(self._result(start, end, k, a, True) for k, a in bucket.items())
+                out += self._results(start, end, bucket.items(), True)
                 del self.buckets[start], self.first_pos[start]
                 self.dirty.pop(start, None)
             elif d is None:  # first emission of this window
-                out.extend(self._result(start, end, k, a, False) for k, a in bucket.items())
+                out += self._results(start, end, bucket.items(), False)
                 self.dirty[start] = set()
             elif d:  # late records updated these keys since the last emission
-                out.extend(self._result(start, end, k, bucket[k], False) for k in sorted(d))
+                out += self._results(start, end, [(k, bucket[k]) for k in sorted(d)], False)
                 d.clear()
         self._trim_key_cache()
         return out

@@ -1,0 +1,405 @@
+"""Benchmark: our decode + window engine vs. a naive loop, a Polars per-batch ceiling, Bytewax.
+
+Run: `aetherstream bench windows [--records N]`. Not a test: it prints figures from one run.
+
+Workload (PEER-BENCH.md): 10 k devices x 4 metrics over 2 h of event time, each record 0-5 s
+late relative to arrival order, values with 2 decimals; ISO-8601 and epoch-ms payloads.
+Aggregation: count/sum/min/max per (device, metric, 60 s tumbling window).
+
+Timed span per approach: from the list of record bytes (ours: RawRecords, as the KCL
+adapter hands them over) to a materialised result. The process is pinned to one CPU and
+Polars to one thread, so the figures are records/s per core. Generation, a 20 k warm-up and
+the agreement check are outside the timed span. Every approach's result is checked against
+the naive one (count, sum, min, max per group); Bytewax runs on a prefix (it is ~100x
+slower), compared with the naive result on the same prefix.
+
+Bytes per open group: a separate pass with tracemalloc, where no window closes (huge
+out-of-orderness), divided by the engine's open groups. Measured after decode outputs are
+dropped, so it is the engine's state (groups, interned keys, bucket dicts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import math
+import os
+import random
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from consumer.records.contract import Contract
+from consumer.records.decode import decode_batch
+from consumer.records.model import Position, RawRecord
+from consumer.windows import WindowEngine, WindowResult, WindowSpec
+
+SEED = 20261126
+WINDOW_MS = 60_000
+BASE_MS = int(datetime(2026, 11, 26, 8, 0, tzinfo=UTC).timestamp() * 1000)
+SPAN_MS = 2 * 3600 * 1000
+METRICS = ("battery", "temp", "humidity", "rssi")
+TARGET_VS_POLARS = 0.7
+TARGET_VS_BYTEWAX = 40.0
+TARGET_BYTES_PER_GROUP = 450
+
+Group = tuple[str, str, int]  # device, metric, window start
+Agg = tuple[int, float, float, float]  # count, sum, min, max
+Result = dict[Group, Agg]
+
+
+def iso(ms: int) -> str:
+    t = datetime.fromtimestamp(ms // 1000, UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def generate(n: int, fmt: str, seed: int = SEED) -> tuple[list[bytes], list[int]]:
+    """Deterministic payloads and their arrival times (ms)."""
+    rng = random.Random(seed)
+    payloads: list[bytes] = []
+    arrivals: list[int] = []
+    for i in range(n):
+        arrival = BASE_MS + i * SPAN_MS // n
+        ts = arrival - rng.randint(0, 5000)
+        dev, metric = rng.randrange(10_000), METRICS[rng.randrange(4)]
+        value = round(rng.uniform(0, 100), 2)
+        t = f'"{iso(ts)}"' if fmt == "iso" else str(ts)
+        payload = (
+            f'{{"device_id": "dev-{dev:04d}", "metric": "{metric}", "value": {value}, "ts": {t}}}'
+        )
+        payloads.append(payload.encode())
+        arrivals.append(arrival)
+    return payloads, arrivals
+
+
+def batches(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+# --- approaches -------------------------------------------------------------------------
+
+
+def run_ours(
+    records: list[RawRecord], batch: int, quantiles: bool = False
+) -> tuple[list[WindowResult], dict[str, float]]:
+    """decode_batch per KCL-sized batch, then engine.process, as the record processor does."""
+    spec = WindowSpec(size_ms=WINDOW_MS, out_of_orderness_ms=5_000, quantiles=quantiles)
+    engine = WindowEngine(spec, "shardId-000000000000")
+    contract = Contract()
+    results = []
+    t_decode = t_engine = 0.0
+    for chunk in batches(records, batch):
+        t0 = time.perf_counter()
+        events, _rejected = decode_batch(chunk, contract)
+        t1 = time.perf_counter()
+        results.extend(engine.process(events, chunk[-1].arrival_ms).results)
+        t_decode += t1 - t0
+        t_engine += time.perf_counter() - t1
+    t1 = time.perf_counter()
+    results.extend(engine.close_all().results)
+    t_engine += time.perf_counter() - t1
+    return results, {"decode_s": t_decode, "engine_s": t_engine}
+
+
+def ours_result(results: list[WindowResult]) -> Result:
+    out: Result = {}
+    for r in results:
+        a = r.aggregates
+        out[(r.key[0], r.key[1], r.start_ms)] = (a.count, a.sum, a.min, a.max)
+    return out
+
+
+def run_naive(payloads: list[bytes]) -> Result:
+    """json.loads per record and a dict of [count, sum, min, max] lists."""
+    state: dict[Group, list[Any]] = {}
+    for p in payloads:
+        o = json.loads(p)
+        ts = o["ts"]
+        if isinstance(ts, str):
+            ts = round(datetime.fromisoformat(ts).timestamp() * 1000)
+        k = (o["device_id"], o["metric"], ts - ts % WINDOW_MS)
+        v = o["value"]
+        a = state.get(k)
+        if a is None:
+            state[k] = [1, v, v, v]
+        else:
+            a[0] += 1
+            a[1] += v
+            a[2] = min(a[2], v)
+            a[3] = max(a[3], v)
+    return {k: (a[0], a[1], a[2], a[3]) for k, a in state.items()}
+
+
+def run_polars(payloads: list[bytes], batch: int, fmt: str) -> Any:
+    """Polars per 10 k batch (partial aggregate) plus a final combine: a streaming ceiling."""
+    import polars as pl
+
+    ts_type = pl.Utf8 if fmt == "iso" else pl.Int64
+    schema = {"device_id": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64, "ts": ts_type}
+    partials = []
+    for chunk in batches(payloads, batch):
+        df = pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema)
+        ts = pl.col("ts")
+        if fmt == "iso":
+            ts = ts.str.to_datetime("%Y-%m-%dT%H:%M:%S%.3fZ", time_unit="ms").cast(pl.Int64)
+        part = (
+            df.with_columns(ws=ts - ts % WINDOW_MS)
+            .group_by("device_id", "metric", "ws")
+            .agg(
+                c=pl.len(),
+                s=pl.col("value").sum(),
+                mn=pl.col("value").min(),
+                mx=pl.col("value").max(),
+            )
+        )
+        partials.append(part)
+    final = (
+        pl.concat(partials)
+        .group_by("device_id", "metric", "ws")
+        .agg(pl.col("c").sum(), pl.col("s").sum(), pl.col("mn").min(), pl.col("mx").max())
+    )
+    return final
+
+
+def polars_result(final: Any) -> Result:
+    return {(d, m, w): (c, s, mn, mx) for d, m, w, c, s, mn, mx in final.iter_rows()}
+
+
+def bytewax_available() -> bool:
+    try:
+        import bytewax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_bytewax(payloads: list[bytes], batch: int) -> Result:
+    """fold_window with an event clock (PEER-BENCH setup), single worker."""
+    import bytewax.operators as op
+    import orjson
+    from bytewax.dataflow import Dataflow
+    from bytewax.operators import windowing as win
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    align = datetime.fromtimestamp(0, UTC)
+
+    def parse(b: bytes) -> tuple[str, tuple[datetime, float]]:
+        o = orjson.loads(b)
+        ts = o["ts"]
+        dt = (
+            datetime.fromisoformat(ts)
+            if isinstance(ts, str)
+            else datetime.fromtimestamp(ts / 1000, UTC)
+        )
+        return f"{o['device_id']}|{o['metric']}", (dt, o["value"])
+
+    def fold(acc: list[Any], item: tuple[datetime, float]) -> list[Any]:
+        v = item[1]
+        return [acc[0] + 1, acc[1] + v, min(acc[2], v), max(acc[3], v)]
+
+    def combine(a: list[Any], b: list[Any]) -> list[Any]:
+        return [a[0] + b[0], a[1] + b[1], min(a[2], b[2]), max(a[3], b[3])]
+
+    out: list[Any] = []
+    late: list[Any] = []
+    flow = Dataflow("bench_windows")
+    inp = op.input("in", flow, TestingSource(payloads, batch_size=batch))
+    keyed = op.map("parse", inp, parse)
+    clock: Any = win.EventClock(lambda v: v[0], wait_for_system_duration=timedelta(seconds=10))
+    windower = win.TumblingWindower(length=timedelta(milliseconds=WINDOW_MS), align_to=align)
+    wo = win.fold_window(
+        "fold", keyed, clock, windower, lambda: [0, 0.0, math.inf, -math.inf], fold, combine,
+        ordered=False,
+    )  # fmt: skip
+    op.output("out", wo.down, TestingSink(out))
+    op.output("late", wo.late, TestingSink(late))
+    run_main(flow)  # type: ignore[no-untyped-call]
+    if late:
+        raise RuntimeError(f"bytewax marked {len(late)} items late")
+    result: Result = {}
+    for key, (wid, acc) in out:
+        dev, metric = key.split("|")
+        result[(dev, metric, wid * WINDOW_MS)] = (acc[0], acc[1], acc[2], acc[3])
+    return result
+
+
+# --- measurement ------------------------------------------------------------------------
+
+
+def agree(a: Result, b: Result) -> bool:
+    """Same groups, counts, min, max; sums equal up to float summation order."""
+    if a.keys() != b.keys():
+        return False
+    for k, (c, s, mn, mx) in a.items():
+        c2, s2, mn2, mx2 = b[k]
+        if (c, mn, mx) != (c2, mn2, mx2) or not math.isclose(s, s2, rel_tol=1e-9, abs_tol=1e-6):
+            return False
+    return True
+
+
+def timed(fn: Callable[[], Any], rounds: int) -> tuple[Any, float]:
+    """Median wall time over rounds (the machine is shared: one run is noisy)."""
+    times, out = [], None
+    for _ in range(rounds):
+        out = None  # free the previous round's result before timing the next
+        gc.collect()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
+
+
+def bytes_per_group(records: list[RawRecord], batch: int, quantiles: bool) -> tuple[float, int]:
+    """tracemalloc'd engine state / open groups, with nothing closing (see module doc)."""
+    spec = WindowSpec(size_ms=WINDOW_MS, out_of_orderness_ms=10**13, quantiles=quantiles)
+    contract = Contract()
+    decode_batch(records[:10], contract)  # build the decode plan outside the measurement
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    engine = WindowEngine(spec, "s")
+    for chunk in batches(records, batch):
+        events, _ = decode_batch(chunk, contract)
+        engine.process(events, 0)
+        del events
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    groups = engine.open_windows
+    return used / max(groups, 1), engine.state_bytes // max(groups, 1)
+
+
+@dataclass
+class Report:
+    records: int
+    rounds: int
+    rows: list[tuple[str, str, int, float]] = field(default_factory=list)  # name, fmt, n, s
+    agreement: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    bytes_per_group: dict[str, float] = field(default_factory=dict)
+
+    def rate(self, name: str, fmt: str) -> float | None:
+        for n, f, recs, secs in self.rows:
+            if (n, f) == (name, fmt):
+                return recs / secs
+        return None
+
+
+def pin_one_cpu() -> tuple[str, set[int] | None]:
+    """Pin to one CPU; returns a note and the previous affinity to restore."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity)", None
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    os.sched_setaffinity(0, {cpu})
+    return f"pinned to CPU {cpu}", before
+
+
+def run(n: int, batch: int, rounds: int, bytewax_n: int, formats: Sequence[str]) -> Report:
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")  # before polars is first imported
+    import polars as pl
+
+    note, before = pin_one_cpu()
+    try:
+        rep = Report(n, rounds)
+        rep.notes.append(note + f"; polars threads = {pl.thread_pool_size()}")
+        _run_all(rep, n, batch, rounds, bytewax_n, formats)
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+    return rep
+
+
+def _run_all(
+    rep: Report, n: int, batch: int, rounds: int, bytewax_n: int, formats: Sequence[str]
+) -> None:
+    have_bw = bytewax_available()
+    if not have_bw:
+        rep.notes.append("bytewax: not installed")
+    for fmt in formats:
+        payloads, arrivals = generate(n, fmt)
+        records = [
+            RawRecord(p, "pk", Position(i, 0), a)
+            for i, (p, a) in enumerate(zip(payloads, arrivals, strict=True))
+        ]
+        warm = min(20_000, n)
+        run_ours(records[:warm], batch), run_naive(payloads[:warm])
+        run_polars(payloads[:warm], batch, fmt)
+        naive, t = timed(lambda p=payloads: run_naive(p), rounds)  # type: ignore[misc]
+        rep.rows.append(("naive json.loads + dict", fmt, n, t))
+        (ours, split), t = timed(lambda r=records: run_ours(r, batch), rounds)  # type: ignore[misc]
+        rep.rows.append(("ours: decode_batch + engine", fmt, n, t))
+        rep.agreement[f"ours vs naive ({fmt})"] = agree(ours_result(ours), naive)
+        rep.notes.append(
+            f"ours ({fmt}): decode {split['decode_s']:.3f} s, engine {split['engine_s']:.3f} s, "
+            f"{len(ours):,} results for {len(naive):,} groups"
+        )
+        if fmt == formats[0]:
+            (ours_q, _), t = timed(lambda r=records: run_ours(r, batch, True), rounds)  # type: ignore[misc]
+            rep.rows.append(("ours + quantile sketches", fmt, n, t))
+            rep.agreement[f"ours+quantiles vs naive ({fmt})"] = agree(ours_result(ours_q), naive)
+        pol, t = timed(lambda p=payloads, f=fmt: run_polars(p, batch, f), rounds)  # type: ignore[misc]
+        rep.rows.append(("polars per-batch ceiling", fmt, n, t))
+        rep.agreement[f"polars vs naive ({fmt})"] = agree(polars_result(pol), naive)
+        if have_bw:
+            m = min(bytewax_n, n)
+            bw, t = timed(lambda p=payloads[:m]: run_bytewax(p, batch), 1)  # type: ignore[misc]
+            rep.rows.append((f"bytewax fold_window ({m:,} prefix)", fmt, m, t))
+            rep.agreement[f"bytewax vs naive, prefix ({fmt})"] = agree(bw, run_naive(payloads[:m]))
+        if fmt == formats[0]:
+            prefix = records[: min(n, 200_000)]
+            for q in (False, True):
+                measured, estimate = bytes_per_group(prefix, batch, q)
+                label = "with quantiles" if q else "no quantiles"
+                rep.bytes_per_group[label] = measured
+                rep.notes.append(f"state_bytes estimate {label}: {estimate} B/group")
+
+
+def print_report(rep: Report, formats: Sequence[str]) -> None:
+    print(f"windows bench: {rep.records:,} records; " + "; ".join(rep.notes[:1]))
+    print(f"times: median of {rep.rounds} runs (bytewax: 1 run)")
+    print(f"{'approach':44} {'fmt':4} {'records':>9} {'seconds':>8} {'records/s':>11}")
+    for name, fmt, n, secs in rep.rows:
+        print(f"{name:44} {fmt:4} {n:>9,} {secs:>8.3f} {n / secs:>11,.0f}")
+    for note in rep.notes[1:]:
+        print("note:", note)
+    for fmt in formats:
+        ours = rep.rate("ours: decode_batch + engine", fmt)
+        pol = rep.rate("polars per-batch ceiling", fmt)
+        bw = next((n / s for name, f, n, s in rep.rows if f == fmt and "bytewax" in name), None)
+        assert ours is not None and pol is not None
+        ok = "met" if ours / pol >= TARGET_VS_POLARS else "NOT met"
+        print(f"[{fmt}] ours / polars = {ours / pol:.2f} (target >= {TARGET_VS_POLARS}: {ok})")
+        if bw:
+            ok = "met" if ours / bw >= TARGET_VS_BYTEWAX else "NOT met"
+            print(f"[{fmt}] ours / bytewax = {ours / bw:.1f} (target >= {TARGET_VS_BYTEWAX}: {ok})")
+        q = rep.rate("ours + quantile sketches", fmt)
+        if q:
+            print(f"[{fmt}] quantiles cost: {q:,.0f} vs {ours:,.0f} records/s ({q / ours:.2f}x)")
+    for label, b in rep.bytes_per_group.items():
+        ok = "met" if b <= TARGET_BYTES_PER_GROUP else "NOT met"
+        print(f"bytes per open group ({label}): {b:.0f} (target <= {TARGET_BYTES_PER_GROUP}: {ok})")
+    for what, same in rep.agreement.items():
+        print(f"agree {what}: {'yes' if same else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="aetherstream bench windows", description=__doc__)
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=10_000, help="records per KCL batch")
+    ap.add_argument("--rounds", type=int, default=3, help="median over this many runs")
+    ap.add_argument("--bytewax-records", type=int, default=200_000, help="bytewax prefix")
+    ap.add_argument("--formats", default="iso,ms", help="comma list of iso, ms")
+    args = ap.parse_args(argv)
+    formats = [f for f in args.formats.split(",") if f]
+    if args.records <= 0 or not formats or any(f not in ("iso", "ms") for f in formats):
+        ap.error("--records must be positive and --formats a list of iso, ms")
+    rep = run(args.records, args.batch, args.rounds, args.bytewax_records, formats)
+    print_report(rep, formats)
+    return 0 if all(rep.agreement.values()) else 1
