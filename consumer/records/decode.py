@@ -193,6 +193,12 @@ class _Plan:
         # gc=False: the Struct is dropped right after reading; no need to track it.
         struct = msgspec.defstruct("FlatRecord", fields, rename=rename, gc=False)
         self.decoder = msgspec.json.Decoder(struct)
+        # Exactly the contract's fields, all scalars: a record it accepts has depth 1 and
+        # every string in it was UTF-8-validated, so the per-record scans can be skipped.
+        exact = msgspec.defstruct(
+            "ExactRecord", fields, rename=rename, gc=False, forbid_unknown_fields=True
+        )
+        self.exact: msgspec.json.Decoder[Any] = msgspec.json.Decoder(exact)
         names = [f"k{i}" for i in range(len(c.key_fields))]
         if len(names) == 1:
             one = attrgetter(names[0])
@@ -324,15 +330,25 @@ def _decode_fast(
     iso_ok = c.ts_format != "epoch_ms"
     append = events.append
     seconds, ms3 = _SECONDS, _MS3
+    exact, exact_ok = plan.exact.decode, True
     for rec in records:
         data = rec.data
         try:
-            if not data.isascii():
-                data.decode()  # msgspec does not validate UTF-8 inside skipped fields
-            s = decode(data)
-            # One pass counting "{" and "[" (translate deletes them): an upper bound on depth.
-            if len(data) > max_bytes or len(data) - len(data.translate(None, b"{[")) > max_depth:
-                raise ValueError  # let the classifier measure precisely
+            s = None
+            if exact_ok:
+                try:
+                    s = exact(data)
+                except msgspec.ValidationError:
+                    exact_ok = False  # extra fields: the rest of this batch goes lenient
+            if s is None:
+                if not data.isascii():
+                    data.decode()  # msgspec does not validate UTF-8 inside skipped fields
+                s = decode(data)
+                # One pass counting "{" and "[" (translate deletes them) bounds the depth.
+                if len(data) - len(data.translate(None, b"{[")) > max_depth:
+                    raise ValueError  # let the classifier measure precisely
+            if len(data) > max_bytes:
+                raise ValueError
             key = keys(s)
             v = s.v
             t = s.t
