@@ -311,6 +311,22 @@ class LocalStack:
                 "-parent-pid", str(os.getpid())]  # dies with us even if atexit never runs
         return self._spawn("osmem", argv)
 
+    def stop_postgres(self) -> None:
+        """Stop our PostgreSQL (fast shutdown), keeping its data: a sink outage for tests."""
+        with self._lock:
+            for proc in [p for p in self._procs if p.name == "postgres"]:
+                proc.stop()
+                self._procs.remove(proc)
+
+    def start_postgres(self, timeout: float = 30.0) -> None:
+        """Start our PostgreSQL again on the same port and data after stop_postgres()."""
+        port = self._port("postgres")
+        proc = postgres.spawn(self.run_dir / "postgres", port, self.log_dir / "postgres.log")
+        with self._lock:
+            self._procs.append(proc)
+        proc.wait_ready(lambda: proc.listens_on(port) and postgres.accepts_connections(port),
+                        timeout, threading.Event())
+
     def _start_postgres(self, waiter: ReadyWaiter, found: dict[str, str]) -> None:
         """Use the external DSN, or initdb (first run only) and spawn our own server."""
         t0 = time.monotonic()
