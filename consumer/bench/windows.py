@@ -7,9 +7,13 @@ late relative to arrival order, values with 2 decimals; ISO-8601 and epoch-ms pa
 Aggregation: count/sum/min/max per (device, metric, 60 s tumbling window).
 
 Timed span per approach: from the list of record bytes (ours: RawRecords, as the KCL
-adapter hands them over) to a materialised result. The process is pinned to one CPU and
-Polars to one thread, so the figures are records/s per core. Generation, a 20 k warm-up and
-the agreement check are outside the timed span. Every approach's result is checked against
+adapter hands them over) to a materialised result (ours: the list of WindowResults; Polars:
+the final DataFrame; naive/Bytewax: the dict/sink list). As in PEER-BENCH, every
+measurement is a fresh process (forked, so it shares the generated input), and the time is
+the median over --rounds processes. The input is gc.freeze()d in each: it is the harness's
+list, not an approach's working set. Processes are pinned to one CPU and Polars to one
+thread, so the figures are records/s per core. Generation, a 20 k warm-up and the agreement
+check are outside the timed span. Every approach's result is checked against
 the naive one (count, sum, min, max per group); Bytewax runs on a prefix (it is ~100x
 slower), compared with the naive result on the same prefix.
 
@@ -25,9 +29,11 @@ import gc
 import io
 import json
 import math
+import multiprocessing as mp
 import os
 import random
 import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -243,16 +249,89 @@ def agree(a: Result, b: Result) -> bool:
     return True
 
 
-def timed(fn: Callable[[], Any], rounds: int) -> tuple[Any, float]:
-    """Median wall time over rounds (the machine is shared: one run is noisy)."""
-    times, out = [], None
-    for _ in range(rounds):
-        out = None  # free the previous round's result before timing the next
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
+# --- one fresh process per measurement ---------------------------------------------------
+
+_INPUT: dict[tuple[int, str], tuple[list[bytes], list[RawRecord]]] = {}
+
+
+def workload(n: int, fmt: str) -> tuple[list[bytes], list[RawRecord]]:
+    """The payloads and the RawRecords the KCL adapter would build (cached per process)."""
+    if (n, fmt) not in _INPUT:
+        _INPUT.clear()
+        payloads, arrivals = generate(n, fmt)
+        records = [
+            RawRecord(p, "pk", Position(i, 0), a)
+            for i, (p, a) in enumerate(zip(payloads, arrivals, strict=True))
+        ]
+        _INPUT[(n, fmt)] = (payloads, records)
+    return _INPUT[(n, fmt)]
+
+
+def _approach(
+    name: str, fmt: str, batch: int
+) -> tuple[Callable[[list[bytes], list[RawRecord]], Any], Callable[[Any], Result]]:
+    """(run over payloads/records, convert its output to a Result) for one approach."""
+    if name == "naive":
+        return (lambda p, r: run_naive(p)), (lambda out: out)
+    if name in ("ours", "ours_q"):
+        q = name == "ours_q"
+        return (lambda p, r: run_ours(r, batch, q)), (lambda out: ours_result(out[0]))
+    if name == "polars":
+        return (lambda p, r: run_polars(p, batch, fmt)), polars_result
+    if name == "bytewax":
+        return (lambda p, r: run_bytewax(p, batch)), (lambda out: out)
+    raise ValueError(name)
+
+
+def _child(conn: Any, name: str, n: int, fmt: str, batch: int, send_result: bool) -> None:
+    """Runs in a fresh process: warm up on a prefix, then time one full run."""
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    payloads, records = workload(n, fmt)
+    run_fn, to_result = _approach(name, fmt, batch)
+    warm = min(20_000, n)
+    run_fn(payloads[:warm], records[:warm])
+    # The input list is the harness's, not the approach's working set (a processor holds
+    # one batch): freeze it so no approach's GC passes traverse a million input objects.
+    gc.collect()
+    gc.freeze()
+    t0 = time.perf_counter()
+    out = run_fn(payloads, records)
+    elapsed = time.perf_counter() - t0
+    extra: dict[str, Any] = dict(out[1]) if name.startswith("ours") else {}
+    if name == "polars":
+        import polars as pl
+
+        extra["threads"] = pl.thread_pool_size()
+    conn.send((elapsed, to_result(out) if send_result else None, extra))
+    conn.close()
+
+
+def measure(
+    name: str, n: int, fmt: str, batch: int, rounds: int
+) -> tuple[float, Result, dict[str, Any]]:
+    """Median seconds over `rounds` fresh processes, the first run's result and extras."""
+    # fork shares the generated input; once polars (threads) is loaded here, fork is unsafe.
+    ctx: Any = mp.get_context("fork" if "polars" not in sys.modules else "spawn")
+    if ctx.get_start_method() == "fork":
+        workload(n, fmt)
+    times: list[float] = []
+    result: Result = {}
+    extra: dict[str, Any] = {}
+    for i in range(rounds):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(send, name, n, fmt, batch, i == 0))
+        proc.start()
+        send.close()
+        try:
+            elapsed, res, ex = recv.recv()
+        except EOFError:
+            raise RuntimeError(f"{name} ({fmt}) child failed, exit code {proc.exitcode}") from None
+        finally:
+            proc.join()
+        times.append(elapsed)
+        if i == 0:
+            result, extra = res, ex
+    return statistics.median(times), result, extra
 
 
 def bytes_per_group(records: list[RawRecord], batch: int, quantiles: bool) -> tuple[float, int]:
@@ -302,13 +381,10 @@ def pin_one_cpu() -> tuple[str, set[int] | None]:
 
 
 def run(n: int, batch: int, rounds: int, bytewax_n: int, formats: Sequence[str]) -> Report:
-    os.environ.setdefault("POLARS_MAX_THREADS", "1")  # before polars is first imported
-    import polars as pl
-
-    note, before = pin_one_cpu()
+    note, before = pin_one_cpu()  # children inherit the affinity
     try:
         rep = Report(n, rounds)
-        rep.notes.append(note + f"; polars threads = {pl.thread_pool_size()}")
+        rep.notes.append(note + "; one fresh process per measurement")
         _run_all(rep, n, batch, rounds, bytewax_n, formats)
     finally:
         if before is not None:
@@ -323,47 +399,43 @@ def _run_all(
     if not have_bw:
         rep.notes.append("bytewax: not installed")
     for fmt in formats:
-        payloads, arrivals = generate(n, fmt)
-        records = [
-            RawRecord(p, "pk", Position(i, 0), a)
-            for i, (p, a) in enumerate(zip(payloads, arrivals, strict=True))
-        ]
-        warm = min(20_000, n)
-        run_ours(records[:warm], batch), run_naive(payloads[:warm])
-        run_polars(payloads[:warm], batch, fmt)
-        naive, t = timed(lambda p=payloads: run_naive(p), rounds)  # type: ignore[misc]
+        t, naive, _ = measure("naive", n, fmt, batch, rounds)
         rep.rows.append(("naive json.loads + dict", fmt, n, t))
-        (ours, split), t = timed(lambda r=records: run_ours(r, batch), rounds)  # type: ignore[misc]
+        t, ours, split = measure("ours", n, fmt, batch, rounds)
         rep.rows.append(("ours: decode_batch + engine", fmt, n, t))
-        rep.agreement[f"ours vs naive ({fmt})"] = agree(ours_result(ours), naive)
+        rep.agreement[f"ours vs naive ({fmt})"] = agree(ours, naive)
         rep.notes.append(
-            f"ours ({fmt}): decode {split['decode_s']:.3f} s, engine {split['engine_s']:.3f} s, "
-            f"{len(ours):,} results for {len(naive):,} groups"
+            f"ours ({fmt}, first run): decode {split['decode_s']:.3f} s, "
+            f"engine {split['engine_s']:.3f} s, {len(naive):,} groups"
         )
         if fmt == formats[0]:
-            (ours_q, _), t = timed(lambda r=records: run_ours(r, batch, True), rounds)  # type: ignore[misc]
+            t, ours_q, _ = measure("ours_q", n, fmt, batch, rounds)
             rep.rows.append(("ours + quantile sketches", fmt, n, t))
-            rep.agreement[f"ours+quantiles vs naive ({fmt})"] = agree(ours_result(ours_q), naive)
-        pol, t = timed(lambda p=payloads, f=fmt: run_polars(p, batch, f), rounds)  # type: ignore[misc]
+            rep.agreement[f"ours+quantiles vs naive ({fmt})"] = agree(ours_q, naive)
+        t, pol, ex = measure("polars", n, fmt, batch, rounds)
         rep.rows.append(("polars per-batch ceiling", fmt, n, t))
-        rep.agreement[f"polars vs naive ({fmt})"] = agree(polars_result(pol), naive)
+        rep.agreement[f"polars vs naive ({fmt})"] = agree(pol, naive)
+        rep.notes.append(f"polars threads: {ex.get('threads')}")
         if have_bw:
             m = min(bytewax_n, n)
-            bw, t = timed(lambda p=payloads[:m]: run_bytewax(p, batch), 1)  # type: ignore[misc]
+            t, bw, _ = measure("bytewax", m, fmt, batch, 1)
             rep.rows.append((f"bytewax fold_window ({m:,} prefix)", fmt, m, t))
-            rep.agreement[f"bytewax vs naive, prefix ({fmt})"] = agree(bw, run_naive(payloads[:m]))
+            payloads, _ = workload(m, fmt)
+            rep.agreement[f"bytewax vs naive, prefix ({fmt})"] = agree(bw, run_naive(payloads))
         if fmt == formats[0]:
+            _, records = workload(n, fmt)
             prefix = records[: min(n, 200_000)]
             for q in (False, True):
                 measured, estimate = bytes_per_group(prefix, batch, q)
                 label = "with quantiles" if q else "no quantiles"
                 rep.bytes_per_group[label] = measured
                 rep.notes.append(f"state_bytes estimate {label}: {estimate} B/group")
+        _INPUT.clear()
 
 
 def print_report(rep: Report, formats: Sequence[str]) -> None:
     print(f"windows bench: {rep.records:,} records; " + "; ".join(rep.notes[:1]))
-    print(f"times: median of {rep.rounds} runs (bytewax: 1 run)")
+    print(f"times: median of {rep.rounds} runs, each a fresh process (bytewax: 1 run)")
     print(f"{'approach':44} {'fmt':4} {'records':>9} {'seconds':>8} {'records/s':>11}")
     for name, fmt, n, secs in rep.rows:
         print(f"{name:44} {fmt:4} {n:>9,} {secs:>8.3f} {n / secs:>11,.0f}")
