@@ -100,19 +100,41 @@ class WindowSettings:
 @dataclass(frozen=True)
 class RedshiftSettings:
     enabled: bool = False
-    dsn: str = ""  # libpq DSN; in production the password comes from Secrets Manager
+    # Either a libpq DSN, or its parts (ECS injects host, user, password... from Secrets
+    # Manager as separate variables).
+    dsn: str = ""
+    host: str = ""
+    port: int = 5439
+    database: str = "dev"
+    user: str = ""
+    password: str = ""
     schema: str = "aetherstream"
     dialect: Literal["redshift", "postgres"] = "redshift"
-    copy_iam_role: str = ""  # Redshift COPY ... IAM_ROLE
+    copy_role_arn: str = ""  # Redshift COPY ... IAM_ROLE
     staging_prefix: str = "redshift-staging/"
     load_raw: bool = True  # raw records too, not only window results
+
+    def connect_dsn(self) -> str:
+        if self.dsn or not self.host:
+            return self.dsn
+        from psycopg2.extensions import make_dsn
+
+        return str(make_dsn(host=self.host, port=self.port, dbname=self.database,
+                            user=self.user, password=self.password))
 
 
 @dataclass(frozen=True)
 class OpenSearchSettings:
     enabled: bool = False
-    url: str = ""
+    endpoint: str = ""  # URL of the domain (or of osmem-server locally)
     index_prefix: str = "aetherstream"
+
+
+@dataclass(frozen=True)
+class CommitSettings:
+    # DynamoDB table of shard epochs (fencing); created by `aetherstream migrate`.
+    # Empty: no fencing (KCL's own checkpoint check still refuses a lost lease).
+    manifest_table: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,7 @@ class Settings:
     windows: WindowSettings = field(default_factory=WindowSettings)
     redshift: RedshiftSettings = field(default_factory=RedshiftSettings)
     opensearch: OpenSearchSettings = field(default_factory=OpenSearchSettings)
+    commit: CommitSettings = field(default_factory=CommitSettings)
     log: LogSettings = field(default_factory=LogSettings)
     run_dir: str = "run"
 

@@ -15,6 +15,7 @@ import base64
 import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 from amazon_kclpy.checkpoint_error import CheckpointError
 from amazon_kclpy.v3 import processor
 
+from consumer.aws import client
+from consumer.commit.fencing import Fenced, ShardFence
 from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
 from consumer.kcl.checkpoint import Checkpointer, checkpoint_with_retry
@@ -83,6 +86,7 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._state: SnapshotStore | None = None
         self._retriers = ShardRetriers()
         self._metrics: m.ShardMetrics | None = None
+        self._fence: ShardFence | None = None
         self.shard_id = ""
 
     # --- KCL callbacks ------------------------------------------------------------------
@@ -98,6 +102,7 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                                     s.stream.app_name, self.shard_id)
         engine = self._restore_engine(start) if s.windows.enabled else None
         self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start)
+        self._fence = self._acquire_fence()
         self._metrics = m.ShardMetrics(self.shard_id)
         self._metrics.lease_acquired()
         log.info("initialized", extra={"start": str(start) if start else "none",
@@ -134,6 +139,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     @exit_on_error
     def shard_ended(self, shard_ended_input: Any) -> None:
         pipeline, _ = self._require()
+        if not self._still_owner():
+            return
         pipeline.close(_now_ms())  # the parent's windows are final; children emit their own
         pipeline.flush()
         # At shard end KCL wants a checkpoint with no position: it records SHARD_END.
@@ -165,8 +172,34 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                         extra={"checkpoint": str(start)})
         return WindowEngine(window_spec(self._settings), self.shard_id)
 
+    def _acquire_fence(self) -> ShardFence | None:
+        table = self._settings.commit.manifest_table
+        if not table:
+            return None
+        fence = ShardFence(client("dynamodb"), table, self.shard_id,
+                           f"{socket.gethostname()}:{os.getpid()}")
+        log.info("fence acquired", extra={"epoch": fence.acquire()})
+        return fence
+
+    def _still_owner(self) -> bool:
+        """The commit step's fence: False (and writing stops) once another worker has the
+        shard, even if KCL has not told us yet."""
+        if self._fence is None:
+            return True
+        retrier = self._retriers("dynamodb-fence")
+        retrier.retryable = lambda exc: not isinstance(exc, Fenced)  # DynamoDB errors retry
+        try:
+            retrier.call(self._fence.check)
+        except Fenced:
+            log.warning("fenced: another worker owns the shard; stopping writes")
+            self.lease_lost(None)
+            return False
+        return True
+
     def _flush_and_checkpoint(self, checkpointer: Checkpointer) -> None:
         pipeline, _ = self._require()
+        if not self._still_owner():
+            return
         pipeline.flush()
         position = pipeline.checkpoint_position()
         if position is None:

@@ -100,7 +100,7 @@ def run_demo(settings: Settings, run_dir: Path, records: int, timeout_s: float =
 def summarize(demo: DemoRun, info: dict[str, Any], complete: bool) -> dict[str, Any]:
     settings = demo.run.settings
     in_windows, late = demo.windows_reconciled()
-    redshift = redshift_counts(settings.redshift.dsn, settings.redshift.schema)
+    redshift = redshift_counts(settings.redshift.connect_dsn(), settings.redshift.schema)
     rs_raw, rs_results = redshift["raw_records"], redshift["window_results"]
     s3_results = s3_result_rows(demo.archive.s3, settings.s3.bucket, settings.s3.results_prefix)
     return {
@@ -118,7 +118,7 @@ def summarize(demo: DemoRun, info: dict[str, Any], complete: bool) -> dict[str, 
         "records_in_windows": in_windows,
         "redshift_rows": rs_raw.distinct,
         "redshift_results": rs_results.distinct,
-        "opensearch_docs": opensearch_count(settings.opensearch.url,
+        "opensearch_docs": opensearch_count(settings.opensearch.endpoint,
                                             settings.opensearch.index_prefix),
         "produce_s": round(demo.produced.seconds, 1),
         "metrics_url": info.get("metrics_url", ""),

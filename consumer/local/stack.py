@@ -14,7 +14,7 @@ from typing import Any
 
 from consumer.config import Settings, to_env, with_overrides
 from consumer.kcl.supervisor import Supervisor
-from consumer.local.emulators import DUMMY_KEY, Endpoints, LocalStack
+from consumer.local.emulators import DUMMY_KEY, Endpoints, LocalStack, boto3_client
 from consumer.sinks.migrate import migrate_all
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,10 @@ class LocalRun:
                 self.settings,
                 redshift={"enabled": True, "dsn": self.endpoints.postgres_dsn,
                           "dialect": "postgres"},
-                opensearch={"enabled": True, "url": self.endpoints.opensearch_url},
+                opensearch={"enabled": True, "endpoint": self.endpoints.opensearch_url},
+                commit={"manifest_table": f"{self.settings.stream.app_name}-fences"},
             )
-            migrate_all(self.settings)
+            migrate_all(self.settings, boto3_client("dynamodb", self.endpoints))
         return self.endpoints
 
     def env(self) -> dict[str, str]:

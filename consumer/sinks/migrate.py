@@ -3,25 +3,27 @@
 - Redshift: the schema, the raw-records and window-results tables (no primary keys: Redshift
   would not enforce them) and the view that merges partial results from several shards.
 - OpenSearch: the index templates behind the daily indices and their aliases.
+- DynamoDB: the table of shard epochs that fences a worker which lost its lease.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from consumer.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-def migrate_all(settings: Settings) -> list[str]:
+def migrate_all(settings: Settings, dynamodb: Any = None) -> list[str]:
     done = []
     if settings.redshift.enabled:
         import psycopg2
 
         from consumer.sinks.redshift import migrate
 
-        conn = psycopg2.connect(settings.redshift.dsn)
+        conn = psycopg2.connect(settings.redshift.connect_dsn())
         try:
             migrate(conn, settings.redshift.schema)
         finally:
@@ -32,9 +34,15 @@ def migrate_all(settings: Settings) -> list[str]:
 
         from consumer.sinks.opensearch import install_templates
 
-        client = OpenSearch(hosts=[settings.opensearch.url], timeout=30)
+        client = OpenSearch(hosts=[settings.opensearch.endpoint], timeout=30)
         install_templates(client, settings.opensearch.index_prefix)
         done.append(f"opensearch templates {settings.opensearch.index_prefix}-*")
+    if settings.commit.manifest_table:
+        from consumer.aws import client as aws_client
+        from consumer.commit.fencing import create_table
+
+        create_table(dynamodb or aws_client("dynamodb"), settings.commit.manifest_table)
+        done.append(f"dynamodb table {settings.commit.manifest_table}")
     for item in done:
         log.info("migrated", extra={"what": item})
     return done

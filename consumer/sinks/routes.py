@@ -174,7 +174,7 @@ class RouteFactory:
         cfg = self.settings.redshift
         staging = rs.S3StagingStore(staging_client, self.settings.s3.bucket, cfg.staging_prefix)
         dialect: rs.Dialect = (rs.PostgresDialect() if cfg.dialect == "postgres"
-                               else rs.RedshiftDialect(cfg.copy_iam_role))
+                               else rs.RedshiftDialect(cfg.copy_role_arn))
         loader = rs.RedshiftLoader(cfg.schema, dialect, staging)
         raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
                                    self.retriers("redshift-raw"))
@@ -223,7 +223,7 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
     if settings.redshift.enabled:
         import psycopg2
 
-        dsn = settings.redshift.dsn
+        dsn = settings.redshift.connect_dsn()
         raw_route, results_route = factory.redshift(lambda: psycopg2.connect(dsn), s3_client)
         if settings.redshift.load_raw:
             raw.append(raw_route)
@@ -232,6 +232,6 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
     if settings.opensearch.enabled and settings.windows.enabled:
         from opensearchpy import OpenSearch
 
-        client = OpenSearch(hosts=[settings.opensearch.url], timeout=30)
+        client = OpenSearch(hosts=[settings.opensearch.endpoint], timeout=30)
         results.append(factory.opensearch(client))
     return Routes(factory.archive(), factory.quarantine(), raw, results, windows)

@@ -58,13 +58,15 @@ class Scenario:
             windows={"size_ms": 10_000, "idle_timeout_ms": 2_000},
             redshift={"enabled": True, "dsn": e.postgres_dsn, "dialect": "postgres",
                       "schema": name.replace("-", "_")},
-            opensearch={"enabled": True, "url": opensearch_url or e.opensearch_url,
+            opensearch={"enabled": True, "endpoint": opensearch_url or e.opensearch_url,
                         "index_prefix": name},
             metrics={"port": 0},
+            commit={"manifest_table": f"{name}-fences"},
         )
         stack.create_stream(name, 4)
         stack.create_bucket(name)
-        migrate_all(with_overrides(self.settings, opensearch={"url": e.opensearch_url}))
+        migrate_all(with_overrides(self.settings, opensearch={"endpoint": e.opensearch_url}),
+                    boto3_client("dynamodb", e))
         self.sent: list[Any] = []
         self.workers: list[Supervisor] = []
 
@@ -137,7 +139,7 @@ class Scenario:
         s = self.settings
         results = s3_result_rows(boto3_client("s3", self.stack.endpoints), self.name,
                                  s.s3.results_prefix)
-        tables = redshift_counts(s.redshift.dsn, s.redshift.schema)
+        tables = redshift_counts(s.redshift.connect_dsn(), s.redshift.schema)
         raw, res = tables["raw_records"], tables["window_results"]
         ids = [r["result_id"] for r in results]
         return {

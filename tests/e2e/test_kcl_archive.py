@@ -129,11 +129,11 @@ def test_window_counts_plus_late_records_equal_the_archive(run: LocalRun) -> Non
 
     # The same records and results in the two other sinks, once each.
     s = run.settings
-    tables = redshift_counts(s.redshift.dsn, s.redshift.schema)
+    tables = redshift_counts(s.redshift.connect_dsn(), s.redshift.schema)
     assert tables["raw_records"].rows == tables["raw_records"].distinct == archive.distinct
     assert tables["window_results"].rows == tables["window_results"].distinct == len(ids)
     assert tables["window_results"].value_count == counted
-    assert opensearch_count(s.opensearch.url, s.opensearch.index_prefix) == len(ids)
+    assert opensearch_count(s.opensearch.endpoint, s.opensearch.index_prefix) == len(ids)
 
 
 def scrape(url: str) -> dict[str, float]:
