@@ -48,7 +48,9 @@ Replay after a failover
      the last position processed then, if known): records whose windows have
      end + L <= start_watermark_ms are then dropped; at or before replay_until silently
      (counted in replayed_skipped, they were counted or quarantined before), after it as
-     ordinary late records.
+     ordinary late records. This is exact for tumbling and sliding windows. For session
+     windows use 1.: a replayed record that extended a still-open session may be older
+     than start_watermark_ms - L and would be judged late by the session rule.
 """
 
 from __future__ import annotations
@@ -153,8 +155,8 @@ class WindowEngine:
                 self.replayed_skipped += 1
                 continue
             msg = (
-                f"event time {ev.ts_ms} ms is too late: watermark {wm} ms had passed its "
-                f"window end + allowed lateness {lateness} ms"
+                f"event time {ev.ts_ms} ms is too late for the {self.spec.kind} windows: "
+                f"watermark {wm} ms, allowed lateness {lateness} ms"
             )
             out.append(Rejected(ev.record, "window", "late", msg))
         self.late_count += len(out)

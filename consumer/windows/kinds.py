@@ -304,10 +304,12 @@ class Sessions(_Base):
     A session is emitted once, with is_final=True, when end + lateness <= watermark (or at
     shard end). Why not earlier: a late record can extend or merge a session, which changes
     its start/end and so its result_id; emitting only final results keeps ids stable.
-    A record is late (side output) if it would merge into a session whose end + lateness is
-    already <= watermark, or its own session [ts, ts + gap) would be, or it falls before a
-    session of its key that was already finalised and freed (closed_until, kept only while a
-    record could still reach it: until it is gap + lateness behind the watermark).
+    A record is late (side output) iff ts < watermark - lateness: its OWN time, not its
+    window's end as for tumbling/sliding. Why: a record can only touch a session with
+    end > ts, and a final session has end <= watermark - lateness, so an accepted record can
+    never change a session that was emitted, and no memory of freed sessions is needed
+    (a window-end rule would need one entry per key ever closed: a still-open session can be
+    extended backwards record by record until a late record bridges it to a freed one).
 
     Session agg: [count, sum, min, max, first_ts, last_ts, q, first_pos].
     """
@@ -319,8 +321,6 @@ class Sessions(_Base):
         self.sessions: dict[Key, list[Agg]] = {}  # per key, disjoint, sorted by first_ts
         self.heap: list[tuple[int, Key]] = []  # (end + lateness, key), lazily invalidated
         self.sched: dict[Key, int] = {}  # key -> deadline of its live heap entry
-        self.closed_until: dict[Key, int] = {}
-        self.pruned_at = NEG_INF
 
     def _schedule(self, key: Key, deadline: int) -> None:
         cur = self.sched.get(key)
@@ -342,15 +342,11 @@ class Sessions(_Base):
     def _add_one(self, ev: Event, wm: int) -> bool:
         gap, lateness = self.gap, self.lateness
         key, ts, v = ev.key, ev.ts_ms, ev.value
-        cu = self.closed_until.get(key)
-        if cu is not None and ts < cu:
+        if ts < wm - lateness:
             return False
         ss = self.sessions.get(key)
+        # Overlapping sessions; none of them can be final (see the class docstring).
         hits = [s for s in ss if s[4] < ts + gap and ts < s[5] + gap] if ss else []
-        if any(s[5] + gap + lateness <= wm for s in hits) or (
-            not hits and ts + gap + lateness <= wm
-        ):
-            return False
         if not hits:
             k = self.keys.get(key)
             if k is None:
@@ -404,25 +400,16 @@ class Sessions(_Base):
                 end = s[5] + gap
                 if end + lateness <= wm:
                     out.append(self._result(s[4], end, key, s, True))
-                    self.closed_until[key] = max(self.closed_until.get(key, NEG_INF), end)
                 else:
                     keep.append(s)
             if keep:
                 self.sessions[key] = keep
                 self._schedule(key, min(s[5] for s in keep) + gap + lateness)
-        self._prune(wm)
         self._trim_key_cache()
+        # Heap pop order depends on stale entries; a restored engine has none. Sort so the
+        # output does not depend on history.
+        out.sort(key=lambda r: (r.end_ms, r.start_ms, r.key))
         return out
-
-    def _prune(self, wm: int) -> None:
-        """Forget closed_until entries no record can reach any more (bounded memory)."""
-        horizon = wm - self.gap - self.lateness
-        if horizon - self.pruned_at < self.gap:
-            return
-        self.pruned_at = horizon
-        stale = [k for k, until in self.closed_until.items() if until <= horizon]
-        for k in stale:
-            del self.closed_until[k]
 
     def min_position(self) -> Position | None:
         return min((s[7] for ss in self.sessions.values() for s in ss), default=None)
@@ -432,7 +419,7 @@ class Sessions(_Base):
         return sum(len(ss) for ss in self.sessions.values())
 
     def state_bytes(self) -> int:
-        n = (self.open_groups + len(self.closed_until)) * BYTES_PER_GROUP
+        n = self.open_groups * BYTES_PER_GROUP
         if self.quantiles:
             n += sum(_q_bytes(s[6]) for ss in self.sessions.values() for s in ss)
         return n
@@ -442,11 +429,10 @@ class Sessions(_Base):
             [k, [[*s[:6], _snap_q(s[6]) if self.quantiles else None, snap_pos(s[7])] for s in ss]]
             for k, ss in self.sessions.items()
         ]
-        return [sessions, [[k, u] for k, u in self.closed_until.items()], self.pruned_at]
+        return sessions
 
     def load_state(self, state: list[Any]) -> None:
-        sessions, closed, self.pruned_at = state
-        for k, ss in sessions:
+        for k, ss in state:
             key = tuple(k)
             rows = []
             for s in ss:
@@ -454,4 +440,3 @@ class Sessions(_Base):
                 rows.append([*s[:6], q, load_pos(s[7])])
             self.sessions[key] = rows
             self._schedule(key, min(r[5] for r in rows) + self.gap + self.lateness)
-        self.closed_until = {tuple(k): u for k, u in closed}

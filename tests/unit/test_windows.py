@@ -98,6 +98,19 @@ def test_session_merge_when_a_record_bridges_two_sessions() -> None:
     assert (r.start_ms, r.end_ms, r.aggregates.count, r.aggregates.sum) == (0, 35, 5, 31.0)
 
 
+def test_session_lateness_is_judged_by_record_time_and_final_stays_final() -> None:
+    spec = WindowSpec(kind="session", gap_ms=10, allowed_lateness_ms=5, out_of_orderness_ms=0)
+    eng = WindowEngine(spec, "s")
+    assert spans(feed(eng, ev(0), ev(30))) == [(0, 10, 1, True)]  # W = 30 >= 10 + 5
+    out = feed(eng, ev(24, seq=1))  # 24 < W - 5: late, although [24, 34) would reach 30
+    assert len(out.late) == 1
+    out = feed(eng, ev(26, seq=1))  # 26 >= W - 5: extends [30, 40) back to [26, 40)
+    assert out.late == [] and eng.open_windows == 1
+    out = feed(eng, ev(9, seq=2))  # would touch the emitted [0, 10): late
+    assert len(out.late) == 1 and out.results == []
+    assert spans(eng.close_all()) == [(26, 40, 2, True)]
+
+
 def test_session_exact_gap_starts_a_new_session() -> None:
     eng = WindowEngine(WindowSpec(kind="session", gap_ms=10, out_of_orderness_ms=0), "s")
     out = feed(eng, ev(0), ev(10), ev(30))
