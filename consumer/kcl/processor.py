@@ -87,6 +87,7 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._retriers = ShardRetriers()
         self._metrics: m.ShardMetrics | None = None
         self._fence: ShardFence | None = None
+        self._lost = False
         self.shard_id = ""
 
     # --- KCL callbacks ------------------------------------------------------------------
@@ -110,6 +111,9 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
 
     @exit_on_error
     def process_records(self, process_records_input: Any) -> None:
+        if self._lost:
+            # Fenced before KCL noticed: ignore, never checkpoint; the new owner replays.
+            return
         pipeline, metrics = self._require()
         started = time.monotonic()
         records = to_raw_records(process_records_input.records)
@@ -130,6 +134,7 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
 
     def lease_lost(self, lease_lost_input: Any) -> None:
         # Another worker owns the shard now: stop at once, write nothing more.
+        self._lost = True
         self._retriers.stop()
         self._pipeline = None
         if self._metrics:
@@ -138,6 +143,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
 
     @exit_on_error
     def shard_ended(self, shard_ended_input: Any) -> None:
+        if self._lost:
+            return
         pipeline, _ = self._require()
         if not self._still_owner():
             return
