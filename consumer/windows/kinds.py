@@ -19,7 +19,7 @@ from typing import Any
 
 from consumer.records.model import Event, Position
 from consumer.windows.model import Aggregates, WindowResult, WindowSpec
-from consumer.windows.sketch import RAW_LIMIT, QuantileSketch
+from consumer.windows.sketch import RAW_LIMIT, QuantileSketch, sketch_bytes
 
 Key = tuple[str, ...]
 Agg = list[Any]
@@ -53,8 +53,7 @@ def _merge_q(a: Any, b: Any, accuracy: float) -> Any:
 
 
 def _sketch_bytes(q: Any, accuracy: float) -> bytes:
-    s = q if isinstance(q, QuantileSketch) else QuantileSketch(accuracy).add_all(q)
-    return s.to_bytes()
+    return q.to_bytes() if isinstance(q, QuantileSketch) else sketch_bytes(q, accuracy)
 
 
 def _q_bytes(q: Any) -> int:

@@ -12,6 +12,7 @@ high-cardinality stream hold a handful of values, and a list of floats is cheape
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -115,6 +116,28 @@ class QuantileSketch:
         s = cls(w.accuracy)
         s.zero, s.pos, s.neg = w.zero, w.pos, w.neg
         return s
+
+
+def sketch_bytes(values: list[float], accuracy: float) -> bytes:
+    """Serialised sketch of raw values without building a QuantileSketch: the emission hot
+    path with quantiles on (most groups hold a value or two). Same keys as mapping.key:
+    int(ceil(log2(v) * multiplier) + offset)."""
+    m = _mapping(accuracy)
+    mult, off, tiny = m._multiplier, m._offset, m.min_possible
+    pos: dict[int, int] = {}
+    neg: dict[int, int] = {}
+    zero = 0
+    log, ceil = math.log, math.ceil
+    for v in values:
+        if v > tiny:
+            k = int(ceil(log(v, 2) * mult) + off)
+            pos[k] = pos.get(k, 0) + 1
+        elif v < -tiny:
+            k = int(ceil(log(-v, 2) * mult) + off)
+            neg[k] = neg.get(k, 0) + 1
+        else:
+            zero += 1
+    return _ENCODER.encode((accuracy, zero, pos, neg))  # the _Wire array layout
 
 
 def merge_sketch_bytes(a: bytes | None, b: bytes | None) -> bytes | None:

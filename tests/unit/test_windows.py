@@ -19,6 +19,7 @@ from consumer.windows import (
     merge,
     result_id,
 )
+from consumer.windows.sketch import sketch_bytes
 
 MIN = 60_000
 
@@ -167,6 +168,13 @@ def test_quantiles_equal_ddsketch_and_merge_across_shards() -> None:
     assert merged.aggregates.count == len(values)
     assert merged.shard_id == "A+B" and merged.is_final
     assert set(merged.aggregates.quantiles()) == {"p50", "p90", "p99"}
+
+
+def test_fast_sketch_bytes_equal_the_sketch_class() -> None:
+    rng = random.Random(3)
+    values = [rng.uniform(-1e6, 1e6) for _ in range(200)] + [0.0, 1e-320, -5e-324]
+    for n in (1, 2, 50, len(values)):
+        assert sketch_bytes(values[:n], 0.01) == QuantileSketch(0.01).add_all(values[:n]).to_bytes()
 
 
 def test_sketch_roundtrip_and_accuracy_mismatch() -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.records.model import Event, Position, RawRecord, Rejected
-from consumer.windows import StepOutput, WindowEngine, WindowSpec, result_id
+from consumer.windows import QuantileSketch, StepOutput, WindowEngine, WindowSpec, result_id
 
 NEG = -(2**62)
 SHARD = "shardId-000000000007"
@@ -35,6 +36,7 @@ def specs(
         allowed_lateness_ms=draw(st.sampled_from([0, 10, 40])),
         out_of_orderness_ms=draw(st.sampled_from([0, 5, 20])),
         idle_timeout_ms=draw(st.sampled_from([None, 50])),
+        quantiles=draw(st.booleans()),
     )
 
 
@@ -179,6 +181,11 @@ def as_dict(out: StepOutput) -> dict[str, tuple[object, bool]]:
         assert r.result_id not in d, "one result id emitted twice in one step"
         assert r.shard_id == SHARD and r.kind in ("tumbling", "sliding", "session")
         d[r.result_id] = ((a.count, a.sum, a.min, a.max, a.first_ts_ms, a.last_ts_ms), r.is_final)
+        if a.sketch is not None:  # the sketch holds exactly the window's values
+            sk = QuantileSketch.from_bytes(a.sketch)
+            assert sk.count == a.count
+            assert sk.quantile(0.0) == pytest.approx(a.min, rel=0.02)
+            assert sk.quantile(1.0) == pytest.approx(a.max, rel=0.02)
     return d
 
 
