@@ -60,6 +60,7 @@ class S3Settings:
     quarantine_prefix: str = "quarantine/"
     results_prefix: str = "results/"
     state_prefix: str = "state/"  # window-engine snapshots, one per checkpoint
+    format: Literal["ndjson", "parquet"] = "ndjson"  # archive, quarantine and results objects
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,11 @@ Used by the demo, the end-to-end tests and operators checking a bucket by hand.
 
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+from consumer.sinks.layout import decode_body
 
 Identity = tuple[str, str, int]
 
@@ -35,8 +34,7 @@ class ObjectCounter:
 
     def _read(self, key: str) -> None:
         body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        for line in gzip.decompress(body).splitlines():
-            row = orjson.loads(line)
+        for row in decode_body(key, body):
             self.identities[(row["shard"], row["sequence"], row["sub_sequence"])] += 1
             self.rows.append(row)
         self.seen_keys.add(key)
@@ -113,5 +111,5 @@ def s3_result_rows(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            rows += [orjson.loads(line) for line in gzip.decompress(body).splitlines()]
+            rows += decode_body(obj["Key"], body)
     return rows

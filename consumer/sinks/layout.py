@@ -18,13 +18,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 
 from consumer.records.model import Event, Position, RawRecord, Rejected
 
-SUFFIX = ".ndjson.gz"
+ObjectFormat = Literal["ndjson", "parquet"]
+SUFFIXES: dict[str, str] = {"ndjson": ".ndjson.gz", "parquet": ".parquet"}
+SUFFIX = SUFFIXES["ndjson"]
 T = TypeVar("T")
 
 
@@ -53,17 +55,19 @@ def partition_prefix(prefix: str, partition: str, shard_id: str) -> str:
     return f"{prefix}{partition}shard={shard_id}/"
 
 
-def object_key(partition_prefix_: str, first: Position, last: Position) -> str:
-    return f"{partition_prefix_}{position_token(first)}_{position_token(last)}{SUFFIX}"
+def object_key(partition_prefix_: str, first: Position, last: Position,
+               fmt: ObjectFormat = "ndjson") -> str:
+    return f"{partition_prefix_}{position_token(first)}_{position_token(last)}{SUFFIXES[fmt]}"
 
 
 def parse_object_range(key: str) -> tuple[Position, Position] | None:
     """The (first, last) positions named by an object key, or None for a foreign key."""
     name = key.rsplit("/", 1)[-1]
-    if not name.endswith(SUFFIX):
+    suffix = next((x for x in SUFFIXES.values() if name.endswith(x)), None)
+    if suffix is None:
         return None
     try:
-        first, last = name[: -len(SUFFIX)].split("_")
+        first, last = name[: -len(suffix)].split("_")
         return parse_position_token(first), parse_position_token(last)
     except ValueError:
         return None
@@ -152,3 +156,34 @@ def uncovered(plan: ObjectPlan, durable: Iterable[tuple[Position, Position]]) ->
 def gzip_body(lines: Iterable[bytes]) -> bytes:
     # mtime=0: the same lines always give the same bytes, so a rewrite is byte-identical.
     return gzip.compress(b"".join(lines), compresslevel=6, mtime=0)
+
+
+def encode_body(lines: Iterable[bytes], fmt: ObjectFormat) -> bytes:
+    """An object's bytes from its NDJSON lines: gzip NDJSON, or Parquet (zstd) for analytics.
+
+    In Parquet a nested value (a record's payload) is kept as its JSON text, because payloads
+    may differ in shape from record to record and one file has one schema.
+    """
+    if fmt == "ndjson":
+        return gzip_body(lines)
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v
+             for k, v in orjson.loads(line).items()} for line in lines]
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_body(key: str, data: bytes) -> list[dict[str, Any]]:
+    """The rows of an object written by encode_body, whichever its format."""
+    if key.endswith(SUFFIXES["parquet"]):
+        import io
+
+        import pyarrow.parquet as pq
+
+        return list(pq.read_table(io.BytesIO(data)).to_pylist())
+    return [orjson.loads(line) for line in gzip.decompress(data).splitlines() if line]

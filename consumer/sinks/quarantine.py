@@ -9,16 +9,15 @@ object is written with If-None-Match, and a marked object is skipped next time.
 from __future__ import annotations
 
 import base64
-import gzip
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from botocore.exceptions import ClientError
 
 from consumer.aws import put_records
+from consumer.sinks.layout import decode_body
 
 MARKERS = "_replayed/"
 
@@ -44,8 +43,7 @@ def quarantine_objects(s3: Any, bucket: str, prefix: str) -> Iterator[str]:
 
 
 def read_rows(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return [orjson.loads(line) for line in gzip.decompress(body).splitlines() if line]
+    return decode_body(key, s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 @dataclass

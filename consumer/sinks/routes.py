@@ -62,7 +62,10 @@ class ShardRetriers:
 
 
 def _count_retry(event: RetryEvent) -> None:
+    # A failed attempt is a batch that did not succeed (the sink-failures alarm); the same
+    # batch is retried until it does, so nothing is dropped.
     m.SINK_RETRIES.labels(event.sink).inc()
+    m.SINK_BATCHES.labels(event.sink, "error").inc()
 
 
 @dataclass
@@ -88,7 +91,7 @@ class RouteFactory:
         self.retriers = retriers
         self.now_ms = now_ms
         self.prov = layout.Provenance(settings.stream.name, shard_id)
-        self.writer = S3ObjectWriter(s3_client, settings.s3.bucket)
+        self.writer = S3ObjectWriter(s3_client, settings.s3.bucket, settings.s3.format)
         f = settings.flush
         self.hints = FlushHints(max_records=f.max_records, max_bytes=f.max_bytes,
                                 max_age_ms=f.max_age_ms)
@@ -139,8 +142,9 @@ class RouteFactory:
             prefix = layout.partition_prefix(
                 f"{self.settings.s3.quarantine_prefix}stage={r.stage.replace(':', '-')}/",
                 layout.hour_partition(now), self.shard_id)
-            key = f"{prefix}{r.record.partition_key}{layout.SUFFIX}"
-            body = layout.gzip_body([layout.quarantine_line(self.prov, r, now)])
+            fmt = self.writer.format
+            key = f"{prefix}{r.record.partition_key}{layout.SUFFIXES[fmt]}"
+            body = layout.encode_body([layout.quarantine_line(self.prov, r, now)], fmt)
             written += int(retry.call(functools.partial(self.writer.put_if_absent, key, body)))
         return written
 
@@ -158,9 +162,11 @@ class RouteFactory:
                 first = group[0]
                 partition = layout.hour_partition(first.start_ms)
                 key = (f"{layout.partition_prefix(prefix, partition, self.shard_id)}"
-                       f"{first.kind}-{first.start_ms}-{first.end_ms}{layout.SUFFIX}")
+                       f"{first.kind}-{first.start_ms}-{first.end_ms}"
+                       f"{layout.SUFFIXES[self.writer.format]}")
                 rows = sorted((result_row(r) for r in group), key=lambda row: row.key)
-                body = layout.gzip_body(result_line(row) for row in rows)
+                body = layout.encode_body([result_line(row) for row in rows],
+                                          self.writer.format)
                 if retry.call(functools.partial(self.writer.put_if_absent, key, body)):
                     written += len(rows)
             return Delivered(written)

@@ -16,7 +16,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from consumer.records.model import Position
-from consumer.sinks.layout import ObjectPlan, gzip_body, object_key, parse_object_range, uncovered
+from consumer.sinks.layout import (
+    ObjectFormat,
+    ObjectPlan,
+    encode_body,
+    object_key,
+    parse_object_range,
+    uncovered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +31,10 @@ Range = tuple[Position, Position]
 
 
 class S3ObjectWriter:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, fmt: ObjectFormat = "ndjson") -> None:
         self._client = client
         self._bucket = bucket
+        self.format = fmt
         self._durable: dict[str, list[Range]] = {}
 
     def write(self, plan: ObjectPlan) -> int:
@@ -35,8 +43,8 @@ class S3ObjectWriter:
         if not remaining.positions:
             return 0
         first, last = remaining.positions[0], remaining.positions[-1]
-        key = object_key(plan.partition_prefix, first, last)
-        written = self.put_if_absent(key, gzip_body(remaining.lines))
+        key = object_key(plan.partition_prefix, first, last, self.format)
+        written = self.put_if_absent(key, encode_body(remaining.lines, self.format))
         self._durable[plan.partition_prefix].append((first, last))
         return len(remaining.positions) if written else 0
 

@@ -43,7 +43,8 @@ def records(n: int) -> list[RawRecord]:
     return out
 
 
-def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None) -> ShardPipeline:
+def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None,
+                  fmt: str = "ndjson") -> ShardPipeline:
     settings = with_overrides(
         load_settings(None, env={}),
         s3={
@@ -51,6 +52,7 @@ def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None) ->
             "archive_prefix": f"{prefix}/raw/",
             "quarantine_prefix": f"{prefix}/quarantine/",
             "results_prefix": f"{prefix}/results/",
+            "format": fmt,
         },
         flush={"max_records": 100_000, "max_age_ms": 10**9},
         windows={"enabled": False},
@@ -66,13 +68,14 @@ def counted(s3: S3Endpoint, prefix: str) -> tuple[ObjectCounter, ObjectCounter]:
     return archive, quarantine
 
 
-def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint) -> None:
+@pytest.mark.parametrize("fmt", ["ndjson", "parquet"])
+def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint, fmt: str) -> None:
     recs = records(200)
-    p = make_pipeline(s3, "once")
+    p = make_pipeline(s3, f"once-{fmt}", fmt=fmt)
     for start in range(0, 200, 50):
         p.ingest(recs[start : start + 50], now_ms=0)
     report = p.flush()
-    archive, quarantine = counted(s3, "once")
+    archive, quarantine = counted(s3, f"once-{fmt}")
     assert archive.duplicates == quarantine.duplicates == 0
     assert archive.distinct + quarantine.distinct == 200
     assert quarantine.distinct == sum(1 for i in range(200) if i % 29 == 7)
@@ -83,21 +86,22 @@ def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint) -> Non
     assert set(reasons) == {"invalid_json"}
 
 
-def test_replay_from_an_older_checkpoint_writes_nothing_twice(s3: S3Endpoint) -> None:
+@pytest.mark.parametrize("fmt", ["ndjson", "parquet"])
+def test_replay_from_an_older_checkpoint_writes_nothing_twice(s3: S3Endpoint, fmt: str) -> None:
     recs = records(300)
-    first = make_pipeline(s3, "replay")
+    first = make_pipeline(s3, f"replay-{fmt}", fmt=fmt)
     for start in range(0, 240, 60):  # flushes 4 batches, then "crashes" before checkpointing
         first.ingest(recs[start : start + 60], now_ms=0)
         first.flush()
     checkpoint = recs[59].position  # only the first batch's checkpoint reached DynamoDB
 
-    second = make_pipeline(s3, "replay", start=checkpoint)
+    second = make_pipeline(s3, f"replay-{fmt}", start=checkpoint, fmt=fmt)
     rest = recs[60:]
     for start in range(0, len(rest), 37):  # different batch boundaries on the replay
         second.ingest(rest[start : start + 37], now_ms=0)
         second.flush()
 
-    archive, quarantine = counted(s3, "replay")
+    archive, quarantine = counted(s3, f"replay-{fmt}")
     assert archive.duplicates == 0 and quarantine.duplicates == 0
     assert archive.distinct + quarantine.distinct == 300
 

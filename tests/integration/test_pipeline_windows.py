@@ -7,7 +7,6 @@ uninterrupted run: every window once, with the same aggregates.
 Stand-in: moto for S3 (If-None-Match enforced as S3 does).
 """
 
-import gzip
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from consumer.config import Settings, load_settings, with_overrides
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
+from consumer.sinks.layout import decode_body
 from consumer.windows.engine import WindowEngine
 from tests.support.pipelines import make_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
@@ -60,7 +60,7 @@ def results(s3: S3Endpoint, prefix: str) -> list[dict[str, Any]]:
                                                                  Prefix=f"{prefix}/results/"):
         for obj in page.get("Contents", []):
             body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            rows += [orjson.loads(line) for line in gzip.decompress(body).splitlines()]
+            rows += decode_body(obj["Key"], body)
     return rows
 
 
