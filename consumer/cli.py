@@ -124,6 +124,29 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runbook(args: argparse.Namespace) -> int:
+    from consumer.aws import client
+    from consumer.runbook.checks import run_checks
+
+    clients = {name: client(name) for name in ("kinesis", "dynamodb", "s3")}
+    findings = run_checks(_settings(args), clients, args.worker_url or [], args.hours,
+                          args.max_quarantined)
+    if args.json:
+        print(json.dumps([f.__dict__ for f in findings]))
+    else:
+        for f in findings:
+            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.area:<12} {f.check:<11} {f.detail}")
+    return 0 if all(f.ok for f in findings) else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from consumer.sinks.migrate import migrate_all
+
+    for item in migrate_all(_settings(args)) or ["nothing to migrate: no sink enabled"]:
+        print(item)
+    return 0
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from consumer.scaling.shell import main as scale_main
 
@@ -182,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--stream", help="default: the configured stream")
             cmd.add_argument("--dry-run", action="store_true")
         cmd.set_defaults(func=cmd_quarantine)
+
+    book = sub.add_parser("runbook", help="run the runbook's checks against the live systems")
+    book.add_argument("--worker-url", action="append",
+                      help="a worker's metrics base URL, e.g. http://10.0.1.5:9400 (repeatable)")
+    book.add_argument("--hours", type=int, default=1, help="quarantine look-back in hours")
+    book.add_argument("--max-quarantined", type=int, default=1000)
+    book.add_argument("--json", action="store_true")
+    book.set_defaults(func=cmd_runbook)
+
+    mig = sub.add_parser("migrate", help="create the Redshift schema, OpenSearch templates and "
+                                         "the fencing table")
+    mig.set_defaults(func=cmd_migrate)
 
     scale = sub.add_parser("scale", help="task count recommendation from the shard count")
     scale.add_argument("rest", nargs=argparse.REMAINDER)

@@ -29,7 +29,7 @@ from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
 from consumer.kcl.checkpoint import Checkpointer, checkpoint_with_retry
 from consumer.metrics import registry as m
-from consumer.metrics.logs import bind_context
+from consumer.metrics.logs import bind_context, log_context
 from consumer.pipeline import ShardPipeline, window_spec
 from consumer.records.model import Position, RawRecord
 from consumer.sinks.retry import StopRetrying
@@ -118,16 +118,19 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         started = time.monotonic()
         records = to_raw_records(process_records_input.records)
         now_ms = _now_ms()
-        if records:
-            metrics.batch_received((r.position.sequence for r in records),
-                                   (len(r.data) for r in records))
-            pipeline.ingest(records, now_ms)
-        else:
-            pipeline.tick(now_ms)
-        m.MILLIS_BEHIND_LATEST.labels(self.shard_id).set(
-            process_records_input.millis_behind_latest or 0)
-        if pipeline.flush_due(now_ms):
-            self._flush_and_checkpoint(process_records_input.checkpointer)
+        batch = ({"first": str(records[0].position), "last": str(records[-1].position),
+                  "records": len(records)} if records else {})
+        with log_context(batch=batch):  # every line logged for this batch names its range
+            if records:
+                metrics.batch_received((r.position.sequence for r in records),
+                                       (len(r.data) for r in records))
+                pipeline.ingest(records, now_ms)
+            else:
+                pipeline.tick(now_ms)
+            m.MILLIS_BEHIND_LATEST.labels(self.shard_id).set(
+                process_records_input.millis_behind_latest or 0)
+            if pipeline.flush_due(now_ms):
+                self._flush_and_checkpoint(process_records_input.checkpointer)
         pipeline.report_gauges(now_ms)
         m.PROCESS_RECORDS_DURATION_SECONDS.labels(self.shard_id).observe(time.monotonic() - started)
         metrics.heartbeat()

@@ -22,6 +22,7 @@ from consumer.local.emulators import boto3_client
 from consumer.local.producer import ProducerSpec, generate, produce
 from consumer.local.reconcile import ObjectCounter, opensearch_count, redshift_counts
 from consumer.local.stack import LocalRun
+from consumer.runbook.checks import run_checks
 
 pytestmark = pytest.mark.e2e
 
@@ -167,6 +168,21 @@ def test_metrics_page_counts_what_was_produced_and_delivered(run: LocalRun) -> N
     assert quarantined == poison + m.get("aetherstream_late_records_total", 0)
     assert m["aetherstream_leases_held"] == 4
     assert m["aetherstream_checkpoints_total"] >= 4
+
+
+def test_runbook_checks_read_the_live_stack(run: LocalRun) -> None:
+    """`aetherstream runbook`: every area's check passes on the healthy stack, and a worker
+    that is gone shows up as a failed processing check, not as a crash."""
+    assert run.endpoints is not None and run.supervisor is not None
+    assert run.supervisor.server is not None
+    clients = {n: boto3_client(n, run.endpoints) for n in ("kinesis", "dynamodb", "s3")}
+    findings = run_checks(run.settings, clients, [run.supervisor.server.url])
+    assert {f.area for f in findings} == {"ingestion", "processing", "delivery", "data-quality"}
+    assert all(f.ok for f in findings), [f for f in findings if not f.ok]
+    dead = run_checks(run.settings, clients, ["http://127.0.0.1:9"])
+    assert [f.ok for f in dead if f.area == "processing"] == [False]
+    strict = run_checks(run.settings, clients, [], max_quarantined=0)
+    assert [f.ok for f in strict if f.area == "data-quality"] == [False]
 
 
 def test_checkpoints_reach_the_lease_table(run: LocalRun) -> None:
