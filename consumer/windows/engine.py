@@ -29,7 +29,8 @@ Emission (results are produced at the end of process/tick/close_all calls)
 Late records (side output, StepOutput.late, stage="window", reason="late")
   tumbling/sliding: a record whose windows all have end + L <= W; a sliding record that
     still fits some of its windows goes into those and is not reported.
-  session: see kinds.Sessions.
+  session: a record with event time < W - L, judged by its own time, not its window's
+    end, so an emitted (final) session is never changed (see kinds.Sessions for why).
 
 Commit frontier: min_open_position() is the smallest position of a record still held by
 an open window (events must arrive in shard order, which KCL guarantees).
