@@ -11,14 +11,12 @@ conservative. Targets on a 2-core box: staged >= 3x row inserts, bulk >= 10x sin
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
+from consumer.local.servers import osmem, postgres
 from consumer.sinks.base import RawRow, ResultRow
 from consumer.sinks.opensearch import (
     IndexDoc,
@@ -89,32 +87,6 @@ def _timed(fn: Callable[[], object]) -> float:
 def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
-
-
-@contextmanager
-def _own_postgres() -> Iterator[str]:
-    with warnings.catch_warnings():  # platformdirs' RuntimeDirWarning on import: harmless
-        warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
-
-    pgdata = tempfile.mkdtemp(prefix="aether-bench-pg-")
-    server = get_server(pgdata, cleanup_mode="delete")
-    try:
-        yield str(server.get_uri())
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
-
-
-@contextmanager
-def _own_osmem() -> Iterator[str]:
-    from osmem_server import OsmemServer
-
-    server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
-    try:
-        yield str(server.url)
-    finally:
-        server.close()
 
 
 def _best_of(
@@ -224,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--os-url", help="use this OpenSearch instead of starting osmem")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
-        dsn = args.pg_dsn or stack.enter_context(_own_postgres())
-        url = args.os_url or stack.enter_context(_own_osmem())
+        dsn = args.pg_dsn or stack.enter_context(postgres())
+        url = args.os_url or stack.enter_context(osmem())
         bench_redshift(dsn, args.rows, args.pg_batch, args.repeat)
         bench_opensearch(url, args.docs, args.os_batch, args.repeat)
     return 0

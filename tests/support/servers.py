@@ -9,46 +9,14 @@ Each is a context manager so a test module can share one server through a module
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-# pgserver keeps its lock in XDG_RUNTIME_DIR and warns when it is unset or not private.
-if "XDG_RUNTIME_DIR" not in os.environ:
-    _runtime = os.path.join(tempfile.gettempdir(), f"aether-runtime-{os.getuid()}")
-    os.makedirs(_runtime, mode=0o700, exist_ok=True)
-    os.environ["XDG_RUNTIME_DIR"] = _runtime
+from consumer.local.servers import osmem, postgres
 
-
-@contextmanager
-def postgres() -> Iterator[str]:
-    """Start a throwaway PostgreSQL; yields a DSN. About 1-3 s."""
-    from pgserver.postgres_server import get_server
-
-    pgdata = tempfile.mkdtemp(prefix="aether-pg-")
-    server = get_server(pgdata, cleanup_mode="delete")
-    try:
-        yield str(server.get_uri())
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
-
-
-@contextmanager
-def osmem() -> Iterator[str]:
-    """Start osmem-server on a free loopback port; yields its base URL."""
-    from osmem_server import OsmemServer
-
-    server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
-    try:
-        yield str(server.url)
-    finally:
-        server.close()
-
+__all__ = ["S3Endpoint", "moto_s3", "osmem", "postgres"]
 
 @dataclass(frozen=True)
 class S3Endpoint:
