@@ -86,7 +86,9 @@ def redshift_counts(dsn: str, schema: str) -> dict[str, TableCount]:
                 f"FROM {ident(schema)}.{ident(spec.name)}) d){extra} "
                 f"FROM {ident(schema)}.{ident(spec.name)}"
             )
-            rows, distinct, value_count = cur.fetchone()
+            row = cur.fetchone()
+            assert row is not None  # an aggregate query always returns one row
+            rows, distinct, value_count = row
             out[spec.name] = TableCount(int(rows), int(distinct), int(value_count))
     conn.close()
     return out

@@ -93,7 +93,8 @@ def check_redshift(settings: Settings) -> Finding:
         counts = {}
         for spec in (RAW_TABLE, RESULTS_TABLE):
             cur.execute(f"SELECT count(*) FROM {ident(cfg.schema)}.{ident(spec.name)}")
-            counts[spec.name] = cur.fetchone()[0]
+            row = cur.fetchone()
+            counts[spec.name] = row[0] if row else 0
     conn.close()
     return Finding("delivery", "redshift", True, f"schema {cfg.schema}: {counts}")
 
