@@ -30,10 +30,10 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from operator import attrgetter
-from typing import Any
+from operator import add, attrgetter, itemgetter
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -181,6 +181,7 @@ class _Plan:
         self.value_path = (contract.value_field, split_path(contract.value_field))
         self.decoder: msgspec.json.Decoder[Any] | None = None
         self.keys: Callable[[Any], tuple[str, ...]] | None = None
+        self.key_cols: list[Callable[[Any], str]] = []
         if contract.is_flat:
             self._build_fast(contract)
 
@@ -199,7 +200,17 @@ class _Plan:
             "ExactRecord", fields, rename=rename, gc=False, forbid_unknown_fields=True
         )
         self.exact: msgspec.json.Decoder[Any] = msgspec.json.Decoder(exact)
+        # For decode_columns: the exact shape, and the empty-key check done in C too.
+        nonempty: list[tuple[str, Any]] = [
+            (f"k{i}", Annotated[str, msgspec.Meta(min_length=1)]) for i in range(len(c.key_fields))
+        ]
+        columnar = msgspec.defstruct(
+            "ColumnRecord", nonempty + fields[len(nonempty) :], rename=rename, gc=False,
+            forbid_unknown_fields=True,
+        )  # fmt: skip
+        self.columns: msgspec.json.Decoder[Any] = msgspec.json.Decoder(columnar)
         names = [f"k{i}" for i in range(len(c.key_fields))]
+        self.key_cols = [attrgetter(n) for n in names]
         if len(names) == 1:
             one = attrgetter(names[0])
             self.keys = lambda s: (one(s),)
@@ -423,3 +434,117 @@ def decode_batch(
         if was_enabled:
             gc.enable()
     return events, rejected
+
+
+# --- columnar all-or-nothing fast path ----------------------------------------------------
+
+_DATA = attrgetter("data")
+_V = attrgetter("v")
+_T = attrgetter("t")
+_HEAD19 = itemgetter(slice(None, 19))
+_TAIL19 = itemgetter(slice(19, None))
+# ".fffZ" -> fff: with _SECONDS, the common ISO shape is two dict hits, mapped in C.
+_TAILS: dict[str, int] = {f".{i:03d}{z}": i for i in range(1000) for z in "Zz"}
+
+Columns = tuple[list[tuple[str, ...]], list[int], list[float]]
+
+
+def decode_columns(records: Sequence[RawRecord], contract: Contract) -> Columns | None:
+    """(keys, ts_ms, values) of every record, or None unless ALL of them are clean.
+
+    All-or-nothing: None when the contract is not flat, the batch is empty, or any record
+    would not come out of decode_batch's typed fast path as an Event (wrong shape, extra
+    fields, bad value or timestamp, too large...). When not None, the columns are exactly
+    the key, ts_ms and value of the Events decode_batch returns (it rejects nothing then),
+    in input order. Per-record work is in C (map over msgspec and operator callables); the
+    caller falls back to decode_batch on None. Call it with cyclic GC disabled.
+    """
+    plan = _plan(contract)
+    if plan.decoder is None or not records:
+        return None
+    datas = list(map(_DATA, records))
+    if max(map(len, datas)) > contract.max_record_bytes:
+        return None
+    try:
+        # Contract fields only, all scalars, keys non-empty: UTF-8 is validated, depth is 1.
+        structs = list(map(plan.columns.decode, datas))
+    except msgspec.DecodeError:
+        return None
+    kcols = plan.key_cols
+    if len(kcols) == 1:
+        keys: list[tuple[str, ...]] = list(zip(map(kcols[0], structs)))
+    else:
+        assert plan.keys is not None
+        keys = list(map(plan.keys, structs))
+    values: list[float] = list(map(_V, structs))
+    total = sum(values)
+    if total - total != 0.0 and not all(map(math.isfinite, values)):
+        return None
+    ts = _columns_ts(list(map(_T, structs)), contract.ts_format)
+    return None if ts is None else (keys, ts, values)
+
+
+def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
+    """Epoch ms of every raw timestamp (non-empty), or None if any needs the slow path."""
+    # The decoder gave ints (epoch ms) or strs (ISO), never bools or floats.
+    if type(raw[0]) is int:
+        try:
+            lo, hi = min(raw), max(raw)
+        except TypeError:
+            return None  # mixed "auto" batch: the per-record path decides
+        return raw if lo >= MIN_MS and hi <= MAX_MS else None
+    seconds = _SECONDS
+    try:  # a cache miss (None) fails the add, and so does an int in a mixed batch
+        return list(
+            map(add, map(seconds.get, map(_HEAD19, raw)), map(_TAILS.get, map(_TAIL19, raw)))
+        )
+    except TypeError:
+        pass
+    if fmt != "iso" and not all(type(t) is str for t in raw):
+        return None
+    heads = list(map(_HEAD19, raw))
+    # New seconds: cache them, and the minutes ahead (earliest first: fewer fills).
+    for head in sorted(set(heads).difference(seconds)):
+        if head not in seconds:  # an earlier head's fill may have covered it
+            _fill_seconds(head)
+    secs = list(map(seconds.get, heads))
+    fracs = list(map(_TAILS.get, map(_TAIL19, raw)))
+    if None not in secs and None not in fracs:
+        return list(map(add, secs, fracs))  # cached seconds are in range, so is the sum
+    out: list[int] = []
+    for t, sec, frac in zip(raw, secs, fracs, strict=True):
+        if sec is None or frac is None:
+            try:
+                ms = _iso_general(t)
+            except ValueError:
+                return None
+            if not MIN_MS <= ms <= MAX_MS:
+                return None
+            out.append(ms)
+        else:
+            out.append(sec + frac)
+    return out
+
+
+PREFILL_MINUTES = 5
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _fill_seconds(head: str) -> None:
+    """Cache "YYYY-MM-DDTHH:MM:SS" -> epoch ms for every second of head's minute and of the
+    next PREFILL_MINUTES - 1 minutes (event time moves on), so a stream misses the cache
+    about once per PREFILL_MINUTES. A head that is not of that shape caches nothing."""
+    try:
+        base = _iso_general(head + ".000Z") - int(head[17:19]) * 1000  # validates head
+    except ValueError:
+        return
+    if len(_SECONDS) + 60 * PREFILL_MINUTES > _MINUTES_CAP:
+        _SECONDS.clear()
+    for m in range(PREFILL_MINUTES):
+        minute = base + m * 60_000
+        if minute + 59_999 > MAX_MS:
+            break
+        at = _EPOCH + timedelta(milliseconds=minute)
+        prefix = head[:16] if m == 0 else f"{at.year:04d}-{at:%m-%dT%H:%M}"
+        for sec in range(60):
+            _SECONDS[f"{prefix}:{sec:02d}"] = minute + sec * 1000

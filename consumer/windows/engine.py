@@ -35,6 +35,11 @@ Late records (side output, StepOutput.late, stage="window", reason="late")
 Commit frontier: min_open_position() is the smallest position of a record still held by
 an open window (events must arrive in shard order, which KCL guarantees).
 
+Entry points: process(events, now_ms) takes decoded Events; process_records(records,
+contract, now_ms) takes a KCL batch of RawRecords and returns exactly what
+decode_batch(records, contract) followed by process(events, now_ms) would (events,
+rejections, StepOutput), faster: the record processor's path.
+
 Replay after a failover
   The record processor checkpoints at most at the commit frontier, so after a failover
   records are replayed from there. Two ways to make that exact:
@@ -63,7 +68,9 @@ from typing import Any
 
 import msgspec
 
-from consumer.records.model import Event, Position, Rejected
+from consumer.records.contract import Contract
+from consumer.records.decode import decode_batch, decode_columns
+from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.windows.kinds import NEG_INF, Aligned, Late, Sessions, load_pos, snap_pos
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
@@ -115,6 +122,48 @@ class WindowEngine:
                 self._idle_advance(now_ms)
             results = self._windows.collect(self._wm, False)
             return StepOutput(results, self._report_late(late))
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def process_records(
+        self, records: Sequence[RawRecord], contract: Contract, now_ms: int
+    ) -> tuple[list[Event], list[Rejected], StepOutput]:
+        """Decode a KCL batch and process it: the same (events, rejected, output) as
+
+            events, rejected = decode_batch(records, contract)
+            output = self.process(events, now_ms)
+
+        in one pass. For tumbling windows without quantiles, a batch whose records are all
+        clean (the common case) is decoded into columns and windowed without per-record
+        objects on the way (Events are still built, for the archive); any other batch, and
+        other window kinds, take exactly the two calls above.
+        """
+        windows = self._windows
+        if (
+            self._closed
+            or self._dedupe_until is not None
+            or not isinstance(windows, Aligned)
+            or not windows.columnar
+        ):
+            events, rejected = decode_batch(records, contract)
+            return events, rejected, self.process(events, now_ms)
+        was_enabled = gc.isenabled()
+        gc.disable()  # as in process(): mid-batch collections dominate otherwise
+        try:
+            cols = decode_columns(records, contract)
+            if cols is None:
+                events, rejected = decode_batch(records, contract)
+                return events, rejected, self.process(events, now_ms)
+            keys, ts, values = cols
+            events = list(map(Event, keys, ts, values, records))
+            self._last_event_now = now_ms
+            self._last_pos = records[-1].position
+            self._max_ts, self._wm, late = windows.add_columns(
+                keys, ts, values, records, self._max_ts, self._wm
+            )
+            results = windows.collect(self._wm, False)
+            return events, [], StepOutput(results, self._report_late(late))
         finally:
             if was_enabled:
                 gc.enable()

@@ -4,7 +4,10 @@ State per (window, key) is a plain list, the "agg":
     [count, sum, min, max, first_ts, last_ts, q]
 where q (only with quantiles) is a list of raw values, folded into a QuantileSketch once it
 passes RAW_LIMIT. Sessions append their own fields (see _Sessions). Plain lists, no objects
-per record: the hot loops only index and compare.
+per record: the hot loops only index and compare. Aligned.add_columns (tumbling, no
+quantiles) stores a group's first record as the tuple (1, v, v, v, ts, ts) and turns it
+into the list on the second: most groups of a sparse stream never get one, and a tuple is
+one allocation and drops out of the cyclic GC. Readers index, slice or unpack either.
 
 `add` assigns events to windows and returns the ones that were too late for every window
 they belong to; `collect` emits results as the watermark allows. Both are driven by
@@ -14,10 +17,11 @@ WindowEngine, which owns the watermark; these classes only read and advance it p
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import repeat, starmap
 from typing import Any
 
-from consumer.records.model import Event, Position
+from consumer.records.model import Event, Position, RawRecord
 from consumer.windows.model import Aggregates, WindowResult, WindowSpec
 from consumer.windows.sketch import RAW_LIMIT, QuantileSketch, sketch_bytes
 
@@ -26,10 +30,24 @@ Agg = list[Any]
 Late = list[tuple[Event, int]]  # (event, watermark when it arrived)
 NEG_INF = -(2**62)
 BYTES_PER_GROUP = 260  # calibrated with tracemalloc by consumer.bench.windows
+BYTES_PER_GROUP_COLUMNAR = 370  # the same, add_columns' groups (keys not interned)
 BYTES_PER_RAW_VALUE = 32
 BYTES_PER_RAW_LIST = 72
 BYTES_PER_BIN = 100
 KEY_CACHE_CAP = 1 << 20
+
+
+def _grow(a: tuple[Any, ...], v: float, ts: int) -> Agg:
+    """A single-record group (an immutable tuple: one allocation, and untracked by the
+    cyclic GC) meets its second record: the mutable list, updated as in place."""
+    return [
+        a[0] + 1,
+        a[1] + v,
+        v if v < a[2] else a[2],
+        v if v > a[3] else a[3],
+        ts if ts < a[4] else a[4],
+        ts if ts > a[5] else a[5],
+    ]
 
 
 def _add_q(agg: Agg, v: float, accuracy: float) -> None:
@@ -77,13 +95,24 @@ class _Base:
         self.keys: dict[Key, Key] = {}
 
     def _results(
-        self, start: int, end: int, items: Iterable[tuple[Key, Agg]], final: bool
+        self, start: int, end: int, groups: dict[Key, Any], final: bool
     ) -> list[WindowResult]:
         if self.quantiles:
-            return [self._result(start, end, k, a, final) for k, a in items]
-        kind, shard = self.kind, self.shard_id
-        # Inlined for the no-sketch case: one comprehension, no method call per result.
-        return [WindowResult(kind, start, end, k, shard, Aggregates(*a), final) for k, a in items]
+            return [self._result(start, end, k, a, final) for k, a in groups.items()]
+        n = len(groups)
+        # No sketch: the constructors are mapped in C, no bytecode per result.
+        return list(
+            map(
+                WindowResult,
+                repeat(self.kind, n),
+                repeat(start, n),
+                repeat(end, n),
+                groups.keys(),
+                repeat(self.shard_id, n),
+                starmap(Aggregates, groups.values()),
+                repeat(final, n),
+            )
+        )
 
     def _result(self, start: int, end: int, key: Key, a: Agg, final: bool) -> WindowResult:
         sketch = _sketch_bytes(a[6], self.accuracy) if self.quantiles else None
@@ -108,7 +137,8 @@ class Aligned(_Base):
         super().__init__(spec, shard_id)
         self.size = spec.size_ms
         self.slide = spec.slide_ms if spec.kind == "sliding" and spec.slide_ms else spec.size_ms
-        self.buckets: dict[int, dict[Key, Agg]] = {}
+        # An agg is a list, or a tuple while its group has one record (see add_columns).
+        self.buckets: dict[int, dict[Key, Any]] = {}
         self.first_pos: dict[int, Position] = {}
         self.dirty: dict[int, set[Key]] = {}  # only for buckets already emitted
 
@@ -117,7 +147,7 @@ class Aligned(_Base):
             return self._add_tumbling(events, max_ts, wm)
         return self._add_general(events, max_ts, wm)
 
-    def _bucket(self, start: int, ev: Event) -> dict[Key, Agg]:
+    def _bucket(self, start: int, ev: Event) -> dict[Key, Any]:
         b = self.buckets[start] = {}
         # Events arrive in shard order, so a bucket's first record is its smallest position.
         self.first_pos[start] = ev.record.position
@@ -129,7 +159,7 @@ class Aligned(_Base):
         late: Late = []
         late_cut = wm - size - self.lateness  # start <= late_cut: end + lateness <= wm
         cur_start = None
-        bucket: dict[Key, Agg] = {}
+        bucket: dict[Key, Any] = {}
         cur_dirty: set[Key] | None = None
         for ev in events:
             ts = ev.ts_ms
@@ -151,6 +181,8 @@ class Aligned(_Base):
                 if k is None:
                     keys[key] = k = key
                 bucket[k] = [1, v, v, v, ts, ts]
+            elif type(a) is tuple:  # a single-record group from add_columns
+                bucket[key] = _grow(a, v, ts)
             else:
                 a[0] += 1
                 a[1] += v
@@ -170,6 +202,91 @@ class Aligned(_Base):
                     wm = ts - ooo
                     late_cut = wm - size - self.lateness
         return max_ts, wm, late
+
+    @property
+    def columnar(self) -> bool:
+        """add_columns applies: tumbling windows without quantile sketches."""
+        return self.slide == self.size and not self.quantiles
+
+    def add_columns(
+        self,
+        keys: list[Key],
+        ts: list[int],
+        values: list[float],
+        records: Sequence[RawRecord],
+        max_ts: int,
+        wm: int,
+    ) -> tuple[int, int, Late]:
+        """_add_tumbling over parallel columns (record i: keys[i], ts[i], values[i],
+        records[i]), with the same results, state and late output, in fewer Python steps:
+        window starts, the watermark and lateness are computed per batch where possible."""
+        size, ooo, lateness = self.size, self.ooo, self.lateness
+        starts = [t - t % size for t in ts]
+        hi = max(ts)
+        # The watermark only grows, so a record is late at most against the batch's final one.
+        wm_end = max(wm, hi - ooo) if hi > max_ts else wm
+        late: Late = []
+        idx: list[int] | None = None  # positions in the batch of the kept records
+        if min(starts) <= wm_end - size - lateness:  # some record may be late: exact pass
+            keep: list[int] = []
+            cut, m, w = wm - size - lateness, max_ts, wm
+            for i, (t, start) in enumerate(zip(ts, starts, strict=True)):
+                if start <= cut:
+                    late.append((Event(keys[i], t, values[i], records[i]), w))
+                else:
+                    keep.append(i)
+                if t > m:
+                    m = t
+                    if t - ooo > w:
+                        w = t - ooo
+                        cut = w - size - lateness
+            if late:
+                idx = keep
+                keys = [keys[i] for i in keep]
+                ts = [ts[i] for i in keep]
+                values = [values[i] for i in keep]
+                starts = [starts[i] for i in keep]
+        buckets, dirty = self.buckets, self.dirty
+        new_starts: list[int] = []
+        cur_start = None
+        bucket: dict[Key, Any] = {}
+        setdefault: Any = bucket.setdefault
+        cur_dirty: set[Key] | None = None
+        for key, start, v, t in zip(keys, starts, values, ts):  # noqa: B905 (equal lengths)
+            if start != cur_start:
+                cur_start = start
+                found = buckets.get(start)
+                if found is None:
+                    buckets[start] = bucket = {}
+                    new_starts.append(start)
+                else:
+                    bucket = found
+                setdefault = bucket.setdefault
+                cur_dirty = dirty.get(start)
+            # Most groups of a sparse stream get one record: insert it with one hash lookup
+            # as an immutable tuple; a group's second record turns it into a list.
+            row = (1, v, v, v, t, t)
+            a = setdefault(key, row)
+            if a is not row:
+                if type(a) is tuple:
+                    bucket[key] = _grow(a, v, t)
+                else:
+                    a[0] += 1
+                    a[1] += v
+                    if v < a[2]:
+                        a[2] = v
+                    elif v > a[3]:
+                        a[3] = v
+                    if t < a[4]:
+                        a[4] = t
+                    elif t > a[5]:
+                        a[5] = t
+            if cur_dirty is not None:
+                cur_dirty.add(key)
+        for start in new_starts:  # a bucket's first record is its smallest position
+            i = starts.index(start)
+            self.first_pos[start] = records[i if idx is None else idx[i]].position
+        return max(max_ts, hi), wm_end, late
 
     def _add_general(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
         size, slide, ooo, lateness = self.size, self.slide, self.ooo, self.lateness
@@ -230,14 +347,14 @@ class Aligned(_Base):
             bucket = self.buckets[start]
             d = self.dirty.get(start)
             if everything or end + lateness <= wm:
-                out += self._results(start, end, bucket.items(), True)
+                out += self._results(start, end, bucket, True)
                 del self.buckets[start], self.first_pos[start]
                 self.dirty.pop(start, None)
             elif d is None:  # first emission of this window
-                out += self._results(start, end, bucket.items(), False)
+                out += self._results(start, end, bucket, False)
                 self.dirty[start] = set()
             elif d:  # late records updated these keys since the last emission
-                out += self._results(start, end, [(k, bucket[k]) for k in sorted(d)], False)
+                out += self._results(start, end, {k: bucket[k] for k in sorted(d)}, False)
                 d.clear()
         self._trim_key_cache()
         return out
@@ -250,7 +367,8 @@ class Aligned(_Base):
         return sum(len(b) for b in self.buckets.values())
 
     def state_bytes(self) -> int:
-        n = self.open_groups * BYTES_PER_GROUP
+        per_group = BYTES_PER_GROUP_COLUMNAR if self.columnar else BYTES_PER_GROUP
+        n = self.open_groups * per_group
         if self.quantiles:
             n += sum(_q_bytes(a[6]) for b in self.buckets.values() for a in b.values())
         return n
