@@ -30,6 +30,12 @@ class Filter:
     def matches(self, row: dict[str, Any]) -> bool:
         return self.reason in (None, row.get("reason")) and self.stage in (None, row.get("stage"))
 
+    def replayable(self, row: dict[str, Any]) -> bool:
+        """A document a sink refused (stage sink:...) is a window result, not a record of
+        the stream: it is only put back when its stage is asked for by name."""
+        is_sink = str(row.get("stage", "")).startswith("sink:")
+        return self.matches(row) and (not is_sink or self.stage is not None)
+
     @property
     def tag(self) -> str:
         return f"{self.stage or 'any'}.{self.reason or 'any'}"
@@ -85,7 +91,7 @@ def replay(s3: Any, kinesis: Any, bucket: str, prefix: str, stream: str, flt: Fi
             continue
         entries = [
             {"PartitionKey": row["partition_key"], "Data": base64.b64decode(row["data_b64"])}
-            for row in read_rows(s3, bucket, key) if flt.matches(row)
+            for row in read_rows(s3, bucket, key) if flt.replayable(row)
         ]
         report.objects += 1
         report.records += len(entries)
