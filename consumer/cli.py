@@ -12,6 +12,13 @@ from pathlib import Path
 from consumer.config import ConfigError, Settings, load_settings
 
 
+def say(text: str) -> None:
+    """Command output for the person or script that ran the command. (Never reached from the
+    record processor, whose stdout is the KCL protocol channel.)"""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
 
@@ -36,7 +43,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     )
     try:
         info = run.start()
-        print(json.dumps(info), flush=True)
+        say(json.dumps(info))
         assert run.supervisor is not None
         while not stop.wait(1.0):
             run.supervisor.health and run.supervisor.health.tick()  # type: ignore[func-returns-value]
@@ -67,7 +74,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         rate=args.rate,
         progress=not args.quiet,
     )
-    print(json.dumps(report.__dict__))
+    say(json.dumps(report.__dict__))
     return 0
 
 
@@ -85,10 +92,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from consumer.local.demo import human_summary, reconciled, run_demo
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
-    print(f"demo: starting the local stack and the KCL daemon; logs in {log_path}",
-          file=sys.stderr)
+    sys.stderr.write(f"demo: starting the local stack and the KCL daemon; logs in {log_path}\n")
     summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout)
-    print(json.dumps(summary) if args.json else human_summary(summary))
+    say(json.dumps(summary) if args.json else human_summary(summary))
     return 0 if reconciled(summary) else 1
 
 
@@ -111,15 +117,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     bucket, prefix = settings.s3.bucket, settings.s3.quarantine_prefix
     if args.quarantine_command == "ls":
         summary = q.summarize(client("s3"), bucket, prefix, flt)
-        print(f"{summary.records} quarantined records in {summary.objects} objects "
+        say(f"{summary.records} quarantined records in {summary.objects} objects "
               f"under s3://{bucket}/{prefix}")
         for (stage, reason), n in summary.by_reason.most_common():
-            print(f"  {n:>8}  {stage}/{reason}  e.g. {summary.examples[(stage, reason)]}")
+            say(f"  {n:>8}  {stage}/{reason}  e.g. {summary.examples[(stage, reason)]}")
         return 0
     report = q.replay(client("s3"), client("kinesis"), bucket, prefix,
                       args.stream or settings.stream.name, flt, dry_run=args.dry_run)
     verb = "would put back" if args.dry_run else "put back"
-    print(f"{verb} {report.records} records from {report.objects} objects "
+    say(f"{verb} {report.records} records from {report.objects} objects "
           f"({report.skipped_objects} objects already replayed)")
     return 0
 
@@ -132,10 +138,10 @@ def cmd_runbook(args: argparse.Namespace) -> int:
     findings = run_checks(_settings(args), clients, args.worker_url or [], args.hours,
                           args.max_quarantined)
     if args.json:
-        print(json.dumps([f.__dict__ for f in findings]))
+        say(json.dumps([f.__dict__ for f in findings]))
     else:
         for f in findings:
-            print(f"{'ok  ' if f.ok else 'FAIL'}  {f.area:<12} {f.check:<11} {f.detail}")
+            say(f"{'ok  ' if f.ok else 'FAIL'}  {f.area:<12} {f.check:<11} {f.detail}")
     return 0 if all(f.ok for f in findings) else 1
 
 
@@ -143,7 +149,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from consumer.sinks.migrate import migrate_all
 
     for item in migrate_all(_settings(args)) or ["nothing to migrate: no sink enabled"]:
-        print(item)
+        say(item)
     return 0
 
 

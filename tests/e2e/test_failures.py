@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +94,21 @@ class Scenario:
         return archive, quarantine
 
     def wait_archived(self, at_least: int, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.counters()[0].distinct < at_least:
-            assert time.monotonic() < deadline, f"fewer than {at_least} records archived"
-            time.sleep(1)
+        wait_until(lambda: self.counters()[0].distinct >= at_least, timeout_s,
+                   f"fewer than {at_least} records archived")
 
     def wait_leases(self, count: int, timeout_s: float = 120) -> None:
         """Until the live workers hold `count` leases, so production starts mid-stream."""
-        deadline = time.monotonic() + timeout_s
-        while sum(sample_sum(w.metrics_url, "aetherstream_leases_held") for w in self.workers
-                  if w.daemon and w.daemon.alive()) < count:
-            assert time.monotonic() < deadline, "leases were not taken"
-            time.sleep(1)
+        wait_until(lambda: sum(leases(w) for w in self.workers
+                               if w.daemon and w.daemon.alive()) >= count,
+                   timeout_s, "leases were not taken")
+
+    @staticmethod
+    def crash(worker: Supervisor) -> None:
+        """SIGKILL to java and every processor: no flush, no checkpoint."""
+        assert worker.daemon is not None
+        worker.daemon.kill()
+        worker.stop()
 
     def stop_all(self) -> None:
         for worker in self.workers:
@@ -167,9 +170,7 @@ def test_kill_9_mid_stream_then_restart(stack: LocalStack, tmp_path: Path) -> No
         sc.wait_leases(4)
         producer = sc.produce(SPEC, rate=250)
         sc.wait_archived(600)
-        assert first.daemon is not None
-        first.daemon.kill()  # SIGKILL to java and every processor: no flush, no checkpoint
-        first.stop()
+        sc.crash(first)
         sc.worker("b")
         producer.join()
         sc.reconcile()
@@ -182,15 +183,12 @@ def test_two_workers_one_killed_fails_over(stack: LocalStack, tmp_path: Path) ->
     try:
         a, b = sc.worker("a"), sc.worker("b")
         sc.wait_leases(4)
-        deadline = time.monotonic() + 120  # KCL balances leases by stealing every 2 x failover
-        while min(sample_sum(w.metrics_url, "aetherstream_leases_held") for w in (a, b)) < 1:
-            assert time.monotonic() < deadline, "the two workers never shared the shards"
-            time.sleep(1)
+        # KCL balances leases by stealing every 2 x failover time.
+        wait_until(lambda: min(leases(a), leases(b)) >= 1, 120,
+                   "the two workers never shared the shards")
         producer = sc.produce(SPEC, rate=250)
         sc.wait_archived(600)
-        assert a.daemon is not None and b.daemon is not None
-        a.daemon.kill()
-        a.stop()
+        sc.crash(a)
         producer.join()
         sc.reconcile()
     finally:
@@ -248,6 +246,17 @@ def test_update_shard_count_mid_stream(stack: LocalStack, tmp_path: Path) -> Non
         assert state["in_windows"] > 0
     finally:
         sc.stop_all()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, failure: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, failure
+        time.sleep(1)
+
+
+def leases(worker: Supervisor) -> float:
+    return sample_sum(worker.metrics_url, "aetherstream_leases_held")
 
 
 def sample_sum(url: str, name: str, **labels: str) -> float:
