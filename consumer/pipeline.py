@@ -25,7 +25,7 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch
-from consumer.records.model import Event, Position, RawRecord
+from consumer.records.model import Position, RawRecord
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, WindowGroup
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
@@ -171,4 +171,4 @@ def final_groups(results: Sequence[WindowResult]) -> list[WindowGroup]:
     return [tuple(g) for g in groups.values()]
 
 
-__all__ = ["Event", "FlushReport", "ShardPipeline", "final_groups", "window_spec"]
+__all__ = ["FlushReport", "ShardPipeline", "final_groups", "window_spec"]
