@@ -4,10 +4,11 @@ State per (window, key) is a plain list, the "agg":
     [count, sum, min, max, first_ts, last_ts, q]
 where q (only with quantiles) is a list of raw values, folded into a QuantileSketch once it
 passes RAW_LIMIT. Sessions append their own fields (see _Sessions). Plain lists, no objects
-per record: the hot loops only index and compare. Aligned.add_columns (tumbling, no
-quantiles) stores a group's first record as the tuple (1, v, v, v, ts, ts) and turns it
-into the list on the second: most groups of a sparse stream never get one, and a tuple is
-one allocation and drops out of the cyclic GC. Readers index, slice or unpack either.
+per record: the hot loops only index and compare. Exception: tumbling windows without
+quantiles keep each group's state as the immutable Aggregates its result carries, replaced
+on every further record. Most groups of a sparse stream get one record; its state is then
+built in C (Aligned.add_columns), is one allocation outside the cyclic GC, and is emitted
+as is, with no copy.
 
 `add` assigns events to windows and returns the ones that were too late for every window
 they belong to; `collect` emits results as the watermark allows. Both are driven by
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from itertools import repeat, starmap
 from typing import Any
 
+from msgspec.structs import astuple
+
 from consumer.records.model import Event, Position, RawRecord
 from consumer.windows.model import Aggregates, WindowResult, WindowSpec
 from consumer.windows.sketch import RAW_LIMIT, QuantileSketch, sketch_bytes
@@ -30,24 +33,28 @@ Agg = list[Any]
 Late = list[tuple[Event, int]]  # (event, watermark when it arrived)
 NEG_INF = -(2**62)
 BYTES_PER_GROUP = 260  # calibrated with tracemalloc by consumer.bench.windows
-BYTES_PER_GROUP_COLUMNAR = 370  # the same, add_columns' groups (keys not interned)
+BYTES_PER_GROUP_COLUMNAR = 350  # the same, for add_columns' groups (keys not interned)
 BYTES_PER_RAW_VALUE = 32
 BYTES_PER_RAW_LIST = 72
 BYTES_PER_BIN = 100
 KEY_CACHE_CAP = 1 << 20
 
 
-def _grow(a: tuple[Any, ...], v: float, ts: int) -> Agg:
-    """A single-record group (an immutable tuple: one allocation, and untracked by the
-    cyclic GC) meets its second record: the mutable list, updated as in place."""
-    return [
-        a[0] + 1,
-        a[1] + v,
-        v if v < a[2] else a[2],
-        v if v > a[3] else a[3],
-        ts if ts < a[4] else a[4],
-        ts if ts > a[5] else a[5],
-    ]
+def _fold(a: Aggregates, v: float, ts: int) -> Aggregates:
+    """A tumbling group's aggregates with one more record (same comparisons as the lists)."""
+    return Aggregates(
+        a.count + 1,
+        a.sum + v,
+        v if v < a.min else a.min,
+        v if v > a.max else a.max,
+        ts if ts < a.first_ts_ms else a.first_ts_ms,
+        ts if ts > a.last_ts_ms else a.last_ts_ms,
+    )
+
+
+def _six(a: Any) -> Any:
+    """count, sum, min, max, first_ts, last_ts of a list or Aggregates row."""
+    return a[:6] if type(a) is list else astuple(a)[:6]
 
 
 def _add_q(agg: Agg, v: float, accuracy: float) -> None:
@@ -93,6 +100,7 @@ class _Base:
         self.accuracy = spec.quantile_accuracy
         # Interned key tuples: equal keys across windows share one tuple and its strings.
         self.keys: dict[Key, Key] = {}
+        self.tumbling = False  # state is Aggregates, not lists (see Aligned)
 
     def _results(
         self, start: int, end: int, groups: dict[Key, Any], final: bool
@@ -100,7 +108,9 @@ class _Base:
         if self.quantiles:
             return [self._result(start, end, k, a, final) for k, a in groups.items()]
         n = len(groups)
-        # No sketch: the constructors are mapped in C, no bytecode per result.
+        # Tumbling without sketches keeps Aggregates as state; else the lists become them.
+        aggs = groups.values() if self.tumbling else starmap(Aggregates, groups.values())
+        # The constructors are mapped in C: no bytecode per result.
         return list(
             map(
                 WindowResult,
@@ -109,7 +119,7 @@ class _Base:
                 repeat(end, n),
                 groups.keys(),
                 repeat(self.shard_id, n),
-                starmap(Aggregates, groups.values()),
+                aggs,
                 repeat(final, n),
             )
         )
@@ -137,13 +147,15 @@ class Aligned(_Base):
         super().__init__(spec, shard_id)
         self.size = spec.size_ms
         self.slide = spec.slide_ms if spec.kind == "sliding" and spec.slide_ms else spec.size_ms
+        # Tumbling without sketches: a group's state is its (immutable) Aggregates.
+        self.tumbling = self.slide == self.size and not self.quantiles
         # An agg is a list, or a tuple while its group has one record (see add_columns).
         self.buckets: dict[int, dict[Key, Any]] = {}
         self.first_pos: dict[int, Position] = {}
         self.dirty: dict[int, set[Key]] = {}  # only for buckets already emitted
 
     def add(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
-        if self.slide == self.size and not self.quantiles:
+        if self.tumbling:
             return self._add_tumbling(events, max_ts, wm)
         return self._add_general(events, max_ts, wm)
 
@@ -180,20 +192,9 @@ class Aligned(_Base):
                 k = keys.get(key)
                 if k is None:
                     keys[key] = k = key
-                bucket[k] = [1, v, v, v, ts, ts]
-            elif type(a) is tuple:  # a single-record group from add_columns
-                bucket[key] = _grow(a, v, ts)
+                bucket[k] = Aggregates(1, v, v, v, ts, ts)
             else:
-                a[0] += 1
-                a[1] += v
-                if v < a[2]:
-                    a[2] = v
-                elif v > a[3]:
-                    a[3] = v
-                if ts < a[4]:
-                    a[4] = ts
-                elif ts > a[5]:
-                    a[5] = ts
+                bucket[key] = _fold(a, v, ts)
             if cur_dirty is not None:
                 cur_dirty.add(key)
             if ts > max_ts:
@@ -206,7 +207,7 @@ class Aligned(_Base):
     @property
     def columnar(self) -> bool:
         """add_columns applies: tumbling windows without quantile sketches."""
-        return self.slide == self.size and not self.quantiles
+        return self.tumbling
 
     def add_columns(
         self,
@@ -246,13 +247,16 @@ class Aligned(_Base):
                 ts = [ts[i] for i in keep]
                 values = [values[i] for i in keep]
                 starts = [starts[i] for i in keep]
-        buckets, dirty = self.buckets, self.dirty
+        buckets = self.buckets
         new_starts: list[int] = []
         cur_start = None
         bucket: dict[Key, Any] = {}
         setdefault: Any = bucket.setdefault
-        cur_dirty: set[Key] | None = None
-        for key, start, v, t in zip(keys, starts, values, ts):  # noqa: B905 (equal lengths)
+        # A group's aggregates are the immutable Aggregates the results carry: a new group
+        # (most groups of a sparse stream get one record) goes in with one hash lookup,
+        # built in C here; another record replaces them.
+        rows = map(Aggregates, repeat(1), values, values, values, ts, ts)
+        for key, start, row in zip(keys, starts, rows):  # noqa: B905 (equal lengths)
             if start != cur_start:
                 cur_start = start
                 found = buckets.get(start)
@@ -262,27 +266,23 @@ class Aligned(_Base):
                 else:
                     bucket = found
                 setdefault = bucket.setdefault
-                cur_dirty = dirty.get(start)
-            # Most groups of a sparse stream get one record: insert it with one hash lookup
-            # as an immutable tuple; a group's second record turns it into a list.
-            row = (1, v, v, v, t, t)
             a = setdefault(key, row)
             if a is not row:
-                if type(a) is tuple:
-                    bucket[key] = _grow(a, v, t)
-                else:
-                    a[0] += 1
-                    a[1] += v
-                    if v < a[2]:
-                        a[2] = v
-                    elif v > a[3]:
-                        a[3] = v
-                    if t < a[4]:
-                        a[4] = t
-                    elif t > a[5]:
-                        a[5] = t
-            if cur_dirty is not None:
-                cur_dirty.add(key)
+                v, t = row.sum, row.first_ts_ms
+                bucket[key] = Aggregates(
+                    a.count + 1,
+                    a.sum + v,
+                    v if v < a.min else a.min,
+                    v if v > a.max else a.max,
+                    t if t < a.first_ts_ms else a.first_ts_ms,
+                    t if t > a.last_ts_ms else a.last_ts_ms,
+                )
+        dirty = self.dirty  # windows already emitted: note the keys to emit again
+        if dirty and not dirty.keys().isdisjoint(starts):
+            for key, start in zip(keys, starts):  # noqa: B905
+                d = dirty.get(start)
+                if d is not None:
+                    d.add(key)
         for start in new_starts:  # a bucket's first record is its smallest position
             i = starts.index(start)
             self.first_pos[start] = records[i if idx is None else idx[i]].position
@@ -381,7 +381,7 @@ class Aligned(_Base):
                 snap_pos(self.first_pos[start]),
                 start in self.dirty,
                 sorted(self.dirty.get(start, ())),
-                [[k, *a[:6], *([_snap_q(a[6])] if q else [])] for k, a in b.items()],
+                [[k, *_six(a), *([_snap_q(a[6])] if q else [])] for k, a in b.items()],
             ]
             for start, b in self.buckets.items()
         ]
@@ -396,7 +396,7 @@ class Aligned(_Base):
                 a = g[1:7]
                 if self.quantiles:
                     a.append(_load_q(g[7]))
-                bucket[tuple(g[0])] = a
+                bucket[tuple(g[0])] = Aggregates(*a) if self.tumbling else a
 
 
 def snap_pos(p: Position) -> list[Any]:
