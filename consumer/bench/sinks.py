@@ -103,8 +103,9 @@ def _best_of(
     return min(ta), min(tb)
 
 
-def bench_redshift(dsn: str, n_rows: int, batch: int, repeat: int = 3) -> float:
-    """Rows/s of staged COPY+MERGE over rows/s of execute_values; prints both."""
+def bench_redshift(dsn: str, n_rows: int, batch: int, repeat: int = 3,
+                   upsert: str = "delete_insert") -> float:
+    """Rows/s of a staged COPY + upsert over rows/s of execute_values; prints both."""
     import psycopg2
     from psycopg2.extras import execute_values
 
@@ -117,7 +118,9 @@ def bench_redshift(dsn: str, n_rows: int, batch: int, repeat: int = 3) -> float:
                 cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             migrate(conn, schema)
 
-    loader = RedshiftLoader("bench_staged", PostgresDialect(), MemoryStagingStore())
+    loader = RedshiftLoader("bench_staged", PostgresDialect(), MemoryStagingStore(),
+                            use_merge=upsert == "merge")
+    label = "COPY+MERGE" if upsert == "merge" else "COPY+DELETE/INSERT"
 
     def staged() -> None:
         for i, chunk in enumerate(_chunks(rows, batch)):
@@ -140,7 +143,7 @@ def bench_redshift(dsn: str, n_rows: int, batch: int, repeat: int = 3) -> float:
         f"= {n_rows / t_rows:,.0f} rows/s"
     )
     print(
-        f"redshift staged COPY+MERGE ({batch}/load): {n_rows} rows in {t_staged:.2f}s "
+        f"redshift staged {label} ({batch}/load): {n_rows} rows in {t_staged:.2f}s "
         f"= {n_rows / t_staged:,.0f} rows/s"
     )
     ratio = t_rows / t_staged
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=50_000, help="rows for the Redshift part")
     parser.add_argument("--docs", type=int, default=2_000, help="docs for the OpenSearch part")
     parser.add_argument("--pg-batch", type=int, default=25_000)
+    parser.add_argument("--upsert", choices=["delete_insert", "merge"], default="delete_insert",
+                        help="the staged load's upsert (the service's default: delete_insert)")
     parser.add_argument("--os-batch", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3, help="best of N interleaved runs")
     parser.add_argument("--pg-dsn", help="use this PostgreSQL instead of starting pgserver")
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         dsn = args.pg_dsn or stack.enter_context(postgres())
         url = args.os_url or stack.enter_context(osmem())
-        bench_redshift(dsn, args.rows, args.pg_batch, args.repeat)
+        bench_redshift(dsn, args.rows, args.pg_batch, args.repeat, args.upsert)
         bench_opensearch(url, args.docs, args.os_batch, args.repeat)
     return 0
 

@@ -181,7 +181,7 @@ class RouteFactory:
         staging = rs.S3StagingStore(staging_client, self.settings.s3.bucket, cfg.staging_prefix)
         dialect: rs.Dialect = (rs.PostgresDialect() if cfg.dialect == "postgres"
                                else rs.RedshiftDialect(cfg.copy_role_arn))
-        loader = rs.RedshiftLoader(cfg.schema, dialect, staging)
+        loader = rs.RedshiftLoader(cfg.schema, dialect, staging, use_merge=cfg.upsert == "merge")
         raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
                                    self.retriers("redshift-raw"))
         results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
