@@ -25,10 +25,12 @@ years 0001..9999.
 
 from __future__ import annotations
 
+import calendar
 import gc
 import json
 import math
 import re
+from array import array
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -493,6 +495,9 @@ def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
         except TypeError:
             return None  # mixed "auto" batch: the per-record path decides
         return raw if lo >= MIN_MS and hi <= MAX_MS else None
+    swar = _iso_swar(raw)
+    if swar is not None:
+        return swar
     seconds = _SECONDS
     try:  # a cache miss (None) fails the add, and so does an int in a mixed batch
         return list(
@@ -548,3 +553,96 @@ def _fill_seconds(head: str) -> None:
         prefix = head[:16] if m == 0 else f"{at.year:04d}-{at:%m-%dT%H:%M}"
         for sec in range(60):
             _SECONDS[f"{prefix}:{sec:02d}"] = minute + sec * 1000
+
+
+# --- ISO timestamps of a batch, vectorised ------------------------------------------------
+
+_ISO_SEPARATORS = ((4, b"-"), (7, b"-"), (10, b"T"), (13, b":"), (16, b":"), (19, b"."), (23, b"Z"))
+_ISO_DIGITS = (8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22)  # DD hh mm ss fff
+_DIGIT_VALUES = bytes.maketrans(b"0123456789", bytes(range(10)))
+_BELOW_24, _BELOW_60 = bytes(range(24)), bytes(range(60))
+_LANES: dict[int, int] = {}  # n -> an int with 1 in each of n 64-bit lanes
+_SWAR_OK = array("q").itemsize == 8
+
+
+def _iso_swar(raw: list[Any]) -> list[int] | None:
+    """Epoch ms of n strings "YYYY-MM-DDTHH:MM:SS.fffZ" of one month of a year >= 1970,
+    exactly as _iso_general gives them, or None (then the caller goes per record).
+
+    No Python step per record: the strings are joined, each digit position is cut out as a
+    bytes column (extended slices), checked and range-checked with translate, and turned
+    into one big int with a digit per lane ("SWAR"); a few multiplications of those ints
+    add the fields up in every lane at once, and the 64-bit lanes are read back as ints.
+    """
+    n = len(raw)
+    try:
+        s = "".join(raw)
+    except TypeError:
+        return None  # an int in an "auto" batch
+    if not _SWAR_OK or len(s) != 24 * n or min(map(len, raw)) != 24 or not s.isascii():
+        return None
+    b = s.encode("ascii")
+    for pos, sep in _ISO_SEPARATORS:
+        if b[pos::24] != sep * n:
+            return None
+    for pos in (0, 1, 2, 3, 5, 6):  # one year and month: their start is a constant
+        if b[pos::24] != b[pos : pos + 1] * n:
+            return None
+    if not (b[:4].isdigit() and b[5:7].isdigit()):
+        return None
+    year, month = int(b[:4]), int(b[5:7])
+    if year < 1970 or not 1 <= month <= 12:
+        return None  # before 1970 a lane would go negative
+    digits = b"".join([b[pos::24] for pos in _ISO_DIGITS])
+    if digits.translate(None, b"0123456789"):
+        return None
+    d = digits.translate(_DIGIT_VALUES)  # digit values, column after column
+
+    def column(i: int) -> int:
+        return int.from_bytes(d[i * n : (i + 1) * n], "little")
+
+    # Two-digit fields, one per byte lane (at most 99: no carry into the next lane).
+    day, hour, minute, sec = (
+        (column(i) * 10 + column(i + 1)).to_bytes(n, "little") for i in (0, 2, 4, 6)
+    )
+    days = calendar.monthrange(year, month)[1]
+    if (
+        day.translate(None, bytes(range(1, days + 1)))
+        or hour.translate(None, _BELOW_24)
+        or minute.translate(None, _BELOW_60)
+        or sec.translate(None, _BELOW_60)
+    ):
+        return None
+
+    def lanes16(col: bytes) -> int:
+        buf = bytearray(2 * n)
+        buf[0::2] = col
+        return int.from_bytes(buf, "little")
+
+    def lanes64(x: int) -> int:
+        a = x.to_bytes(2 * n, "little")
+        buf = bytearray(8 * n)
+        buf[0::8], buf[1::8] = a[0::2], a[1::2]
+        return int.from_bytes(buf, "little")
+
+    # Minute of the month (<= 46079) and ms of the minute (<= 59999) fit 16-bit lanes.
+    minutes = lanes16(day) * 1440 + lanes16(hour) * 60 + lanes16(minute)
+    frac = d[8 * n :]
+    ms = (
+        lanes16(sec) * 1000
+        + lanes16(frac[:n]) * 100
+        + lanes16(frac[n : 2 * n]) * 10
+        + lanes16(frac[2 * n :])
+    )
+    ones = _LANES.get(n)
+    if ones is None:
+        if len(_LANES) > 64:
+            _LANES.clear()
+        ones = _LANES[n] = int.from_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00" * n, "little")
+    month_ms = (datetime(year, month, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+    # Every lane ends in [0, 2**63), so the exact sum's bytes are the lanes (a negative
+    # constant, for day 1 of January 1970, borrows nothing across them in the end).
+    total = lanes64(minutes) * 60_000 + lanes64(ms) + (month_ms - 86_400_000) * ones
+    out = array("q")
+    out.frombytes(total.to_bytes(8 * n, "little"))
+    return out.tolist()

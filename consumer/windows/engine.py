@@ -160,7 +160,7 @@ class WindowEngine:
             self._last_event_now = now_ms
             self._last_pos = records[-1].position
             self._max_ts, self._wm, late = windows.add_columns(
-                keys, ts, values, records, self._max_ts, self._wm
+                keys, ts, values, events, self._max_ts, self._wm
             )
             results = windows.collect(self._wm, False)
             return events, [], StepOutput(results, self._report_late(late))

@@ -24,7 +24,7 @@ from typing import Any
 
 from msgspec.structs import astuple
 
-from consumer.records.model import Event, Position, RawRecord
+from consumer.records.model import Event, Position
 from consumer.windows.model import Aggregates, WindowResult, WindowSpec
 from consumer.windows.sketch import RAW_LIMIT, QuantileSketch, sketch_bytes
 
@@ -38,6 +38,7 @@ BYTES_PER_RAW_VALUE = 32
 BYTES_PER_RAW_LIST = 72
 BYTES_PER_BIN = 100
 KEY_CACHE_CAP = 1 << 20
+LATE_BLOCK = 256  # records per block of add_columns' lateness check
 
 
 def _fold(a: Aggregates, v: float, ts: int) -> Aggregates:
@@ -214,39 +215,26 @@ class Aligned(_Base):
         keys: list[Key],
         ts: list[int],
         values: list[float],
-        records: Sequence[RawRecord],
+        events: Sequence[Event],
         max_ts: int,
         wm: int,
     ) -> tuple[int, int, Late]:
-        """_add_tumbling over parallel columns (record i: keys[i], ts[i], values[i],
-        records[i]), with the same results, state and late output, in fewer Python steps:
-        window starts, the watermark and lateness are computed per batch where possible."""
-        size, ooo, lateness = self.size, self.ooo, self.lateness
+        """_add_tumbling over parallel columns (record i: keys[i], ts[i], values[i], and
+        events[i], the same as an Event), with the same results, state and late output, in
+        fewer Python steps: window starts and lateness are computed per block of records."""
+        size, ooo = self.size, self.ooo
         starts = [t - t % size for t in ts]
         hi = max(ts)
-        # The watermark only grows, so a record is late at most against the batch's final one.
-        wm_end = max(wm, hi - ooo) if hi > max_ts else wm
-        late: Late = []
+        late_at = self._late_columns(ts, starts, max_ts, wm)
+        late: Late = [(events[i], w) for i, w in late_at]
         idx: list[int] | None = None  # positions in the batch of the kept records
-        if min(starts) <= wm_end - size - lateness:  # some record may be late: exact pass
-            keep: list[int] = []
-            cut, m, w = wm - size - lateness, max_ts, wm
-            for i, (t, start) in enumerate(zip(ts, starts, strict=True)):
-                if start <= cut:
-                    late.append((Event(keys[i], t, values[i], records[i]), w))
-                else:
-                    keep.append(i)
-                if t > m:
-                    m = t
-                    if t - ooo > w:
-                        w = t - ooo
-                        cut = w - size - lateness
-            if late:
-                idx = keep
-                keys = [keys[i] for i in keep]
-                ts = [ts[i] for i in keep]
-                values = [values[i] for i in keep]
-                starts = [starts[i] for i in keep]
+        if late_at:
+            gone = {i for i, _ in late_at}
+            idx = [i for i in range(len(ts)) if i not in gone]
+            keys = [keys[i] for i in idx]
+            ts = [ts[i] for i in idx]
+            values = [values[i] for i in idx]
+            starts = [starts[i] for i in idx]
         buckets = self.buckets
         new_starts: list[int] = []
         cur_start = None
@@ -285,8 +273,36 @@ class Aligned(_Base):
                     d.add(key)
         for start in new_starts:  # a bucket's first record is its smallest position
             i = starts.index(start)
-            self.first_pos[start] = records[i if idx is None else idx[i]].position
-        return max(max_ts, hi), wm_end, late
+            self.first_pos[start] = events[i if idx is None else idx[i]].record.position
+        # The watermark moved as in _add_tumbling, record by record.
+        return max(max_ts, hi), max(wm, hi - ooo) if hi > max_ts else wm, late
+
+    def _late_columns(
+        self, ts: list[int], starts: list[int], max_ts: int, wm: int
+    ) -> list[tuple[int, int]]:
+        """(i, watermark it met) of each record that _add_tumbling would find late.
+
+        Record i meets W_i = max(wm, max(max_ts, ts[:i]) - ooo) (wm >= max_ts - ooo holds
+        throughout) and is late iff starts[i] <= W_i - size - lateness. W only grows, so a
+        block of records none of which is late even against the watermark after the block
+        needs no per-record look; only a block that might holds one goes record by record.
+        """
+        size, ooo, lateness = self.size, self.ooo, self.lateness
+        late: list[tuple[int, int]] = []
+        m = max_ts  # largest event time before the block
+        for b in range(0, len(ts), LATE_BLOCK):
+            block = ts[b : b + LATE_BLOCK]
+            top = max(m, max(block))
+            if min(starts[b : b + LATE_BLOCK]) <= max(wm, top - ooo) - size - lateness:
+                w = max(wm, m - ooo)
+                for i, t in enumerate(block, b):
+                    if starts[i] <= w - size - lateness:
+                        late.append((i, w))
+                    if t > m:
+                        m = t
+                        w = max(w, t - ooo)
+            m = top
+        return late
 
     def _add_general(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
         size, slide, ooo, lateness = self.size, self.slide, self.ooo, self.lateness

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from consumer.records.contract import Contract
 from consumer.records.decode import MAX_MS, MIN_MS, decode_batch, decode_columns
 from consumer.records.model import Position, RawRecord
-from consumer.windows import WindowEngine, WindowSpec
+from consumer.windows import WindowEngine, WindowSpec, kinds
 
 SHARD = "shardId-000000000003"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -172,3 +172,25 @@ def test_clean_batches_take_the_columnar_path() -> None:
     assert decode_columns(recs[:1], Contract()) is not None
     assert decode_columns(recs[1:], Contract()) is not None
     assert decode_columns(recs, Contract()) is None  # mixed int/str: per record
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs(), contracts, streams(), st.data())
+def test_lateness_blocks_of_any_size(
+    spec: WindowSpec, contract: Contract, steps: Steps, data: st.DataObject
+) -> None:
+    """The per-block lateness check, with blocks smaller than a batch (as in production)."""
+    saved = kinds.LATE_BLOCK
+    kinds.LATE_BLOCK = data.draw(st.integers(1, 5))
+    try:
+        ref, eng = WindowEngine(spec, SHARD), WindowEngine(spec, SHARD)
+        for records, now in steps:
+            events, rejected = decode_batch(records, contract)
+            assert eng.process_records(records, contract, now) == (
+                events,
+                rejected,
+                ref.process(events, now),
+            )
+            assert eng.snapshot() == ref.snapshot()
+    finally:
+        kinds.LATE_BLOCK = saved

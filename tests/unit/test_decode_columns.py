@@ -1,0 +1,75 @@
+"""Property tests: the vectorised ISO path (_iso_swar) against the per-record parser."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.records.decode import TimestampError, _iso_general, _iso_swar
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Month ends (and a leap day), where a batch spans two months or a day does not exist.
+ANCHORS = [
+    datetime(2026, 11, 26, 9, 59, 59, tzinfo=UTC),
+    datetime(2026, 12, 1, tzinfo=UTC),
+    datetime(2024, 3, 1, tzinfo=UTC),
+    datetime(2023, 3, 1, tzinfo=UTC),
+    datetime(1970, 2, 1, tzinfo=UTC),
+    datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+]
+
+
+def z3(dt: datetime) -> str:
+    return f"{dt.year:04d}-{dt:%m-%dT%H:%M:%S}.{dt.microsecond // 1000:03d}Z"
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[str]:
+    """Mostly valid "...SS.fffZ" strings near an anchor; some with one character changed."""
+    anchor = draw(st.sampled_from(ANCHORS))
+    out = []
+    for _ in range(draw(st.integers(1, 40))):
+        ms = draw(st.integers(-3_000_000, 3_000_000))
+        try:
+            s = z3(anchor + timedelta(milliseconds=ms))
+        except OverflowError:
+            s = z3(anchor)
+        if draw(st.integers(0, 9)) == 0:
+            i = draw(st.integers(0, 23))
+            s = s[:i] + draw(st.sampled_from("0123456789:-.TZtz+9 é")) + s[i + 1 :]
+        out.append(s)
+    return out
+
+
+def expected(raw: list[str]) -> list[int] | None:
+    try:
+        return [_iso_general(t) for t in raw]
+    except TimestampError:
+        return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(batches())
+def test_swar_equals_the_per_record_parser_or_declines(raw: list[str]) -> None:
+    got = _iso_swar(raw)
+    want = expected(raw)
+    if got is not None:
+        assert got == want
+    elif want is not None and all(len(t) == 24 and t[10] == "T" and t[23] == "Z" for t in raw):
+        # Declining a valid batch is only allowed for several months or years before 1970.
+        assert len({t[:7] for t in raw}) > 1 or raw[0] < "1970"
+
+
+def test_swar_takes_a_clean_batch() -> None:
+    raw = [z3(ANCHORS[0] + timedelta(milliseconds=i * 977)) for i in range(1000)]
+    assert _iso_swar(raw) == [_iso_general(t) for t in raw]
+    assert _iso_swar(["1970-01-01T00:00:00.000Z"]) == [0]
+    assert _iso_swar(["2023-02-29T00:00:00.000Z"]) is None  # no such day
+    assert _iso_swar(["2026-11-26T24:00:00.000Z"]) is None
+    assert _iso_swar(["2026-11-26T23:60:00.000Z"]) is None
+    assert _iso_swar(["2026-11-26T23:00:60.000Z"]) is None
+    assert _iso_swar(["2026-11-26T23:00:00.000z"]) is None  # valid, but for the slow path
