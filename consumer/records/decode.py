@@ -202,12 +202,15 @@ class _Plan:
             "ExactRecord", fields, rename=rename, gc=False, forbid_unknown_fields=True
         )
         self.exact: msgspec.json.Decoder[Any] = msgspec.json.Decoder(exact)
-        # For decode_columns: the exact shape, and the empty-key check done in C too.
+        # For decode_columns: the exact shape, with the empty-key and epoch range checks
+        # done in C too.
         nonempty: list[tuple[str, Any]] = [
             (f"k{i}", Annotated[str, msgspec.Meta(min_length=1)]) for i in range(len(c.key_fields))
         ]
+        epoch: Any = Annotated[int, msgspec.Meta(ge=MIN_MS, le=MAX_MS)]
+        col_ts: Any = {"iso": str, "epoch_ms": epoch}.get(c.ts_format, epoch | str)
         columnar = msgspec.defstruct(
-            "ColumnRecord", nonempty + fields[len(nonempty) :], rename=rename, gc=False,
+            "ColumnRecord", [*nonempty, ("v", float), ("t", col_ts)], rename=rename, gc=False,
             forbid_unknown_fields=True,
         )  # fmt: skip
         self.columns: msgspec.json.Decoder[Any] = msgspec.json.Decoder(columnar)
@@ -478,23 +481,21 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> Columns 
     else:
         assert plan.keys is not None
         keys = list(map(plan.keys, structs))
-    values: list[float] = list(map(_V, structs))
-    total = sum(values)
-    if total - total != 0.0 and not all(map(math.isfinite, values)):
-        return None
+    values: list[float] = list(map(_V, structs))  # finite: msgspec rejects out of range
     ts = _columns_ts(list(map(_T, structs)), contract.ts_format)
     return None if ts is None else (keys, ts, values)
 
 
 def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
     """Epoch ms of every raw timestamp (non-empty), or None if any needs the slow path."""
-    # The decoder gave ints (epoch ms) or strs (ISO), never bools or floats.
+    # The decoder gave ints (epoch ms, in range) or strs (ISO), never bools or floats.
     if type(raw[0]) is int:
-        try:
-            lo, hi = min(raw), max(raw)
-        except TypeError:
-            return None  # mixed "auto" batch: the per-record path decides
-        return raw if lo >= MIN_MS and hi <= MAX_MS else None
+        if fmt != "epoch_ms":
+            try:
+                max(raw)
+            except TypeError:
+                return None  # mixed "auto" batch: the per-record path decides
+        return raw
     swar = _iso_swar(raw)
     if swar is not None:
         return swar
