@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from itertools import repeat, starmap
+from operator import attrgetter
 from typing import Any
 
 from msgspec.structs import astuple
@@ -38,19 +39,8 @@ BYTES_PER_RAW_VALUE = 32
 BYTES_PER_RAW_LIST = 72
 BYTES_PER_BIN = 100
 KEY_CACHE_CAP = 1 << 20
+_KEY, _TS, _VALUE = attrgetter("key"), attrgetter("ts_ms"), attrgetter("value")
 LATE_BLOCK = 256  # records per block of add_columns' lateness check
-
-
-def _fold(a: Aggregates, v: float, ts: int) -> Aggregates:
-    """A tumbling group's aggregates with one more record (same comparisons as the lists)."""
-    return Aggregates(
-        a.count + 1,
-        a.sum + v,
-        v if v < a.min else a.min,
-        v if v > a.max else a.max,
-        ts if ts < a.first_ts_ms else a.first_ts_ms,
-        ts if ts > a.last_ts_ms else a.last_ts_ms,
-    )
 
 
 def _six(a: Any) -> Any:
@@ -150,14 +140,15 @@ class Aligned(_Base):
         self.slide = spec.slide_ms if spec.kind == "sliding" and spec.slide_ms else spec.size_ms
         # Tumbling without sketches: a group's state is its (immutable) Aggregates.
         self.tumbling = self.slide == self.size and not self.quantiles
-        # An agg is a list, or a tuple while its group has one record (see add_columns).
+        # A group's state: a list (see the module docstring), or Aggregates if tumbling.
         self.buckets: dict[int, dict[Key, Any]] = {}
         self.first_pos: dict[int, Position] = {}
         self.dirty: dict[int, set[Key]] = {}  # only for buckets already emitted
 
     def add(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
         if self.tumbling:
-            return self._add_tumbling(events, max_ts, wm)
+            cols = list(map(_KEY, events)), list(map(_TS, events)), list(map(_VALUE, events))
+            return self.add_columns(*cols, events, max_ts, wm)
         return self._add_general(events, max_ts, wm)
 
     def _bucket(self, start: int, ev: Event) -> dict[Key, Any]:
@@ -165,45 +156,6 @@ class Aligned(_Base):
         # Events arrive in shard order, so a bucket's first record is its smallest position.
         self.first_pos[start] = ev.record.position
         return b
-
-    def _add_tumbling(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
-        size, ooo = self.size, self.ooo
-        buckets, keys, dirty = self.buckets, self.keys, self.dirty
-        late: Late = []
-        late_cut = wm - size - self.lateness  # start <= late_cut: end + lateness <= wm
-        cur_start = None
-        bucket: dict[Key, Any] = {}
-        cur_dirty: set[Key] | None = None
-        for ev in events:
-            ts = ev.ts_ms
-            start = ts - ts % size
-            if start <= late_cut:
-                late.append((ev, wm))
-                max_ts = max(max_ts, ts)  # only after an idle advance can a late ts be new
-                continue
-            if start != cur_start:
-                cur_start = start
-                found = buckets.get(start)
-                bucket = self._bucket(start, ev) if found is None else found
-                cur_dirty = dirty.get(start)
-            key = ev.key
-            v = ev.value
-            a = bucket.get(key)
-            if a is None:
-                k = keys.get(key)
-                if k is None:
-                    keys[key] = k = key
-                bucket[k] = Aggregates(1, v, v, v, ts, ts)
-            else:
-                bucket[key] = _fold(a, v, ts)
-            if cur_dirty is not None:
-                cur_dirty.add(key)
-            if ts > max_ts:
-                max_ts = ts
-                if ts - ooo > wm:
-                    wm = ts - ooo
-                    late_cut = wm - size - self.lateness
-        return max_ts, wm, late
 
     @property
     def columnar(self) -> bool:
@@ -219,9 +171,12 @@ class Aligned(_Base):
         max_ts: int,
         wm: int,
     ) -> tuple[int, int, Late]:
-        """_add_tumbling over parallel columns (record i: keys[i], ts[i], values[i], and
-        events[i], the same as an Event), with the same results, state and late output, in
-        fewer Python steps: window starts and lateness are computed per block of records."""
+        """add for tumbling windows without quantiles, over parallel columns (record i:
+        keys[i], ts[i], values[i], and events[i], the same as an Event; non-empty).
+
+        Few Python steps per record: window starts and lateness are computed per block of
+        records, new groups are built in C, and the loop over records is one dict lookup
+        for most of them (see the module docstring)."""
         size, ooo = self.size, self.ooo
         starts = [t - t % size for t in ts]
         hi = max(ts)
@@ -274,13 +229,13 @@ class Aligned(_Base):
         for start in new_starts:  # a bucket's first record is its smallest position
             i = starts.index(start)
             self.first_pos[start] = events[i if idx is None else idx[i]].record.position
-        # The watermark moved as in _add_tumbling, record by record.
+        # The watermark moves per record: after the batch it is this.
         return max(max_ts, hi), max(wm, hi - ooo) if hi > max_ts else wm, late
 
     def _late_columns(
         self, ts: list[int], starts: list[int], max_ts: int, wm: int
     ) -> list[tuple[int, int]]:
-        """(i, watermark it met) of each record that _add_tumbling would find late.
+        """(i, watermark it met) of each record that is late, in order.
 
         Record i meets W_i = max(wm, max(max_ts, ts[:i]) - ooo) (wm >= max_ts - ooo holds
         throughout) and is late iff starts[i] <= W_i - size - lateness. W only grows, so a
