@@ -3,7 +3,10 @@
 Shape: a typed msgspec fast path for flat contracts (every path a top-level field), and a
 per-record classifier that re-parses with the stdlib and names the first problem. The fast
 path only accepts what the classifier would accept with the same result; anything it is
-unsure of goes to the classifier, which is authoritative.
+unsure of goes to the classifier, which is authoritative. decode_columns is a third,
+all-or-nothing path for WindowEngine.process_records: a batch in which every record is
+clean comes out as columns (keys, times, values), commonly with no Python step per record,
+and any other batch as None, for decode_batch to handle.
 
 Check order (first failure wins), with stage / reason:
   decode / too_large      record bigger than Contract.max_record_bytes
