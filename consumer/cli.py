@@ -93,7 +93,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
     sys.stderr.write(f"demo: starting the local stack and the KCL daemon; logs in {log_path}\n")
-    summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout)
+    summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout,
+                       args.poison_ratio)
     say(json.dumps(summary) if args.json else human_summary(summary))
     return 0 if reconciled(summary) else 1
 
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="local up, produce, consume, reconcile, shut down")
     demo.add_argument("--records", type=int, default=10_000)
+    demo.add_argument("--poison-ratio", type=float, default=0.0,
+                      help="share of bad records, e.g. 0.01, to see quarantine at work")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--run-dir", default="run/demo")
     demo.add_argument("--timeout", type=float, default=300.0)

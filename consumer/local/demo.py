@@ -63,8 +63,8 @@ class DemoRun:
         return sum(r["count"] for r in rows), self.quarantine.distinct_where(stage_is_window=True)
 
 
-def run_demo(settings: Settings, run_dir: Path, records: int, timeout_s: float = 300
-             ) -> dict[str, Any]:
+def run_demo(settings: Settings, run_dir: Path, records: int, timeout_s: float = 300,
+             poison_ratio: float = 0.0) -> dict[str, Any]:
     started = time.monotonic()
     run = LocalRun(demo_settings(settings), run_dir)
     out: dict[str, Any] = {}
@@ -75,7 +75,8 @@ def run_demo(settings: Settings, run_dir: Path, records: int, timeout_s: float =
         s3 = boto3_client("s3", endpoints)
         demo = DemoRun(run, ObjectCounter(s3, info["bucket"], run.settings.s3.archive_prefix),
                        ObjectCounter(s3, info["bucket"], run.settings.s3.quarantine_prefix))
-        spec = ProducerSpec(records=records, devices=50, kpl_fraction=0.5, poison_ratio=0.01)
+        spec = ProducerSpec(records=records, devices=50, kpl_fraction=0.5,
+                            poison_ratio=poison_ratio)
         producer = threading.Thread(target=lambda: demo.produced.__dict__.update(
             produce(boto3_client("kinesis", endpoints), info["stream"], spec).__dict__))
         daemon_started = time.monotonic()
