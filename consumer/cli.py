@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from consumer.config import ConfigError, Settings, load_settings
@@ -35,24 +33,17 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
     print(f"local up: logs in {log_path}", file=sys.stderr)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     run = LocalRun(
         _settings(args), Path(args.run_dir), shards=args.shards, postgres_dsn=args.postgres_dsn
     )
     try:
         info = run.start()
-        say(json.dumps(info))
         assert run.supervisor is not None
-        while not stop.wait(1.0):
-            run.supervisor.health and run.supervisor.health.tick()  # type: ignore[func-returns-value]
-            if not run.supervisor.daemon or not run.supervisor.daemon.alive():
-                print("KCL daemon exited; see the run dir's logs", file=sys.stderr)
-                return 1
+        run.supervisor.install_signal_handlers()
+        say(json.dumps(info))
+        return run.supervisor.wait()  # until SIGINT/SIGTERM, or the daemon's death
     finally:
         run.stop()
-    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -8,8 +8,6 @@ A fresh lease table costs KCL a random 1-30 s wait before the first lease.
 
 from __future__ import annotations
 
-import gzip
-import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +18,12 @@ import pytest
 from consumer.config import load_settings, with_overrides
 from consumer.local.emulators import boto3_client
 from consumer.local.producer import ProducerSpec, generate, produce
-from consumer.local.reconcile import ObjectCounter, opensearch_count, redshift_counts
+from consumer.local.reconcile import (
+    ObjectCounter,
+    opensearch_count,
+    redshift_counts,
+    s3_result_rows,
+)
 from consumer.local.stack import LocalRun
 from consumer.runbook.checks import run_checks
 
@@ -98,15 +101,8 @@ def test_every_record_is_archived_or_quarantined_once(run: LocalRun) -> None:
 
 def window_results(run: LocalRun) -> list[dict]:
     assert run.endpoints is not None
-    s3 = boto3_client("s3", run.endpoints)
-    rows: list[dict] = []
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=run.settings.s3.bucket, Prefix=run.settings.s3.results_prefix)
-    for page in pages:
-        for obj in page.get("Contents", []):
-            body = s3.get_object(Bucket=run.settings.s3.bucket, Key=obj["Key"])["Body"].read()
-            rows += [json.loads(line) for line in gzip.decompress(body).splitlines()]
-    return rows
+    return s3_result_rows(boto3_client("s3", run.endpoints), run.settings.s3.bucket,
+                          run.settings.s3.results_prefix)
 
 
 def test_window_counts_plus_late_records_equal_the_archive(run: LocalRun) -> None:

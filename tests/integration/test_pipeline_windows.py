@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from consumer.config import Settings, load_settings, with_overrides
+from consumer.local.reconcile import s3_result_rows
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
-from consumer.sinks.layout import decode_body
 from consumer.windows.engine import WindowEngine
 from tests.support.pipelines import make_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
@@ -54,14 +54,7 @@ def records(n: int) -> list[RawRecord]:
 
 
 def results(s3: S3Endpoint, prefix: str) -> list[dict[str, Any]]:
-    client = s3.client()
-    rows = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
-                                                                 Prefix=f"{prefix}/results/"):
-        for obj in page.get("Contents", []):
-            body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            rows += decode_body(obj["Key"], body)
-    return rows
+    return s3_result_rows(s3.client(), BUCKET, f"{prefix}/results/")
 
 
 def feed(p: ShardPipeline, recs: list[RawRecord], batch: int) -> None:
