@@ -1,32 +1,31 @@
-"""One shard's path: records -> decode -> windows -> routes (buffers + sinks) -> frontier.
+"""One shard's path: records -> decode -> windows -> routes (buffers + sinks) -> commit.
 
 This is the shell that wires the pure stages together for one shard. It knows nothing of
 the KCL protocol (consumer/kcl/processor.py adapts that), so tests drive it with plain
-RawRecords against real servers.
-
-Checkpoints and window state: a checkpoint is taken only when every route has drained, and
-the window engine's snapshot for that exact position is durable first (consumer/kcl/state.py).
-A new owner restores the snapshot and resumes after the checkpoint, so open windows need not
-hold the checkpoint back, and windows that closed before it are never rebuilt from a partial
-replay (see consumer/windows/engine.py, "Replay after a failover").
+RawRecords against real servers. The commit protocol (drain every route, snapshot the
+windows, checkpoint) belongs to its Committer (consumer/commit/committer.py): a checkpoint
+is taken only when every route has drained, with the engine's snapshot for that exact
+position durable first, so a new owner restores the snapshot and resumes after the
+checkpoint (see consumer/windows/engine.py, "Replay after a failover").
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from consumer.commit.frontier import CommitFrontier
+from consumer.commit.checkpoint import Checkpointer
+from consumer.commit.committer import Committer
+from consumer.commit.lease import Ownership
+from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch
 from consumer.records.model import Position, RawRecord
-from consumer.sinks.routes import RESULT_SIZE, Route, Routes, WindowGroup
+from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers, WindowGroup
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
@@ -48,20 +47,19 @@ def window_spec(settings: Settings) -> WindowSpec:
     )
 
 
-@dataclass(frozen=True)
-class FlushReport:
-    written: dict[str, int]
-
-
 class ShardPipeline:
     def __init__(self, settings: Settings, shard_id: str, routes: Routes,
-                 engine: WindowEngine | None, checkpointed: Position | None = None) -> None:
+                 engine: WindowEngine | None, checkpointed: Position | None = None, *,
+                 ownership: Ownership | None = None, snapshots: SnapshotStore | None = None,
+                 retriers: ShardRetriers | None = None) -> None:
         self.shard_id = shard_id
         self._contract = contract_from(settings)
         self.routes = routes
         self.engine = engine
-        self.frontier = CommitFrontier(checkpointed)
+        self.committer = Committer(shard_id, routes, ownership, snapshots,
+                                   retriers or ShardRetriers(), checkpointed)
         self._last_seen: Position | None = checkpointed
+        self._uncheckpointed = 0  # records seen since the last checkpoint
 
     # --- stages ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[RawRecord], now_ms: int) -> None:
@@ -74,8 +72,8 @@ class ShardPipeline:
         else:
             events, rejected = decode_batch(records, self._contract)
         if records:
-            self.frontier.observe([r.position for r in records])
             self._last_seen = records[-1].position
+            self._uncheckpointed += len(records)
         self._add(self.routes.archive, events, now_ms)
         for route in self.routes.raw:
             self._add(route, events, now_ms)
@@ -112,44 +110,29 @@ class ShardPipeline:
             record = item.record
             route.buffer.add(item, record.position, len(record.data), now_ms)
 
-    # --- flushing and the frontier ------------------------------------------------------
+    # --- commit ---------------------------------------------------------------------------
     def flush_due(self, now_ms: int) -> bool:
         return any(r.buffer.should_flush(now_ms) for r in self.routes.all())
 
-    def flush(self) -> FlushReport:
-        """Make everything buffered durable (each route retries until it is), in order;
-        quarantine last, as deliveries can add sink rejections to it."""
-        written: dict[str, int] = {}
-        for route in self.routes.all():
-            written[route.name] = written.get(route.name, 0) + self._drain(route)
-        return FlushReport(written)
+    def flush(self) -> dict[str, int]:
+        """Make everything buffered durable, without checkpointing."""
+        return self.committer.drain()
 
-    def _drain(self, route: Route[Any]) -> int:
-        written = 0
-        while (batch := route.buffer.take_batch()) is not None:
-            started = time.monotonic()
-            outcome = route.deliver(batch.items, batch.last_position)
-            route.buffer.mark_durable(batch)
-            for rejected in outcome.rejected:
-                self.routes.quarantine.buffer.add(rejected, rejected.record.position,
-                                                  len(rejected.record.data), 0)
-            written += outcome.written
-            m.SINK_FLUSH_DURATION_SECONDS.labels(route.name).observe(time.monotonic() - started)
-            m.SINK_BATCHES.labels(route.name, "ok").inc()
-            m.SINK_RECORDS.labels(route.name).inc(outcome.written)
-        if route is self.routes.archive:
-            m.RECORDS_ARCHIVED.labels(self.shard_id).inc(written)
-        return written
+    def commit(self, checkpointer: Checkpointer) -> bool:
+        """Drain every route, snapshot the windows, checkpoint the last record seen."""
+        engine = self.engine
+        done = self.committer.commit(checkpointer, self._last_seen,
+                                     engine.snapshot if engine is not None else None)
+        if done:
+            self._uncheckpointed = 0
+        return done
 
-    def checkpoint_position(self) -> Position | None:
-        """The newest record every route is done with, if it moved past the last checkpoint.
-        Open windows do not hold it back: their state is snapshotted at the checkpoint."""
-        held = [r.buffer.min_pending_position() for r in self.routes.all()]
-        safe = self.frontier.safe_position(held)
-        last = self.frontier.checkpointed
-        if safe is None or (last is not None and safe <= last):
-            return None
-        return safe
+    def end_shard(self, checkpointer: Checkpointer, now_ms: int) -> None:
+        """Shard end: the parent's windows are final (children emit their own), then
+        SHARD_END is checkpointed once everything is durable."""
+        self.committer.confirm_owner()
+        self.close(now_ms)
+        self.committer.end_shard(checkpointer)
 
     @property
     def last_seen(self) -> Position | None:
@@ -158,7 +141,7 @@ class ShardPipeline:
     def report_gauges(self, now_ms: int) -> None:
         for route in self.routes.all():
             m.SINK_BUFFER_BYTES.labels(route.name, self.shard_id).set(route.buffer.pending_bytes)
-        m.CHECKPOINT_LAG_RECORDS.labels(self.shard_id).set(self.frontier.pending)
+        m.CHECKPOINT_LAG_RECORDS.labels(self.shard_id).set(self._uncheckpointed)
         if self.engine is not None:
             m.OPEN_WINDOWS.labels(self.shard_id).set(self.engine.open_windows)
             m.WINDOW_STATE_BYTES.labels(self.shard_id).set(self.engine.state_bytes)
@@ -176,4 +159,4 @@ def final_groups(results: Sequence[WindowResult]) -> list[WindowGroup]:
     return [tuple(g) for g in groups.values()]
 
 
-__all__ = ["FlushReport", "ShardPipeline", "final_groups", "window_spec"]
+__all__ = ["ShardPipeline", "final_groups", "window_spec"]

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from consumer.kcl.stdout_guard import guard_stdout
+
+# When the daemon spawned this process: it orders two tenures of one worker over one shard
+# (consumer/sinks/fence.py), so it is read before anything slow happens.
+SPAWNED_NS = time.time_ns()
 
 
 def main() -> int:
@@ -24,7 +29,7 @@ def main() -> int:
     settings = load_settings()
     configure_logging(settings.log.level, component="processor")
     assert_multiprocess_mode()
-    processor = ShardProcessor(settings, client("s3"))
+    processor = ShardProcessor(settings, client("s3"), client("dynamodb"), SPAWNED_NS)
     try:
         kcl.KCLProcess(
             processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr

@@ -1,10 +1,14 @@
-"""The amazon_kclpy record processor: a thin adapter from the KCL protocol to ShardPipeline.
+"""The amazon_kclpy record processor: translates KCL callbacks into ShardPipeline calls.
 
-Rules it keeps:
-- a checkpoint never passes a record that is not durable (ShardPipeline.checkpoint_position);
-- process_records never returns before the batch is buffered, and blocks while a sink is
-  down, so KCL fetching slows instead of memory growing;
-- lease_lost stops all writes at once; shard_ended and shutdown_requested flush and checkpoint;
+The commit protocol is the pipeline's Committer (consumer/commit/committer.py); this module only
+decides WHEN to commit and what each callback means:
+- process_records never returns before the batch is buffered, and blocks while a sink is down,
+  so KCL fetching slows instead of memory growing;
+- a processor whose worker does not own the shard in KCL's lease table (it started late, or the
+  lease moved while it was blocked) is fenced: it stops writing and never checkpoints again, and
+  answers every callback at once until KCL delivers lease_lost (KCL's renewer loses a lease whose
+  owner changed within failover_time / 3, so this is bounded; the new owner is already working);
+- lease_lost stops all writes at once; shard_ended and shutdown_requested commit;
 - an unexpected error exits the process: amazon_kclpy would otherwise log it and acknowledge
   the batch, and KCL would move on past records we never stored.
 """
@@ -15,23 +19,21 @@ import base64
 import functools
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from amazon_kclpy.checkpoint_error import CheckpointError
 from amazon_kclpy.v3 import processor
 
 from consumer.aws import client
-from consumer.commit.fencing import Fenced, ShardFence
+from consumer.commit.lease import LeaseTable, Ownership
 from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
-from consumer.kcl.checkpoint import Checkpointer, checkpoint_with_retry
 from consumer.metrics import registry as m
 from consumer.metrics.logs import bind_context, log_context
 from consumer.pipeline import ShardPipeline, window_spec
 from consumer.records.model import Position, RawRecord
+from consumer.sinks.fence import Fenced
 from consumer.sinks.retry import StopRetrying
 from consumer.sinks.routes import ShardRetriers, open_routes
 from consumer.windows.engine import WindowEngine
@@ -43,12 +45,14 @@ F = TypeVar("F", bound=Callable[..., None])
 def exit_on_error(callback: F) -> F:
     """amazon_kclpy logs a callback's exception and acknowledges the message anyway, which
     would let KCL move past records we never stored. Exit instead: the daemon restarts the
-    shard from its last checkpoint."""
+    shard from its last checkpoint. A fence is not an error: the processor stops writing."""
 
     @functools.wraps(callback)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
+    def wrapper(self: ShardProcessor, *args: Any, **kwargs: Any) -> None:
         try:
-            callback(*args, **kwargs)
+            callback(self, *args, **kwargs)
+        except Fenced as exc:
+            self.fence(str(exc))
         except StopRetrying:
             log.warning("write abandoned: lease lost")
         except Exception:
@@ -79,15 +83,16 @@ def _start_position(seq: str | None, sub: int | None) -> Position | None:
 
 
 class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
-    def __init__(self, settings: Settings, s3_client: Any) -> None:
+    def __init__(self, settings: Settings, s3_client: Any, dynamodb: Any = None,
+                 spawned_ns: int | None = None) -> None:
         self._settings = settings
         self._s3_client = s3_client
+        self._dynamodb = dynamodb
+        self._spawned_ns = spawned_ns if spawned_ns is not None else time.time_ns()
         self._pipeline: ShardPipeline | None = None
-        self._state: SnapshotStore | None = None
         self._retriers = ShardRetriers()
         self._metrics: m.ShardMetrics | None = None
-        self._fence: ShardFence | None = None
-        self._lost = False
+        self.fenced = False
         self.shard_id = ""
 
     # --- KCL callbacks ------------------------------------------------------------------
@@ -97,24 +102,28 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         start = _start_position(initialize_input.sequence_number,
                                 initialize_input.sub_sequence_number)
         bind_context(shard=self.shard_id)
-        s = self._settings
-        routes = open_routes(s, self.shard_id, self._retriers, _now_ms, self._s3_client)
-        self._state = SnapshotStore(self._s3_client, s.s3.bucket, s.s3.state_prefix,
-                                    s.stream.app_name, self.shard_id)
-        engine = self._restore_engine(start) if s.windows.enabled else None
-        self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start)
-        self._fence = self._acquire_fence()
         self._metrics = m.ShardMetrics(self.shard_id)
+        s = self._settings
+        ownership = Ownership(LeaseTable(self._dynamodb or client("dynamodb"), s.stream.app_name),
+                              self.shard_id, s.kcl.worker_id, self._spawned_ns)
+        token = self._retriers("dynamodb-lease").call(ownership.claim)  # Fenced: started late
+        snapshots = SnapshotStore(self._s3_client, s.s3.bucket, s.s3.state_prefix,
+                                  s.stream.app_name, self.shard_id)
+        routes = open_routes(s, self.shard_id, self._retriers, _now_ms, self._s3_client, token)
+        engine = self._restore_engine(snapshots, start) if s.windows.enabled else None
+        self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start,
+                                       ownership=ownership, snapshots=snapshots,
+                                       retriers=self._retriers)
         self._metrics.lease_acquired()
         log.info("initialized", extra={"start": str(start) if start else "none",
+                                       "lease_counter": token.lease_counter,
                                        "routes": [r.name for r in routes.all()]})
 
     @exit_on_error
     def process_records(self, process_records_input: Any) -> None:
-        if self._lost:
-            # Fenced before KCL noticed: ignore, never checkpoint; the new owner replays.
-            return
-        pipeline, metrics = self._require()
+        if self._pipeline is None:
+            return  # fenced or lost: the new owner replays; never checkpoint
+        pipeline, metrics = self._pipeline, self._require_metrics()
         started = time.monotonic()
         records = to_raw_records(process_records_input.records)
         now_ms = _now_ms()
@@ -130,114 +139,61 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             m.MILLIS_BEHIND_LATEST.labels(self.shard_id).set(
                 process_records_input.millis_behind_latest or 0)
             if pipeline.flush_due(now_ms):
-                self._flush_and_checkpoint(process_records_input.checkpointer)
+                pipeline.commit(process_records_input.checkpointer)
         pipeline.report_gauges(now_ms)
         m.PROCESS_RECORDS_DURATION_SECONDS.labels(self.shard_id).observe(time.monotonic() - started)
         metrics.heartbeat()
 
     def lease_lost(self, lease_lost_input: Any) -> None:
         # Another worker owns the shard now: stop at once, write nothing more.
-        self._lost = True
-        self._retriers.stop()
-        self._pipeline = None
-        if self._metrics:
-            self._metrics.lease_released()
-        log.warning("lease lost; buffered records are left to the new owner")
+        self._stop("lease lost; buffered records are left to the new owner")
 
     @exit_on_error
     def shard_ended(self, shard_ended_input: Any) -> None:
-        if self._lost:
+        if self._pipeline is None:
             return
-        pipeline, _ = self._require()
-        if not self._still_owner():
-            return
-        pipeline.close(_now_ms())  # the parent's windows are final; children emit their own
-        pipeline.flush()
-        # At shard end KCL wants a checkpoint with no position: it records SHARD_END.
-        self._checkpoint(shard_ended_input.checkpointer, None)
+        self._pipeline.end_shard(shard_ended_input.checkpointer, _now_ms())
         log.info("shard ended; checkpointed SHARD_END")
 
     @exit_on_error
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
         if self._pipeline is None:
             return
-        self._flush_and_checkpoint(shutdown_requested_input.checkpointer)
+        self._pipeline.commit(shutdown_requested_input.checkpointer)
+        self._stop("shutdown requested; committed")
+
+    # --- states ---------------------------------------------------------------------------
+    def fence(self, reason: str) -> None:
+        """Another tenure owns the shard while KCL has not said so: stop writing, never
+        checkpoint, and wait for lease_lost (the new owner replays from its checkpoint)."""
+        self.fenced = True
+        m.FENCED.labels(self.shard_id or "unknown").inc()
+        self._stop(f"fenced: {reason}; waiting for KCL to reassign the shard")
+
+    def _stop(self, why: str) -> None:
+        self._retriers.stop()
+        self._pipeline = None
         if self._metrics:
             self._metrics.lease_released()
-        log.info("shutdown requested; flushed and checkpointed")
+        log.warning(why)
 
-    # --- helpers --------------------------------------------------------------------------
-    def _require(self) -> tuple[ShardPipeline, m.ShardMetrics]:
-        if self._pipeline is None or self._metrics is None:
-            raise RuntimeError("record processor used before initialize or after lease loss")
-        return self._pipeline, self._metrics
+    def _require_metrics(self) -> m.ShardMetrics:
+        if self._metrics is None:
+            raise RuntimeError("record processor used before initialize")
+        return self._metrics
 
-    def _restore_engine(self, start: Position | None) -> WindowEngine:
-        assert self._state is not None
-        data = self._state.load(start) if start else None
+    def _restore_engine(self, snapshots: SnapshotStore, start: Position | None) -> WindowEngine:
+        data = self._retriers("s3-state").call(lambda: snapshots.load(start)) if start else None
         if data is not None:
-            return WindowEngine.restore(data)
+            return WindowEngine.restore(data, _now_ms())
         if start is not None:
             log.warning("no window snapshot for the checkpoint; windows restart empty",
                         extra={"checkpoint": str(start)})
         return WindowEngine(window_spec(self._settings), self.shard_id)
-
-    def _acquire_fence(self) -> ShardFence | None:
-        table = self._settings.commit.manifest_table
-        if not table:
-            return None
-        fence = ShardFence(client("dynamodb"), table, self.shard_id,
-                           f"{socket.gethostname()}:{os.getpid()}")
-        log.info("fence acquired", extra={"epoch": fence.acquire()})
-        return fence
-
-    def _still_owner(self) -> bool:
-        """The commit step's fence: False (and writing stops) once another worker has the
-        shard, even if KCL has not told us yet."""
-        if self._fence is None:
-            return True
-        retrier = self._retriers("dynamodb-fence")
-        retrier.retryable = lambda exc: not isinstance(exc, Fenced)  # DynamoDB errors retry
-        try:
-            retrier.call(self._fence.check)
-        except Fenced:
-            log.warning("fenced: another worker owns the shard; stopping writes")
-            self.lease_lost(None)
-            return False
-        return True
-
-    def _flush_and_checkpoint(self, checkpointer: Checkpointer) -> None:
-        pipeline, _ = self._require()
-        if not self._still_owner():
-            return
-        pipeline.flush()
-        position = pipeline.checkpoint_position()
-        if position is None:
-            return
-        previous = pipeline.frontier.checkpointed
-        if pipeline.engine is not None:
-            # The snapshot must be the state after exactly the records up to `position`.
-            if position != pipeline.last_seen:
-                return
-            snapshot = pipeline.engine.snapshot()
-            state = self._state
-            assert state is not None
-            self._retriers("s3-state").call(lambda: state.save(position, snapshot))
-        if self._checkpoint(checkpointer, position):
-            pipeline.frontier.mark_checkpointed(position)
-            if pipeline.engine is not None and previous is not None and self._state:
-                self._state.forget(previous)
-
-    def _checkpoint(self, checkpointer: Checkpointer, position: Position | None) -> bool:
-        outcome = checkpoint_with_retry(checkpointer, position)
-        m.CHECKPOINTS.labels(self.shard_id, outcome).inc()
-        if outcome == "lease_lost":
-            self.lease_lost(None)
-        return outcome == "ok"
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["CheckpointError", "ShardProcessor", "to_raw_records"]
+__all__ = ["ShardProcessor", "to_raw_records"]

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from consumer.config import Settings
+from consumer.config import Settings, with_overrides
 from consumer.kcl.daemon import KclDaemon, daemon_command
 from consumer.kcl.properties import (
+    default_worker_id,
     processor_command,
     region_of,
     render_properties,
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 class Supervisor:
     def __init__(self, settings: Settings, run_dir: Path, env: Mapping[str, str] | None = None):
+        # One worker id for the daemon and its processors: a processor confirms it in KCL's
+        # lease table (leaseOwner) before every write.
+        self.worker_id = settings.kcl.worker_id or default_worker_id()
+        settings = with_overrides(settings, kcl={"worker_id": self.worker_id})
         self.settings = settings
         self.run_dir = run_dir.resolve()
         self.env = dict(os.environ if env is None else env)
@@ -52,6 +57,7 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         mp_dir = self.settings.metrics.multiproc_dir or str(self.run_dir / "prometheus")
         self.env.update(configure_multiprocess(mp_dir))
+        self.env["AETHERSTREAM_KCL_WORKER_ID"] = self.worker_id
         self.health = HealthChecks(self._daemon_alive, self.settings.metrics.max_heartbeat_age_s)
         self.server = MetricsServer(
             self.settings.metrics.host, self.settings.metrics.port, mp_dir, self.health

@@ -152,6 +152,11 @@ CHECKPOINT_LAG_RECORDS = Gauge(
     "User records received but not yet covered by a checkpoint.",
     _SHARD, multiprocess_mode="livemostrecent", registry=REGISTRY,
 )
+FENCED = Counter(
+    "aetherstream_fenced_total",
+    "Times a processor found that another tenure owns its shard and stopped writing.",
+    _SHARD, registry=REGISTRY,
+)
 # livesum: each processor holds at most one lease and sets 1 while it does; the sum over live
 # processes is the number of leases this worker holds.
 LEASES_HELD = Gauge(
@@ -191,6 +196,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "aetherstream_sink_buffer_bytes",
     "aetherstream_checkpoints_total",
     "aetherstream_checkpoint_lag_records",
+    "aetherstream_fenced_total",
     "aetherstream_leases_held",
     "aetherstream_process_records_duration_seconds",
     "aetherstream_processor_heartbeat_timestamp_seconds",

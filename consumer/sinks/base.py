@@ -58,6 +58,9 @@ class ResultRow:
     last_ts_ms: int
     is_final: bool
     quantiles: dict[str, float] = field(default_factory=dict)
+    # Grows with every emission of a result id (more records, then final), so a sink keeps
+    # the newest and a replay of an older emission never overwrites it.
+    version: int = 0
 
     @property
     def identity(self) -> str:

@@ -1,21 +1,20 @@
 """Pure batching decisions for sink buffers: Firehose-style hints plus one shared byte budget.
 
-No I/O and no clock reads: the caller passes `now_ms`. A buffer moves items through two
-states, Flink-style:
+No I/O and no clock reads: the caller passes `now_ms`. Items wait in a buffer until a batch is
+taken; a batch is made durable by the committer, then `mark_durable` frees its bytes (an item
+taken but not yet durable still occupies memory).
 
-    add() -> pending --take_batch()--> in flight --mark_durable()--> gone
-
-`min_pending_position()` is the smallest record position still held in either state; the
-commit frontier may not pass it. Bytes are charged to the shared `ByteBudget` on add and
-released only when a batch is durable, because an in-flight batch still occupies memory.
+Batches are cut in shard order, not in add order: a KCL batch's decode rejects are added before
+its late records, so add order is not position order. Cut by position, a batch holds every
+buffered item between its first and last position, which is what an object key that names the
+range promises (see consumer/sinks/layout.py).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 from consumer.records.model import Position
@@ -59,11 +58,6 @@ class ByteBudget:
     def over_budget(self) -> bool:
         return self.used_bytes >= self.limit_bytes
 
-    def admits(self, size_bytes: int) -> bool:
-        """May an item of this size be added now? An empty budget admits anything, so one
-        oversized item can never deadlock the pipeline."""
-        return self.used_bytes == 0 or self.used_bytes + size_bytes <= self.limit_bytes
-
     def charge(self, size_bytes: int) -> None:
         self.used_bytes += size_bytes
 
@@ -75,26 +69,23 @@ class ByteBudget:
 
 @dataclass(frozen=True, slots=True)
 class _Entry(Generic[T]):
-    seq: int  # add order, unique within a buffer
-    item: T
     position: Position
+    item: T
     size_bytes: int
     added_ms: int
 
 
+_POSITION = attrgetter("position")
+
+
 @dataclass(frozen=True, slots=True)
 class Batch(Generic[T]):
-    """A contiguous run of added items, in add order, to be made durable as one unit."""
+    """Items to be made durable as one unit, in shard order."""
 
     batch_no: int
     items: tuple[T, ...]
     positions: tuple[Position, ...]
     size_bytes: int
-    min_position: Position  # precomputed: the frontier asks for it on every KCL batch
-
-    @property
-    def first_position(self) -> Position:
-        return self.positions[0]
 
     @property
     def last_position(self) -> Position:
@@ -108,15 +99,12 @@ class SinkBuffer(Generic[T]):
         self.name = name
         self.hints = hints
         self.budget = budget
-        self._pending: deque[_Entry[T]] = deque()
+        self._pending: list[_Entry[T]] = []
+        self._in_order = True  # _pending is sorted by position
         self._pending_bytes = 0
-        self._next_seq = 0
+        self._oldest_ms: int | None = None
         self._next_batch = 0
-        # Lazy-deletion min-heap over pending positions: (position, seq); seq < _taken_upto
-        # means the entry already left in a batch.
-        self._heap: list[tuple[Position, int]] = []
-        self._taken_upto = 0
-        self._in_flight: dict[int, Batch[T]] = {}
+        self._taken: set[int] = set()  # batch numbers taken and not yet durable
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -125,19 +113,16 @@ class SinkBuffer(Generic[T]):
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
     def add(self, item: T, position: Position, size_bytes: int, now_ms: int) -> None:
-        """Buffer one item. Check `budget.admits(size)` first; add itself never refuses."""
         if size_bytes < 0:
             raise ValueError("size_bytes must be >= 0")
-        entry = _Entry(self._next_seq, item, position, size_bytes, now_ms)
-        self._next_seq += 1
-        self._pending.append(entry)
+        pending = self._pending
+        if pending and position < pending[-1].position:
+            self._in_order = False
+        pending.append(_Entry(position, item, size_bytes, now_ms))
         self._pending_bytes += size_bytes
-        heapq.heappush(self._heap, (position, entry.seq))
+        if self._oldest_ms is None:
+            self._oldest_ms = now_ms
         self.budget.charge(size_bytes)
 
     def should_flush(self, now_ms: int) -> FlushReason | None:
@@ -148,51 +133,38 @@ class SinkBuffer(Generic[T]):
             return FlushReason.RECORDS
         if self._pending_bytes >= self.hints.max_bytes:
             return FlushReason.BYTES
-        if now_ms - self._pending[0].added_ms >= self.hints.max_age_ms:
+        if self._oldest_ms is not None and now_ms - self._oldest_ms >= self.hints.max_age_ms:
             return FlushReason.AGE
         if self.budget.over_budget():
             return FlushReason.BUDGET
         return None
 
     def take_batch(self) -> Batch[T] | None:
-        """Move the oldest items (within max_records / max_bytes) into flight.
-
-        A single item larger than max_bytes still forms a batch of one.
-        """
+        """The items of the smallest positions, within max_records / max_bytes (a single item
+        larger than max_bytes still forms a batch of one)."""
         if not self._pending:
             return None
-        taken: list[_Entry[T]] = []
-        size = 0
-        while self._pending and len(taken) < self.hints.max_records:
-            nxt = self._pending[0]
-            if taken and size + nxt.size_bytes > self.hints.max_bytes:
+        if not self._in_order:
+            self._pending.sort(key=_POSITION)  # stable: equal positions keep add order
+            self._in_order = True
+        n, size, hints = 0, 0, self.hints
+        for entry in self._pending:
+            if n == hints.max_records or (n and size + entry.size_bytes > hints.max_bytes):
                 break
-            taken.append(self._pending.popleft())
-            size += nxt.size_bytes
+            n += 1
+            size += entry.size_bytes
+        taken, self._pending = self._pending[:n], self._pending[n:]
         self._pending_bytes -= size
-        self._taken_upto = taken[-1].seq + 1
-        batch = Batch(
-            batch_no=self._next_batch,
-            items=tuple(e.item for e in taken),
-            positions=tuple(e.position for e in taken),
-            size_bytes=size,
-            min_position=min(e.position for e in taken),
-        )
+        self._oldest_ms = min((e.added_ms for e in self._pending), default=None)
+        batch = Batch(self._next_batch, tuple(e.item for e in taken),
+                      tuple(e.position for e in taken), size)
         self._next_batch += 1
-        self._in_flight[batch.batch_no] = batch
+        self._taken.add(batch.batch_no)
         return batch
 
     def mark_durable(self, batch: Batch[T]) -> None:
-        """The commit step finished: forget the batch and free its bytes."""
-        if self._in_flight.pop(batch.batch_no, None) is None:
-            raise KeyError(f"{self.name}: batch {batch.batch_no} is not in flight")
+        """The committer made the batch durable: free its bytes."""
+        if batch.batch_no not in self._taken:
+            raise KeyError(f"{self.name}: batch {batch.batch_no} is not taken")
+        self._taken.discard(batch.batch_no)
         self.budget.release(batch.size_bytes)
-
-    def min_pending_position(self) -> Position | None:
-        """Smallest position not yet durable in this sink (pending or in flight)."""
-        while self._heap and self._heap[0][1] < self._taken_upto:
-            heapq.heappop(self._heap)
-        candidates = [b.min_position for b in self._in_flight.values()]
-        if self._heap:
-            candidates.append(self._heap[0][0])
-        return min(candidates) if candidates else None

@@ -3,7 +3,8 @@
 - Redshift: the schema, the raw-records and window-results tables (no primary keys: Redshift
   would not enforce them) and the view that merges partial results from several shards.
 - OpenSearch: the index templates behind the daily indices and their aliases.
-- DynamoDB: the table of shard epochs that fences a worker which lost its lease.
+Fencing needs no table of ours: processors read KCL's own lease table, and the Redshift
+fence rows are created with the schema.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def migrate_all(settings: Settings, dynamodb: Any = None) -> list[str]:
+    del dynamodb  # kept for callers of the earlier signature; nothing of ours lives there
     done = []
     if settings.redshift.enabled:
         import psycopg2
@@ -37,12 +39,6 @@ def migrate_all(settings: Settings, dynamodb: Any = None) -> list[str]:
         client = OpenSearch(hosts=[settings.opensearch.endpoint], timeout=30)
         install_templates(client, settings.opensearch.index_prefix)
         done.append(f"opensearch templates {settings.opensearch.index_prefix}-*")
-    if settings.commit.manifest_table:
-        from consumer.aws import client as aws_client
-        from consumer.commit.fencing import create_table
-
-        create_table(dynamodb or aws_client("dynamodb"), settings.commit.manifest_table)
-        done.append(f"dynamodb table {settings.commit.manifest_table}")
     for item in done:
         log.info("migrated", extra={"what": item})
     return done

@@ -105,6 +105,9 @@ class IndexDoc:
     index: str
     doc_id: str
     source: Mapping[str, Any]
+    # External version: OpenSearch refuses (409) a write that is not newer than the stored
+    # document, so a stale writer or an older replayed emission never overwrites a newer one.
+    version: int | None = None
 
 
 def key_text(key: Sequence[str]) -> str:
@@ -131,7 +134,8 @@ def result_doc(prefix: str, row: ResultRow) -> IndexDoc:
         "is_final": row.is_final,
         "quantiles": dict(row.quantiles),
     }
-    return IndexDoc(daily_index(prefix, RESULTS, row.start_ms), row.result_id, source)
+    return IndexDoc(daily_index(prefix, RESULTS, row.start_ms), row.result_id, source,
+                    row.version)
 
 
 def raw_doc(prefix: str, row: RawRow) -> IndexDoc:
@@ -164,7 +168,11 @@ def dedupe_docs(docs: Sequence[IndexDoc]) -> list[IndexDoc]:
 def bulk_body(docs: Sequence[IndexDoc]) -> bytes:
     lines: list[bytes] = []
     for doc in docs:
-        lines.append(orjson.dumps({"index": {"_index": doc.index, "_id": doc.doc_id}}))
+        action: dict[str, object] = {"_index": doc.index, "_id": doc.doc_id}
+        if doc.version is not None:
+            action["version"] = doc.version
+            action["version_type"] = "external"
+        lines.append(orjson.dumps({"index": action}))
         # NaN/inf serialize as null (orjson), which a double field accepts as missing.
         lines.append(orjson.dumps(doc.source))
     return b"\n".join(lines) + b"\n"
@@ -196,8 +204,8 @@ def classify_items(docs: Sequence[IndexDoc], response: Mapping[str, Any]) -> Bul
     for doc, item in zip(docs, items, strict=True):
         result = next(iter(item.values()))
         status = int(result.get("status", 500))
-        if status < 300:
-            written += 1
+        if status < 300 or (status == 409 and doc.version is not None):
+            written += 1  # 409 on a versioned doc: the same or a newer version is stored
         elif is_retryable_status(status):
             retry.append(doc)
         else:

@@ -27,6 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import orjson
 
 from consumer.sinks.base import RawRow, ResultRow, WriteOutcome
+from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.retry import Retrier
 
 RowT = TypeVar("RowT")
@@ -62,6 +63,9 @@ class TableSpec:
     name: str
     columns: tuple[Column, ...]
     identity: tuple[str, ...]
+    # A row replaces the stored row of its identity only if its version is greater: a replay
+    # after a failover re-emits older versions of window results, which must not win.
+    version: str | None = None
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -105,9 +109,25 @@ RESULTS_TABLE = TableSpec(
         Column("last_ts_ms", "BIGINT"),
         Column("is_final", "BOOLEAN"),
         _vc("quantiles_json", 4096),
+        Column("version", "BIGINT"),
     ),
     ("result_id",),
+    version="version",
 )
+
+# Who may load a shard's rows: the fence token of the newest tenure (consumer/sinks/fence.py),
+# checked and bumped inside every load transaction. A primary key is informational in Redshift
+# (there, serializable isolation refuses a racing insert); PostgreSQL enforces it.
+FENCE_TABLE = "shard_fences"
+FENCE_DDL = """CREATE TABLE IF NOT EXISTS {schema}.shard_fences (
+  stream VARCHAR(256) NOT NULL,
+  shard VARCHAR(256) NOT NULL,
+  owner VARCHAR(512) NOT NULL,
+  lease_counter BIGINT NOT NULL,
+  spawned_ns BIGINT NOT NULL,
+  loads BIGINT NOT NULL,
+  PRIMARY KEY (stream, shard)
+)"""
 
 MERGED_VIEW = "window_results_merged"
 
@@ -161,6 +181,7 @@ def result_values(row: ResultRow) -> tuple[Value, ...]:
         row.last_ts_ms,
         row.is_final,
         orjson.dumps(row.quantiles, option=orjson.OPT_SORT_KEYS).decode(),
+        row.version,
     )
 
 
@@ -243,6 +264,7 @@ def ddl_statements(schema: str) -> list[str]:
     for spec in (RAW_TABLE, RESULTS_TABLE):
         cols = ",\n  ".join(f"{ident(c.name)} {c.sql_type}" for c in spec.columns)
         stmts.append(f"CREATE TABLE IF NOT EXISTS {s}.{ident(spec.name)} (\n  {cols}\n)")
+    stmts.append(FENCE_DDL.format(schema=s))
     stmts.append(merged_view_sql(s))
     return stmts
 
@@ -306,6 +328,35 @@ def delete_insert_sql(schema: str, spec: TableSpec) -> list[str]:
         f"DELETE FROM {target} USING {stage} WHERE {on}",
         f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}",
     ]
+
+
+def prune_not_newer_sql(schema: str, spec: TableSpec) -> str:
+    """Drop staged rows whose stored version is the same or newer, before the upsert."""
+    assert spec.version is not None
+    target = f"{ident(schema)}.{ident(spec.name)}"
+    stage = stage_name(spec)
+    on = " AND ".join(f"{stage}.{ident(c)} = {target}.{ident(c)}" for c in spec.identity)
+    v = ident(spec.version)
+    return f"DELETE FROM {stage} USING {target} WHERE {on} AND {target}.{v} >= {stage}.{v}"
+
+
+def fence_sql(schema: str) -> tuple[str, str, str]:
+    """(hold, take, create): statements run first in a load transaction, in this order until
+    one touches a row. hold: the fence is ours (this also serialises loads of one shard on its
+    row lock); take: our token supersedes the stored one; create: no fence yet."""
+    t = f"{ident(schema)}.{FENCE_TABLE}"
+    hold = (f"UPDATE {t} SET loads = loads + 1 WHERE stream = %(stream)s AND shard = %(shard)s"
+            " AND owner = %(owner)s AND lease_counter = %(counter)s AND spawned_ns = %(spawned)s")
+    take = (f"UPDATE {t} SET owner = %(owner)s, lease_counter = %(counter)s,"
+            " spawned_ns = %(spawned)s, loads = loads + 1"
+            " WHERE stream = %(stream)s AND shard = %(shard)s AND ("
+            "(owner = %(owner)s AND spawned_ns <= %(spawned)s)"
+            " OR (owner <> %(owner)s AND lease_counter < %(counter)s))")
+    create = (f"INSERT INTO {t} (stream, shard, owner, lease_counter, spawned_ns, loads)"
+              " SELECT %(stream)s, %(shard)s, %(owner)s, %(counter)s, %(spawned)s, 1"
+              f" WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE stream = %(stream)s"
+              " AND shard = %(shard)s)")
+    return hold, take, create
 
 
 _W = r"[a-z_][a-z0-9_]*"
@@ -447,10 +498,45 @@ class PostgresDialect:
 
 
 def migrate(conn: Any, schema: str) -> None:
-    """Create the schema, both tables (no primary keys) and the merged view; idempotent."""
+    """Create the schema, both tables (no primary keys), the fence table and the merged view;
+    add columns that tables of an earlier release lack. Idempotent."""
     with conn, conn.cursor() as cur:
         for stmt in ddl_statements(schema):
             cur.execute(stmt)
+        for spec in (RAW_TABLE, RESULTS_TABLE):
+            cur.execute("SELECT column_name FROM information_schema.columns"
+                        " WHERE table_schema = %s AND table_name = %s", (schema, spec.name))
+            have = {name for (name,) in cur.fetchall()}
+            for col in spec.columns:
+                if col.name not in have:
+                    cur.execute(f"ALTER TABLE {ident(schema)}.{ident(spec.name)}"
+                                f" ADD COLUMN {ident(col.name)} {col.sql_type}")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardWriter:
+    """Who loads: the stream and shard of the rows, and the writer's fence token."""
+
+    stream: str
+    shard: str
+    token: FenceToken
+
+    def params(self) -> dict[str, object]:
+        t = self.token
+        return {"stream": self.stream, "shard": self.shard, "owner": t.owner,
+                "counter": t.lease_counter, "spawned": t.spawned_ns}
+
+
+def hold_fence(cur: Any, schema: str, writer: ShardWriter) -> None:
+    """First statements of a load: Fenced unless the writer's tenure is the shard's newest.
+    The row lock taken here is held to the commit, so a newer tenure's claim waits for this
+    load (and then refuses the next one), and two loads of one shard never interleave."""
+    params = writer.params()
+    for stmt in fence_sql(schema):
+        cur.execute(stmt, params)
+        if cur.rowcount == 1:
+            return
+    raise Fenced(f"{writer.shard}: a newer tenure holds the Redshift fence")
 
 
 class RedshiftLoader:
@@ -470,12 +556,15 @@ class RedshiftLoader:
         self.use_merge = use_merge
 
     def upsert_sql(self, spec: TableSpec) -> list[str]:
-        if self.use_merge:
-            return [merge_sql(self.schema, spec)]
-        return delete_insert_sql(self.schema, spec)
+        prune = [prune_not_newer_sql(self.schema, spec)] if spec.version else []
+        upsert = [merge_sql(self.schema, spec)] if self.use_merge else delete_insert_sql(
+            self.schema, spec)
+        return prune + upsert
 
-    def load(self, conn: Any, binding: TableBinding[RowT], rows: Sequence[RowT], key: str) -> int:
-        """Stage, COPY, upsert; returns the number of distinct rows. Rolls back on error."""
+    def load(self, conn: Any, binding: TableBinding[RowT], rows: Sequence[RowT], key: str,
+             writer: ShardWriter | None = None) -> int:
+        """Stage, COPY, upsert; returns the number of distinct rows. Rolls back on error.
+        With a writer, the load is refused (Fenced) unless its tenure holds the fence."""
         unique = dedupe_last(rows, binding.identity)
         if not unique:
             return 0
@@ -485,6 +574,8 @@ class RedshiftLoader:
         object_key = f"{spec.name}/{key or hashlib.sha256(data).hexdigest()[:32]}.csv"
         self.staging.put(object_key, data)
         with conn, conn.cursor() as cur:  # commit on success, rollback on any exception
+            if writer is not None:
+                hold_fence(cur, self.schema, writer)
             for stmt in create_stage_sql(self.schema, spec):
                 cur.execute(stmt)
             self.dialect.copy_into_stage(cur, spec, self.staging, object_key)
@@ -496,8 +587,17 @@ class RedshiftLoader:
 
 def _retryable(exc: BaseException) -> bool:
     import psycopg2  # local: keeps the pure core importable without the driver
+    import psycopg2.errors
 
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return True
+    # Concurrent loads: PostgreSQL's serialization failures and deadlocks, Redshift's "1023
+    # Serializable isolation violation" (an InternalError), and two first claims of one
+    # shard's fence row racing on its primary key.
+    if isinstance(exc, psycopg2.errors.SerializationFailure | psycopg2.errors.DeadlockDetected
+                  | psycopg2.errors.UniqueViolation):
+        return True
+    if isinstance(exc, psycopg2.InternalError) and "1023" in str(exc):
         return True
     # Staging store outages (boto3 / network) are transient too.
     return type(exc).__module__.startswith(("botocore", "urllib3")) or isinstance(exc, OSError)
@@ -518,10 +618,12 @@ class RedshiftSink(Generic[RowT]):
         loader: RedshiftLoader,
         connect: Callable[[], Any],
         retrier: Retrier | None = None,
+        writer: ShardWriter | None = None,
     ) -> None:
         self.name = name
         self.binding = binding
         self.loader = loader
+        self.writer = writer
         self._connect = connect
         self._conn: Any = None
         self.retrier = retrier or Retrier(name)
@@ -531,7 +633,7 @@ class RedshiftSink(Generic[RowT]):
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         try:
-            return self.loader.load(self._conn, self.binding, rows, batch_key)
+            return self.loader.load(self._conn, self.binding, rows, batch_key, self.writer)
         except Exception as exc:
             if _retryable(exc):  # a broken connection is replaced on the next attempt
                 self.close()

@@ -20,6 +20,7 @@ from consumer.metrics import registry as m
 from consumer.records.model import Event, Position, Rejected
 from consumer.sinks import layout
 from consumer.sinks.buffer import ByteBudget, FlushHints, SinkBuffer
+from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.retry import Retrier, RetryEvent
 from consumer.sinks.rows import raw_row, rejected_by_sink, result_line, result_row
 from consumer.sinks.s3 import S3ObjectWriter
@@ -44,11 +45,18 @@ class Route(Generic[T]):
     deliver: Callable[[Sequence[T], Position], Delivered]
 
 
-class ShardRetriers:
-    """One Retrier per sink, all bound to the shard's stop signal (lease lost)."""
+def _not_fenced(exc: BaseException) -> bool:
+    # Until every sink classifies its errors: retry anything but a fence.
+    return not isinstance(exc, Fenced)
 
-    def __init__(self) -> None:
+
+class ShardRetriers:
+    """One Retrier per sink, all bound to the shard's stop signal (lease lost). A fence is
+    never retried: it means another tenure owns the shard."""
+
+    def __init__(self, retryable: Callable[[BaseException], bool] = _not_fenced) -> None:
         self.stopped = threading.Event()
+        self._retryable = retryable
         self._by_sink: dict[str, Retrier] = {}
 
     def stop(self) -> None:
@@ -56,7 +64,8 @@ class ShardRetriers:
 
     def __call__(self, sink: str) -> Retrier:
         if sink not in self._by_sink:
-            self._by_sink[sink] = Retrier(sink, should_stop=self.stopped.is_set,
+            self._by_sink[sink] = Retrier(sink, retryable=self._retryable,
+                                          should_stop=self.stopped.is_set,
                                           sleep=self.stopped.wait, on_retry=_count_retry)
         return self._by_sink[sink]
 
@@ -85,9 +94,11 @@ class RouteFactory:
     """Builds a shard's routes from the settings and the clients the shell opened."""
 
     def __init__(self, settings: Settings, shard_id: str, s3_client: Any,
-                 retriers: ShardRetriers, now_ms: Callable[[], int]) -> None:
+                 retriers: ShardRetriers, now_ms: Callable[[], int],
+                 token: FenceToken | None = None) -> None:
         self.settings = settings
         self.shard_id = shard_id
+        self.token = token
         self.retriers = retriers
         self.now_ms = now_ms
         self.prov = layout.Provenance(settings.stream.name, shard_id)
@@ -182,11 +193,12 @@ class RouteFactory:
         dialect: rs.Dialect = (rs.PostgresDialect() if cfg.dialect == "postgres"
                                else rs.RedshiftDialect(cfg.copy_role_arn))
         loader = rs.RedshiftLoader(cfg.schema, dialect, staging, use_merge=cfg.upsert == "merge")
-        raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
-                                   self.retriers("redshift-raw"))
-        results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
-                                       self.retriers("redshift-results"))
         stream = self.settings.stream.name
+        writer = rs.ShardWriter(stream, self.shard_id, self.token) if self.token else None
+        raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
+                                   self.retriers("redshift-raw"), writer)
+        results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
+                                       self.retriers("redshift-results"), writer)
 
         def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
             rows = [raw_row(stream, self.shard_id, e) for e in events]
@@ -218,9 +230,11 @@ class RouteFactory:
 
 
 def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
-                now_ms: Callable[[], int], s3_client: Any) -> Routes:
-    """Every route the settings enable, with the clients they need."""
-    factory = RouteFactory(settings, shard_id, s3_client, retriers, now_ms)
+                now_ms: Callable[[], int], s3_client: Any,
+                token: FenceToken | None = None) -> Routes:
+    """Every route the settings enable, with the clients they need. With a fence token, the
+    sinks that can refuse a stale writer themselves are told who writes (Redshift)."""
+    factory = RouteFactory(settings, shard_id, s3_client, retriers, now_ms, token)
     raw: list[Route[Event]] = []
     results: list[Route[WindowResult]] = []
     windows: list[Route[WindowGroup]] = []

@@ -33,7 +33,14 @@ def result_row(result: WindowResult) -> ResultRow:
         end_ms=result.end_ms, key=result.key, shard_id=result.shard_id, count=a.count,
         sum=a.sum, min=a.min, max=a.max, mean=a.mean, first_ts_ms=a.first_ts_ms,
         last_ts_ms=a.last_ts_ms, is_final=result.is_final, quantiles=quantiles,
+        version=result_version(a.count, result.is_final),
     )
+
+
+def result_version(count: int, is_final: bool) -> int:
+    """A window result only gains records between emissions, and its last emission is the
+    final one (same records, is_final set), so this grows with every emission."""
+    return 2 * count + int(is_final)
 
 
 def result_line(row: ResultRow) -> bytes:

@@ -32,31 +32,18 @@ Late records (side output, StepOutput.late, stage="window", reason="late")
   session: a record with event time < W - L, judged by its own time, not its window's
     end, so an emitted (final) session is never changed (see kinds.Sessions for why).
 
-Commit frontier: min_open_position() is the smallest position of a record still held by
-an open window (events must arrive in shard order, which KCL guarantees).
-
 Entry points: process(events, now_ms) takes decoded Events; process_records(records,
 contract, now_ms) takes a KCL batch of RawRecords and returns exactly what
 decode_batch(records, contract) followed by process(events, now_ms) would (events,
 rejections, StepOutput), faster: the record processor's path.
 
 Replay after a failover
-  The record processor checkpoints at most at the commit frontier, so after a failover
-  records are replayed from there. Two ways to make that exact:
-  1. snapshot() at the checkpoint and restore(data) on takeover: the snapshot carries the
-     last processed position, and process() silently drops replayed events at or before
-     it (counted in replayed_skipped), so nothing is counted twice.
-  2. Without a snapshot, a fresh engine rebuilds the open windows from the replay, but
-     windows that had already CLOSED (been emitted final) before the failover would be
-     rebuilt partially from the replayed tail of their records and re-emitted with the
-     same result_id, overwriting the complete result. Construct the engine with
-     start_watermark_ms = the watermark recorded at the checkpoint (and replay_until =
-     the last position processed then, if known): records whose windows have
-     end + L <= start_watermark_ms are then dropped; at or before replay_until silently
-     (counted in replayed_skipped, they were counted or quarantined before), after it as
-     ordinary late records. This is exact for tumbling and sliding windows. For session
-     windows use 1.: a replayed record that extended a still-open session may be older
-     than start_watermark_ms - L and would be judged late by the session rule.
+  The record processor checkpoints only when every sink has drained, and the snapshot for
+  that position is durable first. A new owner restore()s it and replays from after the
+  checkpoint: the snapshot carries the last processed position, and process() silently
+  drops replayed events at or before it (counted in replayed_skipped), so nothing is
+  counted twice. restore() restarts the idle clock: the time the shard had no owner is
+  not idleness of the stream, and counting it would judge the backlog late.
 """
 
 from __future__ import annotations
@@ -80,25 +67,17 @@ SNAPSHOT_VERSION = 1
 class WindowEngine:
     """Windows for one shard. See the module docstring for the exact semantics."""
 
-    def __init__(
-        self,
-        spec: WindowSpec,
-        shard_id: str,
-        *,
-        start_watermark_ms: int | None = None,
-        replay_until: Position | None = None,
-    ) -> None:
+    def __init__(self, spec: WindowSpec, shard_id: str) -> None:
         self.spec = spec
         self.shard_id = shard_id
         self._windows: Aligned | Sessions = (
             Sessions(spec, shard_id) if spec.kind == "session" else Aligned(spec, shard_id)
         )
         self._max_ts = NEG_INF
-        self._wm = NEG_INF if start_watermark_ms is None else start_watermark_ms
+        self._wm = NEG_INF
         self._last_event_now: int | None = None
         self._last_pos: Position | None = None  # last position processed
         self._dedupe_until: Position | None = None  # from a snapshot: already counted
-        self._replay_until = replay_until
         self._closed = False
         self.late_count = 0
         self.replayed_skipped = 0
@@ -199,11 +178,8 @@ class WindowEngine:
 
     def _report_late(self, late: Late) -> list[Rejected]:
         out: list[Rejected] = []
-        replay_until, lateness = self._replay_until, self.spec.allowed_lateness_ms
+        lateness = self.spec.allowed_lateness_ms
         for ev, wm in late:
-            if replay_until is not None and ev.record.position <= replay_until:
-                self.replayed_skipped += 1
-                continue
             msg = (
                 f"event time {ev.ts_ms} ms is too late for the {self.spec.kind} windows: "
                 f"watermark {wm} ms, allowed lateness {lateness} ms"
@@ -213,10 +189,6 @@ class WindowEngine:
         return out
 
     # --- introspection ----------------------------------------------------------------
-
-    def min_open_position(self) -> Position | None:
-        """Smallest (sequence, sub_sequence) still held by an open window, or None."""
-        return self._windows.min_position()
 
     @property
     def watermark_ms(self) -> int | None:
@@ -245,7 +217,6 @@ class WindowEngine:
             "wm": self._wm,
             "last_event_now": self._last_event_now,
             "last_pos": None if self._last_pos is None else snap_pos(self._last_pos),
-            "replay_until": None if self._replay_until is None else snap_pos(self._replay_until),
             "closed": self._closed,
             "late_count": self.late_count,
             "windows": self._windows.to_state(),
@@ -253,16 +224,18 @@ class WindowEngine:
         return msgspec.msgpack.encode(state)
 
     @classmethod
-    def restore(cls, data: bytes) -> WindowEngine:
+    def restore(cls, data: bytes, now_ms: int | None = None) -> WindowEngine:
+        """The engine of a snapshot. With now_ms (a new owner resuming), the idle clock
+        restarts at now_ms instead of counting the time without an owner as idleness."""
         s: dict[str, Any] = msgspec.msgpack.decode(data)
         if s.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {s.get('version')!r} is not {SNAPSHOT_VERSION}")
         eng = cls(WindowSpec(**s["spec"]), s["shard_id"])
         eng._max_ts, eng._wm, eng._last_event_now = s["max_ts"], s["wm"], s["last_event_now"]
+        if now_ms is not None and eng._last_event_now is not None:
+            eng._last_event_now = now_ms
         if s["last_pos"] is not None:
             eng._last_pos = eng._dedupe_until = load_pos(s["last_pos"])
-        if s["replay_until"] is not None:
-            eng._replay_until = load_pos(s["replay_until"])
         eng._closed, eng.late_count = s["closed"], s["late_count"]
         eng._windows.load_state(s["windows"])
         return eng

@@ -142,7 +142,6 @@ class Aligned(_Base):
         self.tumbling = self.slide == self.size and not self.quantiles
         # A group's state: a list (see the module docstring), or Aggregates if tumbling.
         self.buckets: dict[int, dict[Key, Any]] = {}
-        self.first_pos: dict[int, Position] = {}
         self.dirty: dict[int, set[Key]] = {}  # only for buckets already emitted
 
     def add(self, events: Sequence[Event], max_ts: int, wm: int) -> tuple[int, int, Late]:
@@ -150,12 +149,6 @@ class Aligned(_Base):
             cols = list(map(_KEY, events)), list(map(_TS, events)), list(map(_VALUE, events))
             return self.add_columns(*cols, events, max_ts, wm)
         return self._add_general(events, max_ts, wm)
-
-    def _bucket(self, start: int, ev: Event) -> dict[Key, Any]:
-        b = self.buckets[start] = {}
-        # Events arrive in shard order, so a bucket's first record is its smallest position.
-        self.first_pos[start] = ev.record.position
-        return b
 
     @property
     def columnar(self) -> bool:
@@ -182,7 +175,6 @@ class Aligned(_Base):
         hi = max(ts)
         late_at = self._late_columns(ts, starts, max_ts, wm)
         late: Late = [(events[i], w) for i, w in late_at]
-        idx: list[int] | None = None  # positions in the batch of the kept records
         if late_at:
             gone = {i for i, _ in late_at}
             idx = [i for i in range(len(ts)) if i not in gone]
@@ -226,9 +218,6 @@ class Aligned(_Base):
                 d = dirty.get(start)
                 if d is not None:
                     d.add(key)
-        for start in new_starts:  # a bucket's first record is its smallest position
-            i = starts.index(start)
-            self.first_pos[start] = events[i if idx is None else idx[i]].record.position
         # The watermark moves per record: after the batch it is this.
         return max(max_ts, hi), max(wm, hi - ooo) if hi > max_ts else wm, late
 
@@ -282,7 +271,7 @@ class Aligned(_Base):
             for start in range(lo, last + 1, slide):
                 bucket = buckets.get(start)
                 if bucket is None:
-                    bucket = self._bucket(start, ev)
+                    bucket = buckets[start] = {}
                 a = bucket.get(key)
                 if a is None:
                     bucket[key] = a = [1, v, v, v, ts, ts]
@@ -319,7 +308,7 @@ class Aligned(_Base):
             d = self.dirty.get(start)
             if everything or end + lateness <= wm:
                 out += self._results(start, end, bucket, True)
-                del self.buckets[start], self.first_pos[start]
+                del self.buckets[start]
                 self.dirty.pop(start, None)
             elif d is None:  # first emission of this window
                 out += self._results(start, end, bucket, False)
@@ -329,9 +318,6 @@ class Aligned(_Base):
                 d.clear()
         self._trim_key_cache()
         return out
-
-    def min_position(self) -> Position | None:
-        return min(self.first_pos.values(), default=None)
 
     @property
     def open_groups(self) -> int:
@@ -349,7 +335,7 @@ class Aligned(_Base):
         return [
             [
                 start,
-                snap_pos(self.first_pos[start]),
+                None,  # was the bucket's first position (snapshot version 1 kept it)
                 start in self.dirty,
                 sorted(self.dirty.get(start, ())),
                 [[k, *_six(a), *([_snap_q(a[6])] if q else [])] for k, a in b.items()],
@@ -358,9 +344,8 @@ class Aligned(_Base):
         ]
 
     def load_state(self, state: list[Any]) -> None:
-        for start, pos, emitted, dirty_keys, groups in state:
+        for start, _, emitted, dirty_keys, groups in state:
             bucket = self.buckets[start] = {}
-            self.first_pos[start] = load_pos(pos)
             if emitted:
                 self.dirty[start] = {tuple(k) for k in dirty_keys}
             for g in groups:
@@ -399,7 +384,7 @@ class Sessions(_Base):
     (a window-end rule would need one entry per key ever closed: a still-open session can be
     extended backwards record by record until a late record bridges it to a freed one).
 
-    Session agg: [count, sum, min, max, first_ts, last_ts, q, first_pos].
+    Session agg: [count, sum, min, max, first_ts, last_ts, q].
     """
 
     def __init__(self, spec: WindowSpec, shard_id: str) -> None:
@@ -439,7 +424,7 @@ class Sessions(_Base):
             k = self.keys.get(key)
             if k is None:
                 self.keys[key] = k = key
-            new = [1, v, v, v, ts, ts, [v] if self.quantiles else None, ev.record.position]
+            new = [1, v, v, v, ts, ts, [v] if self.quantiles else None]
             ss = self.sessions.setdefault(k, [])
             ss.append(new)
             ss.sort(key=lambda s: s[4])
@@ -465,7 +450,6 @@ class Sessions(_Base):
         a[4], a[5] = min(a[4], b[4]), max(a[5], b[5])
         if self.quantiles:
             a[6] = _merge_q(a[6], b[6], self.accuracy)
-        a[7] = min(a[7], b[7])
 
     def collect(self, wm: int, everything: bool) -> list[WindowResult]:
         out: list[WindowResult] = []
@@ -499,9 +483,6 @@ class Sessions(_Base):
         out.sort(key=lambda r: (r.end_ms, r.start_ms, r.key))
         return out
 
-    def min_position(self) -> Position | None:
-        return min((s[7] for ss in self.sessions.values() for s in ss), default=None)
-
     @property
     def open_groups(self) -> int:
         return sum(len(ss) for ss in self.sessions.values())
@@ -514,7 +495,7 @@ class Sessions(_Base):
 
     def to_state(self) -> list[Any]:
         sessions = [
-            [k, [[*s[:6], _snap_q(s[6]) if self.quantiles else None, snap_pos(s[7])] for s in ss]]
+            [k, [[*s[:6], _snap_q(s[6]) if self.quantiles else None, None] for s in ss]]
             for k, ss in self.sessions.items()
         ]
         return sessions
@@ -525,6 +506,6 @@ class Sessions(_Base):
             rows = []
             for s in ss:
                 q = _load_q(s[6]) if self.quantiles else None
-                rows.append([*s[:6], q, load_pos(s[7])])
+                rows.append([*s[:6], q])
             self.sessions[key] = rows
             self._schedule(key, min(r[5] for r in rows) + self.gap + self.lateness)

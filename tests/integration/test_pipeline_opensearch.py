@@ -13,6 +13,7 @@ from consumer.config import load_settings, with_overrides
 from consumer.records.model import Position, RawRecord
 from consumer.sinks.opensearch import daily_index
 from consumer.sinks.quarantine import Filter, summarize
+from tests.support.checkpointer import RecordingCheckpointer
 from tests.support.pipelines import make_pipeline
 from tests.support.servers import S3Endpoint, moto_s3, osmem
 
@@ -51,6 +52,7 @@ def test_refused_results_are_quarantined_and_the_rest_delivered(
     summary = summarize(s3.client(), BUCKET, "quarantine/", Filter(stage="sink:opensearch"))
     assert summary.records == 4  # one result per device, every one refused
     assert set(summary.by_reason) == {("sink:opensearch", "mapper_parsing_exception")}
-    assert report.written["s3-archive"] == 40
-    assert report.written["s3-results"] == 4
-    assert p.checkpoint_position() == recs[-1].position  # the shard is not stuck on them
+    assert report["s3-archive"] == 40
+    assert report["s3-results"] == 4
+    ckpt = RecordingCheckpointer()
+    assert p.commit(ckpt) and ckpt.last == recs[-1].position  # the shard is not stuck on them

@@ -15,6 +15,7 @@ from consumer.config import load_settings, with_overrides
 from consumer.local.reconcile import ObjectCounter
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
+from tests.support.checkpointer import RecordingCheckpointer
 from tests.support.pipelines import make_pipeline as build_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
 
@@ -79,9 +80,10 @@ def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint, fmt: s
     assert archive.duplicates == quarantine.duplicates == 0
     assert archive.distinct + quarantine.distinct == 200
     assert quarantine.distinct == sum(1 for i in range(200) if i % 29 == 7)
-    assert report.written["s3-archive"] == archive.distinct
-    assert report.written["s3-quarantine"] == quarantine.distinct
-    assert p.checkpoint_position() == recs[-1].position
+    assert report["s3-archive"] == archive.distinct
+    assert report["s3-quarantine"] == quarantine.distinct
+    ckpt = RecordingCheckpointer()
+    assert p.commit(ckpt) and ckpt.positions == [recs[-1].position]
     reasons = Counter(r["reason"] for r in quarantine.rows)
     assert set(reasons) == {"invalid_json"}
 
@@ -106,12 +108,16 @@ def test_replay_from_an_older_checkpoint_writes_nothing_twice(s3: S3Endpoint, fm
     assert archive.distinct + quarantine.distinct == 300
 
 
-def test_checkpoint_waits_for_buffered_records(s3: S3Endpoint) -> None:
-    p = make_pipeline(s3, "frontier")
+def test_checkpoint_only_after_everything_buffered_is_durable(s3: S3Endpoint) -> None:
+    p = make_pipeline(s3, "commit")
     recs = records(20)
+    ckpt = RecordingCheckpointer()
     p.ingest(recs[:10], now_ms=0)
-    p.flush()
-    p.ingest(recs[10:], now_ms=0)  # buffered, not durable
-    assert p.checkpoint_position() == recs[9].position
-    p.flush()
-    assert p.checkpoint_position() == recs[19].position
+    assert p.commit(ckpt) and ckpt.last == recs[9].position
+    p.ingest(recs[10:], now_ms=0)  # buffered, not durable: the checkpoint stays
+    assert not p.commit(RecordingCheckpointer(["ThrottlingException"] * 8))
+    assert p.committer.checkpointed == recs[9].position
+    archive, quarantine = counted(s3, "commit")
+    assert archive.distinct + quarantine.distinct == 20  # drained before the refused checkpoint
+    assert p.commit(ckpt) and ckpt.last == recs[19].position
+    assert not p.commit(ckpt)  # nothing new

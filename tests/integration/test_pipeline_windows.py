@@ -19,6 +19,7 @@ from consumer.local.reconcile import s3_result_rows
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
 from consumer.windows.engine import WindowEngine
+from tests.support.checkpointer import RecordingCheckpointer
 from tests.support.pipelines import make_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
 
@@ -71,10 +72,12 @@ def test_results_after_crash_and_restore_equal_one_clean_run(s3: S3Endpoint) -> 
 
     first = make_pipeline(settings("crash"), SHARD, s3.client())
     feed(first, recs[:200], 50)
-    first.flush()
-    checkpoint = first.checkpoint_position()
-    assert checkpoint == recs[199].position and first.engine is not None
-    snapshot = first.engine.snapshot()
+    assert first.engine is not None
+    snapshot = first.engine.snapshot()  # the state the commit snapshots for this position
+    ckpt = RecordingCheckpointer()
+    assert first.commit(ckpt)
+    checkpoint = ckpt.last
+    assert checkpoint == recs[199].position
     feed(first, recs[200:230], 15)
     first.flush()  # after the checkpoint; then the worker dies before its next one
 

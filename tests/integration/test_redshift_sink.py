@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.sinks.base import RawRow, ResultRow, Sink, WriteOutcome
+from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.redshift import (
     RAW_BINDING,
     RAW_TABLE,
@@ -29,6 +30,7 @@ from consumer.sinks.redshift import (
     RedshiftDialect,
     RedshiftLoader,
     S3StagingStore,
+    ShardWriter,
     TableSpec,
     delete_insert_sql,
     fit_varchar,
@@ -40,6 +42,7 @@ from consumer.sinks.redshift import (
     window_results_sink,
 )
 from consumer.sinks.retry import Backoff, Retrier, StopRetrying
+from consumer.sinks.rows import result_version
 from tests.support.servers import S3Endpoint, moto_s3, postgres
 
 pytestmark = pytest.mark.integration
@@ -110,6 +113,7 @@ def result(rid: str, shard: str, count: int, total: float, lo: float, hi: float)
         last_ts_ms=119_000,
         is_final=False,
         quantiles={"p50": 1.5},
+        version=result_version(count, False),
     )
 
 
@@ -140,11 +144,13 @@ def test_migrate_is_idempotent_and_creates_no_primary_keys(conn: Any, schema: st
         f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' "
         "ORDER BY table_name",
     )
-    assert tables == [("raw_records",), ("window_results",), ("window_results_merged",)]
+    assert tables == [("raw_records",), ("shard_fences",), ("window_results",),
+                      ("window_results_merged",)]
     keys = rows(
         conn,
         "SELECT count(*) FROM information_schema.table_constraints "
-        f"WHERE table_schema = '{schema}' AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+        f"WHERE table_schema = '{schema}' AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')"
+        " AND table_name <> 'shard_fences'",  # our control table, not data
     )
     assert keys == [(0,)]
 
@@ -379,3 +385,28 @@ def test_production_copy_reads_from_s3_with_role() -> None:
 def test_identifiers_are_validated(bad: str) -> None:
     with pytest.raises(ValueError):
         ident(bad)
+
+
+def test_the_fence_row_refuses_a_stale_tenure(conn: Any, schema: str,
+                                              staging: S3StagingStore) -> None:
+    """Inside the load transaction: a newer tenure takes the fence, an older one is refused
+    (rolled back, nothing loaded), whichever order the loads come in."""
+    migrate(conn, schema)
+    ld = loader(schema, staging)
+
+    def writer(owner: str, counter: int, spawned: int) -> ShardWriter:
+        return ShardWriter("s", "shardId-000", FenceToken(owner, counter, spawned))
+
+    old, new = writer("worker-a", 3, 100), writer("worker-b", 5, 50)
+    assert ld.load(conn, RAW_BINDING, [raw(1)], "f1", old) == 1
+    assert ld.load(conn, RAW_BINDING, [raw(2)], "f2", new) == 1  # takes the fence
+    with pytest.raises(Fenced):
+        ld.load(conn, RAW_BINDING, [raw(3)], "f3", old)
+    # The same worker again, in a process spawned before the one holding it: refused too.
+    assert ld.load(conn, RAW_BINDING, [raw(4)], "f4", writer("worker-b", 6, 60)) == 1
+    with pytest.raises(Fenced):
+        ld.load(conn, RAW_BINDING, [raw(5)], "f5", writer("worker-b", 9, 55))
+    got = rows(conn, f"SELECT sequence_number FROM {schema}.raw_records ORDER BY 1")
+    assert got == [(str(raw(i).sequence),) for i in (1, 2, 4)]
+    assert rows(conn, f"SELECT owner, lease_counter, spawned_ns, loads FROM {schema}.shard_fences"
+                ) == [("worker-b", 6, 60, 3)]

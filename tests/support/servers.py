@@ -48,3 +48,27 @@ def moto_s3() -> Iterator[S3Endpoint]:
         yield S3Endpoint(f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+@contextmanager
+def tcp_postgres() -> Iterator[str]:
+    """PostgreSQL 16 on 127.0.0.1:<free port> (the local stack's own way of running it), for
+    tests that need TCP between the client and the server (pgserver's default is a socket)."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from consumer.local import postgres as pg
+    from consumer.local.procs import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="aether-tcp-pg-"))
+    port = free_port()
+    pg.init_pgdata(root / "data", root / "postgres.log")
+    proc = pg.spawn(root / "data", port, root / "postgres.log")
+    try:
+        proc.wait_ready(lambda: proc.listens_on(port) and pg.accepts_connections(port), 60,
+                        threading.Event())
+        pg.create_database(port, "aetherstream")
+        yield pg.dsn(port, "aetherstream")
+    finally:
+        proc.stop()

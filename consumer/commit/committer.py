@@ -1,0 +1,106 @@
+"""The commit protocol of one shard, in one place: fence, drain, snapshot, checkpoint, forget.
+
+Order is what makes it safe:
+1. every route is drained, and before EACH batch is made durable the processor confirms, in
+   KCL's lease table, that its worker still owns the shard (consumer/commit/lease.py); the
+   sinks refuse a stale writer themselves for the write already past that check (Redshift's
+   fence row, OpenSearch's external versions);
+2. the window engine's snapshot for exactly that position is durable before the checkpoint, so
+   every checkpoint a new owner can resume from has its state (consumer/commit/state.py);
+3. the lease is confirmed once more, then KCL checkpoints the position; only then is the
+   previous snapshot deleted.
+A checkpoint is only taken when every route has drained: it never passes a record that is not
+durable in every sink. Anything that fails leaves the checkpoint where it was; the next owner
+replays from there and the sinks absorb the replay by identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from consumer.commit.checkpoint import Checkpointer, checkpoint_with_retry
+from consumer.commit.lease import Ownership
+from consumer.commit.state import SnapshotStore
+from consumer.metrics import registry as m
+from consumer.records.model import Position
+from consumer.sinks.fence import Fenced
+from consumer.sinks.routes import Route, Routes, ShardRetriers
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    def __init__(self, shard_id: str, routes: Routes, ownership: Ownership | None,
+                 snapshots: SnapshotStore | None, retriers: ShardRetriers,
+                 checkpointed: Position | None) -> None:
+        self.shard_id = shard_id
+        self.routes = routes
+        self._ownership = ownership
+        self._snapshots = snapshots
+        self._retriers = retriers
+        self.checkpointed = checkpointed
+
+    def confirm_owner(self) -> None:
+        """Fenced unless this worker still holds the shard's lease (DynamoDB errors retry)."""
+        if self._ownership is not None:
+            self._retriers("dynamodb-lease").call(self._ownership.confirm)
+
+    def drain(self) -> dict[str, int]:
+        """Make everything buffered durable, route by route, quarantine last (deliveries can
+        add sink rejections to it). Returns the items written per route."""
+        return {route.name: self._drain(route) for route in self.routes.all()}
+
+    def _drain(self, route: Route[Any]) -> int:
+        written = 0
+        while (batch := route.buffer.take_batch()) is not None:
+            self.confirm_owner()
+            started = time.monotonic()
+            outcome = route.deliver(batch.items, batch.last_position)
+            route.buffer.mark_durable(batch)
+            for rejected in outcome.rejected:
+                self.routes.quarantine.buffer.add(rejected, rejected.record.position,
+                                                  len(rejected.record.data), 0)
+            written += outcome.written
+            m.SINK_FLUSH_DURATION_SECONDS.labels(route.name).observe(time.monotonic() - started)
+            m.SINK_BATCHES.labels(route.name, "ok").inc()
+            m.SINK_RECORDS.labels(route.name).inc(outcome.written)
+        if route is self.routes.archive:
+            m.RECORDS_ARCHIVED.labels(self.shard_id).inc(written)
+        return written
+
+    def commit(self, checkpointer: Checkpointer, position: Position | None,
+               snapshot: Callable[[], bytes] | None) -> bool:
+        """Drain, then checkpoint at `position` (the last record seen) with the window state
+        as of it. False if there was nothing new to checkpoint."""
+        self.drain()
+        if position is None or (self.checkpointed is not None and position <= self.checkpointed):
+            return False
+        previous = self.checkpointed
+        if snapshot is not None and self._snapshots is not None:
+            data, store = snapshot(), self._snapshots
+            self._retriers("s3-state").call(lambda: store.save(position, data))
+        if not self._checkpoint(checkpointer, position):
+            return False
+        self.checkpointed = position
+        if previous is not None and snapshot is not None and self._snapshots is not None:
+            self._snapshots.forget(previous)
+        return True
+
+    def end_shard(self, checkpointer: Checkpointer) -> None:
+        """Shard end: everything drained, then KCL's SHARD_END checkpoint (no position)."""
+        self.drain()
+        if not self._checkpoint(checkpointer, None):
+            raise RuntimeError(f"{self.shard_id}: SHARD_END was not checkpointed")
+
+    def _checkpoint(self, checkpointer: Checkpointer, position: Position | None) -> bool:
+        """True once KCL took it. A refused checkpoint (throttled, failed) leaves the records
+        uncheckpointed: the next commit tries again, or the next owner replays them."""
+        self.confirm_owner()
+        outcome = checkpoint_with_retry(checkpointer, position)
+        m.CHECKPOINTS.labels(self.shard_id, outcome).inc()
+        if outcome == "lease_lost":
+            raise Fenced(f"{self.shard_id}: KCL refused the checkpoint, the lease is gone")
+        return outcome == "ok"
