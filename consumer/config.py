@@ -207,12 +207,10 @@ def load_settings_with_sources(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
     sources: Sources = {}
-    errors: list[str] = []
+    type_errors: dict[str, str] = {}
     file_source = f"file {path}" if path else "defaults"
-    settings: Settings = _build(Settings, data, env, "", file_source, sources, errors)
-    if errors:
-        raise ConfigError(*errors)
-    validate(settings, sources)
+    settings: Settings = _build(Settings, data, env, "", file_source, sources, type_errors)
+    validate(settings, sources, type_errors)
     return settings, sources
 
 
@@ -223,7 +221,7 @@ def env_var(path: str) -> str:
 
 def _build(
     cls: type[Any], data: dict[str, Any], env: dict[str, str], prefix: str, source: str,
-    sources: Sources, errors: list[str],
+    sources: Sources, type_errors: dict[str, str],
 ) -> Any:
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
@@ -241,7 +239,7 @@ def _build(
             if not isinstance(section, dict):
                 raise ConfigError(f"{source}: [{name}] must be a table")
             values[f.name] = _build(hint, section, env, name + ".", source,  # type: ignore[arg-type]
-                                    sources, errors)
+                                    sources, type_errors)
             continue
         if env_var(name) in env:
             raw, sources[name] = env[env_var(name)], f"env {env_var(name)}"
@@ -252,7 +250,7 @@ def _build(
         try:
             values[f.name] = _coerce(raw, hint, name, sources[name])
         except ConfigError as exc:  # collected: one start reports every bad value
-            errors.append(str(exc))
+            type_errors[name] = str(exc)
     return cls(**values)
 
 
@@ -545,17 +543,26 @@ def setting_paths(cls: type[Any] = Settings, prefix: str = "") -> list[str]:
     return paths
 
 
-def problems(settings: Settings, sources: Mapping[str, str] | None = None) -> list[str]:
-    """Every rule the settings break, one line each naming field, value, source and rule.
+def problems(
+    settings: Settings, sources: Mapping[str, str] | None = None,
+    type_errors: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Every rule the settings break, one line each naming field, value, source and rule, in
+    declaration order. `type_errors` are the loader's, by path (those fields hold defaults).
     Cross-field rules run only once every field passes its own rule."""
-    sources = sources or {}
+    sources, type_errors = sources or {}, type_errors or {}
 
     def got(path: str) -> str:
         shown = _shown(path, value_at(settings, path))
         return f"{shown} (from {sources.get(path, 'defaults')})"
 
-    found = [f"{path}: {rule.text}, got {got(path)}"
-             for path, rule in FIELD_RULES.items() if not _holds(rule, value_at(settings, path))]
+    found = []
+    for path in setting_paths():
+        rule = FIELD_RULES.get(path)
+        if path in type_errors:
+            found.append(type_errors[path])
+        elif rule and not _holds(rule, value_at(settings, path)):
+            found.append(f"{path}: {rule.text}, got {got(path)}")
     if found:
         return found
     for check in CROSS_RULES:
@@ -572,9 +579,12 @@ def _holds(rule: Rule, value: Any) -> bool:
         return False
 
 
-def validate(settings: Settings, sources: Mapping[str, str] | None = None) -> None:
+def validate(
+    settings: Settings, sources: Mapping[str, str] | None = None,
+    type_errors: Mapping[str, str] | None = None,
+) -> None:
     """Raise ConfigError listing every broken rule (see `problems`)."""
-    found = problems(settings, sources)
+    found = problems(settings, sources, type_errors)
     if found:
         raise ConfigError(*found)
 
