@@ -601,7 +601,8 @@ def sources_after(
 
 
 def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
-    """A copy with some section fields replaced (used by the local stack and tests)."""
+    """A copy with some section fields replaced (used by the local stack and tests). Not
+    validated: call `validate` on the result where it matters (`local up` does)."""
     changes = {name: replace(getattr(settings, name), **vals) for name, vals in sections.items()}
     return replace(settings, **changes)
 

@@ -191,3 +191,31 @@ def test_local_up_checks_its_own_shorter_failover_before_starting(tmp_path: Path
     ]
     assert seconds < FAST_S
     assert not (tmp_path / "local").exists()  # no emulator, no log file
+
+
+def test_shutdown_grace_may_exceed_the_failover_time() -> None:
+    """Not a rule: the ECS template runs a 60 s grace with the default 10 s failover."""
+    s = load_settings(None, env={"AETHERSTREAM_KCL_SHUTDOWN_GRACE_MS": "60000"})
+    assert (s.kcl.shutdown_grace_ms, s.kcl.failover_time_ms) == (60000, 10000)
+
+
+def test_window_rules_wait_until_windows_are_enabled() -> None:
+    s = load_settings(None, env={"AETHERSTREAM_WINDOWS_ENABLED": "false",
+                                 "AETHERSTREAM_WINDOWS_SIZE_MS": "0"})
+    assert (s.windows.enabled, s.windows.size_ms) == (False, 0)
+    with pytest.raises(ConfigError, match=r"^windows\.size_ms: tumbling windows need"):
+        load_settings(None, env={"AETHERSTREAM_WINDOWS_SIZE_MS": "0"})
+
+
+def test_the_compose_file_settings_pass() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker/compose.yml").read_text())
+    known = set(to_env(load_settings(None, env={})))
+    envs = [{k: str(v) for k, v in (svc.get("environment") or {}).items() if k in known}
+            for svc in compose["services"].values()]
+    envs = [e for e in envs if e]
+    assert envs, "no service of docker/compose.yml sets a setting"
+    for env in envs:
+        loaded = to_env(load_settings(None, env=env))
+        assert {k: loaded[k] for k in env} == env
