@@ -442,7 +442,8 @@ FIELD_RULES: dict[str, Rule] = {
 
 @dataclass(frozen=True)
 class Problem:
-    """A cross-field rule broken: the fields it reads (the first is the one to fix)."""
+    """A cross-field rule broken, and the fields it reads (the error line starts with the
+    first; every one is shown with its value and source)."""
 
     fields: tuple[str, ...]
     rule: str
@@ -489,7 +490,8 @@ def sink_rules(s: Settings) -> Iterator[Problem]:
 
 
 def timeout_rules(s: Settings) -> Iterator[Problem]:
-    # A blocked call must give up, and be retried or reported, before KCL may move the lease.
+    # A hung call must fail (to be retried or reported) within one lease period, so a hang
+    # shows as an error rather than as a shard that quietly stops moving.
     failover = s.kcl.failover_time_ms
     for path, ms in (("redshift.connect_timeout_s", s.redshift.connect_timeout_s * 1000),
                      ("redshift.statement_timeout_ms", s.redshift.statement_timeout_ms),
