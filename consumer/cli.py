@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from consumer.config import ConfigError, Settings, load_settings
+from consumer.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    load_settings_with_sources,
+    sources_after,
+    validate,
+)
 
 
 def say(text: str) -> None:
@@ -31,11 +38,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_local_up(args: argparse.Namespace) -> int:
     from consumer.local.stack import LocalRun
 
-    log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
-    print(f"local up: logs in {log_path}", file=sys.stderr)
+    settings, sources = load_settings_with_sources(getattr(args, "config", None))
     run = LocalRun(
-        _settings(args), Path(args.run_dir), shards=args.shards, postgres_dsn=args.postgres_dsn
+        settings, Path(args.run_dir), shards=args.shards, postgres_dsn=args.postgres_dsn
     )
+    # The local stack shortens some settings (failover, ports): the result must hold too,
+    # checked before any emulator starts.
+    validate(run.settings,
+             sources_after(settings, run.settings, sources, "local up (consumer/local/stack.py)"))
+    log_path = _log_to_run_dir(Path(args.run_dir), settings.log.level)
+    print(f"local up: logs in {log_path}", file=sys.stderr)
     try:
         info = run.start()
         assert run.supervisor is not None
@@ -231,14 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        print(f"aetherstream: config error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(exc)
     configure_logging(args.log_level or settings.log.level, component=args.command)
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"aetherstream: config error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(exc)
+
+
+def _config_error(exc: ConfigError) -> int:
+    """One stderr line per problem (field, value, source, rule); no traceback."""
+    for line in str(exc).splitlines():
+        print(f"aetherstream: config error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
