@@ -50,7 +50,7 @@ from tests.support.stub_servers import (
     status_server,
 )
 
-ONE_SHOT = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=0.5,
+ONE_SHOT = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=0.5,
                   read_timeout=0.5, s3={"addressing_style": "path"})
 
 
