@@ -31,6 +31,7 @@ class ErrorKind(StrEnum):
     CONNECTION = "connection"  # refused, reset, closed, lost
     TIMEOUT = "timeout"
     CONFLICT = "conflict"  # serialization failure, deadlock
+    LEASE_LOST = "lease_lost"  # KCL: another worker owns the shard; stop, do not retry
     AUTH = "auth"  # authentication, authorization, untrusted certificate
     NOT_FOUND = "not_found"  # bucket, stream, table, column, schema, index
     INVALID = "invalid"  # bad request, data or schema
@@ -67,7 +68,8 @@ def classify(exc: BaseException) -> ErrorKind:
 
 def _own_kind(exc: BaseException) -> ErrorKind | None:
     # Order matters: botocore's timeouts are also urllib3 errors and OSErrors.
-    for reader in (psycopg2_kind, botocore_kind, opensearch_kind, urllib3_kind, os_kind):
+    readers = (psycopg2_kind, botocore_kind, opensearch_kind, kcl_kind, urllib3_kind, os_kind)
+    for reader in readers:
         kind = reader(exc)
         if kind is not None:
             return kind
@@ -262,22 +264,28 @@ def _sqlstate_kind(code: str) -> ErrorKind | None:
 # Redshift reports its serializable isolation violation as SQLSTATE XX000, message "1023".
 _REDSHIFT_1023 = re.compile(r"serializable isolation violation", re.IGNORECASE)
 
-# libpq's connect-time and lost-connection failures carry no SQLSTATE: only text.
-_PG_FATAL_TEXT = re.compile(
-    r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
-    r"|database \".*\" does not exist|certificate verify failed|invalid dsn"
-    r"|invalid connection option|authentication failed",
-    re.IGNORECASE,
+# libpq's connect-time and lost-connection failures carry no SQLSTATE: only text. The fatal
+# ones come first, because a connect failure's text also starts "connection to server ...".
+_PG_TEXT_KINDS = (
+    (
+        r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
+        r"|authentication failed|certificate verify failed",
+        ErrorKind.AUTH,
+    ),
+    (r"database \".*\" does not exist|name or service not known", ErrorKind.NOT_FOUND),
+    (r"invalid dsn|invalid connection option|does not support ssl|ssl.* required",
+     ErrorKind.INVALID),
+    (r"timeout expired|timed out", ErrorKind.TIMEOUT),
+    (
+        r"connection refused|could not connect|server closed the connection"
+        r"|connection already closed|terminating connection|could not receive data"
+        r"|could not send data|ssl syscall error|eof detected|no route to host"
+        r"|network is unreachable|connection reset|broken pipe|could not translate host name"
+        r"|lost synchronization|the connection is closed|connection to server .* failed",
+        ErrorKind.CONNECTION,
+    ),
 )
-_PG_TIMEOUT_TEXT = re.compile(r"timeout expired|timed out", re.IGNORECASE)
-_PG_CONNECTION_TEXT = re.compile(
-    r"connection refused|could not connect|server closed the connection|connection already closed"
-    r"|terminating connection|could not receive data|could not send data|ssl syscall error"
-    r"|eof detected|no route to host|network is unreachable|connection reset|broken pipe"
-    r"|could not translate host name|lost synchronization|server conn crashed"
-    r"|the connection is closed|connection to server .* failed",
-    re.IGNORECASE,
-)
+_PG_TEXT = tuple((re.compile(p, re.IGNORECASE), kind) for p, kind in _PG_TEXT_KINDS)
 
 
 def _pg_text(exc: psycopg2.Error) -> str:
@@ -297,11 +305,10 @@ def psycopg2_kind(exc: BaseException) -> ErrorKind | None:
         if kind is not None:
             return kind
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and not exc.pgcode:
-        if _PG_FATAL_TEXT.search(text):
-            return ErrorKind.AUTH
-        if _PG_TIMEOUT_TEXT.search(text):
-            return ErrorKind.TIMEOUT
-        if _PG_CONNECTION_TEXT.search(text) or _connection_lost(exc):
+        for pattern, kind in _PG_TEXT:
+            if pattern.search(text):
+                return kind
+        if _connection_lost(exc):
             return ErrorKind.CONNECTION
     if isinstance(exc, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError):
         return ErrorKind.INVALID
@@ -314,6 +321,30 @@ def _connection_lost(exc: psycopg2.Error) -> bool:
     # psycopg2 marks a connection whose socket broke as closed (2) on the cursor's connection.
     cursor = exc.cursor
     return cursor is not None and bool(cursor.connection.closed)
+
+
+# ---------------------------------------------------------------- KCL checkpoints
+
+# The MultiLangDaemon answers a failed checkpoint with the Java exception's simple name.
+_KCL_KINDS = {
+    "ThrottlingException": ErrorKind.THROTTLING,  # the lease table is busy
+    "KinesisClientLibDependencyException": ErrorKind.UNAVAILABLE,  # DynamoDB failed
+    "ShutdownException": ErrorKind.LEASE_LOST,
+    "InvalidStateException": ErrorKind.INVALID,
+}
+
+
+def kcl_checkpoint_kind(name: str) -> ErrorKind:
+    return _KCL_KINDS.get(name, ErrorKind.UNCLASSIFIED)
+
+
+def kcl_kind(exc: BaseException) -> ErrorKind | None:
+    # amazon-kclpy is installed apart from the wheel pins (scripts/install-kclpy.sh): match by
+    # name and module rather than import it here.
+    cls = type(exc)
+    if cls.__name__ == "CheckpointError" and cls.__module__.startswith("amazon_kclpy"):
+        return kcl_checkpoint_kind(str(getattr(exc, "value", "")))
+    return None
 
 
 # ---------------------------------------------------------------- OpenSearch, urllib3, OS
@@ -404,6 +435,8 @@ def error_code(exc: BaseException) -> str | None:
         return exc.pgcode
     if isinstance(exc, os_exc.TransportError) and not isinstance(exc, os_exc.ConnectionError):
         return f"{exc.status_code} {exc.error}".strip()
+    if kcl_kind(exc) is not None:
+        return str(getattr(exc, "value", ""))
     return None
 
 

@@ -159,11 +159,14 @@ def _connect_error(**kwargs: Any) -> psycopg2.OperationalError:
     raise AssertionError("expected the connect to fail")
 
 
-def test_unknown_role_and_wrong_password_are_fatal(dsn: str) -> None:
+def test_unknown_role_database_and_wrong_password_are_fatal(dsn: str) -> None:
     params = parse_dsn(dsn)
     unknown = _connect_error(**{**params, "user": "ghost"})
     assert 'role "ghost" does not exist' in str(unknown)
     assert classify(unknown) is ErrorKind.AUTH
+    no_db = _connect_error(**{**params, "dbname": "absent"})
+    assert 'database "absent" does not exist' in str(no_db)
+    assert classify(no_db) is ErrorKind.NOT_FOUND
     # Require a password for pwuser on every transport, then offer the wrong one.
     admin = psycopg2.connect(dsn)
     admin.autocommit = True

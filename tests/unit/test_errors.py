@@ -410,3 +410,28 @@ def test_describe_is_one_line_with_class_code_kind_and_message(aws_stub: str) ->
     assert multi.endswith("...")
     assert len(multi) == len("ValueError (programming): ") + 80
     assert json_answer(200, {})[0] == 200  # the stub helper the module relies on
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ("ThrottlingException", ErrorKind.THROTTLING),
+        ("KinesisClientLibDependencyException", ErrorKind.UNAVAILABLE),
+        ("ShutdownException", ErrorKind.LEASE_LOST),
+        ("InvalidStateException", ErrorKind.INVALID),
+        ("SomethingElse", ErrorKind.UNCLASSIFIED),
+    ],
+)
+def test_kcl_checkpoint_errors(answer: str, kind: ErrorKind) -> None:
+    """amazon-kclpy's own Checkpointer, reading the daemon's answer from its protocol stream."""
+    import io
+
+    from amazon_kclpy.kcl import Checkpointer, _IOHandler
+
+    line = json.dumps({"action": "checkpoint", "sequenceNumber": "1", "subSequenceNumber": None,
+                       "error": answer}) + "\n"
+    checkpointer = Checkpointer(_IOHandler(io.StringIO(line), io.StringIO(), io.StringIO()))
+    exc = _raised(lambda: checkpointer.checkpoint("1"))
+    assert type(exc).__name__ == "CheckpointError"
+    assert classify(exc) is kind
+    assert describe(exc).startswith(f"CheckpointError[{answer}] ({kind}")
