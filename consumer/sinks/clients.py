@@ -7,6 +7,11 @@ Retrier's backoff and breaker, and multiply the worst-case wait.
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import boto3
@@ -124,3 +129,49 @@ def redshift_connect(
             conn.close()
             raise
     return conn
+
+
+class DeadlineExceeded(TimeoutError):
+    """The server did not answer within a query_deadline; the connection was cut."""
+
+
+@contextmanager
+def query_deadline(conn: psycopg2.extensions.connection, seconds: float) -> Iterator[None]:
+    """Bound the work on `conn` inside the block by a deadline kept on the client side.
+
+    statement_timeout runs in the server and keepalives are answered by its kernel, so a
+    server that is stopped (SIGSTOP, a frozen VM) blocks a query in a socket read forever.
+    When the deadline passes, the socket is shut down from a timer thread: the blocked call
+    fails at once, the connection is unusable (the caller reconnects) and DeadlineExceeded
+    (a TimeoutError, so retryable) is raised from the driver's error. Do not close `conn`
+    inside the block.
+    """
+    if seconds <= 0:
+        raise ValueError(f"deadline must be positive, got {seconds}")
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+
+    def expire() -> None:
+        with lock:
+            if state["done"] or conn.closed:
+                return
+            state["fired"] = True
+            # shutdown() acts on the socket itself, so a duplicate descriptor reaches it.
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception as exc:
+        with lock:
+            state["done"] = True
+        if state["fired"]:
+            raise DeadlineExceeded(f"no answer from the database within {seconds}s") from exc
+        raise
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()

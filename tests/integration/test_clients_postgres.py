@@ -1,9 +1,13 @@
 """redshift_connect's bounds against a real PostgreSQL 16 (pgserver, the Redshift stand-in)
 and, for the connect timeout, a loopback socket that accepts TCP and never answers (a hung
-cluster: no server can be made to hang on purpose at connect time)."""
+cluster: no server can be made to hang on purpose at connect time). query_deadline is tested
+by stopping the test's own PostgreSQL backend processes with SIGSTOP (and SIGCONT after)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +17,12 @@ import psycopg2.errors
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from consumer.sinks.clients import redshift_connect, redshift_connect_kwargs
+from consumer.sinks.clients import (
+    DeadlineExceeded,
+    query_deadline,
+    redshift_connect,
+    redshift_connect_kwargs,
+)
 from consumer.sinks.errors import ErrorKind, classify, is_retryable
 from tests.support.servers import postgres
 from tests.support.stub_servers import silent_server
@@ -97,3 +106,67 @@ def test_bounds_are_validated() -> None:
                 {"keepalives_count": 0}):
         with pytest.raises(ValueError):
             redshift_connect_kwargs(**{**base, **bad})
+
+
+def _backend_pid(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = int(cur.fetchone()[0])
+    conn.rollback()
+    return pid
+
+
+def test_query_deadline_cuts_a_query_to_a_stopped_server(dsn: str) -> None:
+    """A stopped backend never runs its statement_timeout; only the client deadline fires."""
+    plain = redshift_connect(dsn, connect_timeout_s=2, statement_timeout_ms=300)
+    bounded = redshift_connect(dsn, connect_timeout_s=2, statement_timeout_ms=300)
+    pids = [_backend_pid(plain), _backend_pid(bounded)]
+    outcome: list[BaseException | None] = []
+
+    def query_without_deadline() -> None:
+        try:
+            with plain.cursor() as cur:
+                cur.execute("SELECT 1")
+            outcome.append(None)
+        except psycopg2.Error as exc:
+            outcome.append(exc)
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        waiter = threading.Thread(target=query_without_deadline, daemon=True)
+        waiter.start()
+        start = time.monotonic()
+        with (
+            pytest.raises(DeadlineExceeded) as info,
+            query_deadline(bounded, 1.0),
+            bounded.cursor() as cur,
+        ):
+            cur.execute("SELECT 1")
+        elapsed = time.monotonic() - start
+        assert waiter.is_alive()  # 300 ms statement_timeout, yet still blocked after ~1 s
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    waiter.join(10)
+    plain.close()
+    bounded.close()
+    assert 0.9 <= elapsed < 3.0
+    assert is_retryable(info.value)
+    assert classify(info.value) is ErrorKind.TIMEOUT
+    assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+    assert bounded.closed
+    assert len(outcome) == 1  # the plain query ended only once the server ran again
+
+
+def test_query_deadline_leaves_a_healthy_connection_alone(dsn: str) -> None:
+    conn = redshift_connect(dsn, connect_timeout_s=2, statement_timeout_ms=1000)
+    try:
+        with query_deadline(conn, 0.3), conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        time.sleep(0.6)  # past the deadline: the timer was cancelled with the block
+        with conn.cursor() as cur:
+            cur.execute("SELECT 2")
+            assert cur.fetchone() == (2,)
+    finally:
+        conn.close()
