@@ -298,7 +298,8 @@ def psycopg2_kind(exc: BaseException) -> ErrorKind | None:
     if not isinstance(exc, psycopg2.Error):
         return None
     text = _pg_text(exc)
-    if _REDSHIFT_1023.search(text):  # whatever class a driver maps XX000 to
+    internal = isinstance(exc, psycopg2.InternalError) or exc.pgcode == "XX000"
+    if internal and _REDSHIFT_1023.search(text):  # not in a data error quoting that text
         return ErrorKind.CONFLICT
     if exc.pgcode:
         kind = _sqlstate_kind(exc.pgcode)

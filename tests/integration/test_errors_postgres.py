@@ -121,6 +121,10 @@ def test_redshift_1023_shape_is_a_retryable_conflict(dsn: str) -> None:
                              "MESSAGE = 'Assert'; END $$")
     assert isinstance(other, psycopg2.InternalError)
     assert not is_retryable(other)  # any other internal error is fatal
+    quoted = _raised_sql(dsn, "SELECT 'Serializable isolation violation'::int")
+    assert isinstance(quoted, psycopg2.DataError)
+    assert "Serializable isolation violation" in str(quoted)
+    assert not is_retryable(quoted)  # the text alone, in a data error, is no conflict
 
 
 @pytest.mark.parametrize(
