@@ -15,7 +15,7 @@ from botocore.config import Config
 from consumer.sinks.errors import RETRYABLE_KINDS, aws_code_kind, describe, is_retryable
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 30.0  # above Kinesis' and DynamoDB's own server-side limits, below failover
+READ_TIMEOUT_S = 30.0  # per attempt: the worst single call is attempts x (connect + read) + backoff
 MAX_ATTEMPTS = 5  # botocore counts the first call: 1 call + 4 retries
 
 
