@@ -1,21 +1,43 @@
 """boto3 clients built the same way everywhere: region and endpoints from the environment
-(boto3's own AWS_REGION / AWS_ENDPOINT_URL_<SERVICE> conventions), adaptive retries."""
+(boto3's own AWS_REGION / AWS_ENDPOINT_URL_<SERVICE> conventions), explicit connect and read
+timeouts, TCP keepalive and botocore's standard retry mode with bounded attempts."""
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 5},
-    s3={"addressing_style": "path"},  # emulators serve path-style; real S3 accepts it too
-    connect_timeout=5,
-    read_timeout=30,
-)
+from consumer.sinks.errors import RETRYABLE_KINDS, aws_code_kind, describe, is_retryable
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0  # per attempt: the worst single call is attempts x (connect + read) + backoff
+MAX_ATTEMPTS = 5  # botocore counts the first call: 1 call + 4 retries
+
+
+def client_config(
+    *,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Config:
+    if connect_timeout_s <= 0 or read_timeout_s <= 0 or max_attempts < 1:
+        raise ValueError(
+            f"invalid AWS client bounds: connect {connect_timeout_s}s, read {read_timeout_s}s, "
+            f"{max_attempts} attempts"
+        )
+    return Config(
+        # total_max_attempts counts the first call; botocore's "max_attempts" counts retries only.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        s3={"addressing_style": "path"},  # emulators serve path-style; real S3 accepts it too
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        tcp_keepalive=True,
+    )
 
 
 def region() -> str:
@@ -23,17 +45,60 @@ def region() -> str:
 
 
 def client(service: str, **kwargs: Any) -> Any:
+    """A boto3 client; pass `config=client_config(...)` for other bounds than the defaults."""
     kwargs.setdefault("region_name", region())
-    return boto3.client(service, config=_CONFIG, **kwargs)
+    kwargs.setdefault("config", client_config())
+    return boto3.client(service, **kwargs)
 
 
-def put_records(kinesis: Any, stream: str, entries: list[dict[str, Any]]) -> None:
-    """PutRecords (at most 500 entries), retrying failed entries: throttling is per entry."""
+class PutRecordsError(RuntimeError):
+    """PutRecords left records undelivered: rejected for good, or throttled past the bound."""
+
+
+_BASE_S = 0.05
+_CAP_S = 2.0
+
+
+def put_records(
+    kinesis: Any, stream: str, entries: list[dict[str, Any]], *, max_attempts: int = 10
+) -> None:
+    """PutRecords (at most 500 entries), retrying what is transient, a bounded number of times.
+
+    A call that fails as a whole is retried only if errors.is_retryable says so (botocore has
+    already retried it within the call); a fatal error is raised as it is. Entries that fail
+    one by one (ProvisionedThroughputExceededException, InternalFailure) are resent alone,
+    since a 200 answer is never retried by botocore. Backoff is full jitter, capped at 2 s.
+    """
     pending = entries
-    for attempt in range(20):
-        resp = kinesis.put_records(StreamName=stream, Records=pending)
+    last = "no attempt made"
+    for attempt in range(max_attempts):
+        if attempt:
+            time.sleep(random.random() * min(_CAP_S, _BASE_S * 2**attempt))
+        try:
+            resp = kinesis.put_records(StreamName=stream, Records=pending)
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            if attempt == max_attempts - 1:
+                raise PutRecordsError(
+                    f"PutRecords to {stream}: {len(pending)} records not sent after "
+                    f"{max_attempts} attempts: {describe(exc)}"
+                ) from exc
+            last = describe(exc)
+            continue
         if not resp.get("FailedRecordCount"):
             return
-        pending = [e for e, r in zip(pending, resp["Records"], strict=True) if "ErrorCode" in r]
-        time.sleep(min(2.0, 0.05 * 2**attempt))
-    raise RuntimeError(f"{len(pending)} records still failing after retries")
+        failed = [(e, r) for e, r in zip(pending, resp["Records"], strict=True) if "ErrorCode" in r]
+        rejected = [r for _, r in failed if aws_code_kind(r["ErrorCode"]) not in RETRYABLE_KINDS]
+        if rejected:
+            first = rejected[0]
+            raise PutRecordsError(
+                f"PutRecords to {stream}: {len(rejected)} of {len(pending)} records rejected, "
+                f"first: {first['ErrorCode']}: {first.get('ErrorMessage', '')}"
+            )
+        pending = [e for e, _ in failed]
+        last = f"{failed[0][1]['ErrorCode']}: {failed[0][1].get('ErrorMessage', '')}"
+    raise PutRecordsError(
+        f"PutRecords to {stream}: {len(pending)} records still failing after {max_attempts} "
+        f"attempts, last: {last}"
+    )
