@@ -29,7 +29,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
+    import threading
+
     from consumer.local.stack import LocalRun
+    from consumer.local.up import serve
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
     print(f"local up: logs in {log_path}", file=sys.stderr)
@@ -37,13 +40,21 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         _settings(args), Path(args.run_dir), shards=args.shards, postgres_dsn=args.postgres_dsn
     )
     try:
-        info = run.start()
-        assert run.supervisor is not None
-        run.supervisor.install_signal_handlers()
-        say(json.dumps(info))
-        return run.supervisor.wait()  # until SIGINT/SIGTERM, or the daemon's death
+        return serve(run, threading.Event(), say, consumer=not args.no_consumer)
     finally:
         run.stop()
+
+
+def cmd_local_env(args: argparse.Namespace) -> int:
+    from consumer.local import stackfile
+
+    try:
+        data = stackfile.read(Path(args.run_dir))
+    except stackfile.NoRunningStack as exc:
+        print(f"aetherstream local env: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(stackfile.export_lines(data["env"]))
+    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -163,11 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = sub.add_parser("local", help="the embedded local stack")
     local_sub = local.add_subparsers(dest="local_command", required=True)
-    up = local_sub.add_parser("up", help="start emulators + the service; Ctrl-C stops all")
+    up = local_sub.add_parser("up", help="start emulators + the service; Ctrl-C stops all "
+                                         "(the emulators outlive a consumer that dies)")
     up.add_argument("--run-dir", default="run/local")
     up.add_argument("--shards", type=int, default=4)
     up.add_argument("--postgres-dsn", help="use this PostgreSQL instead of starting pgserver")
+    up.add_argument("--no-consumer", action="store_true",
+                    help="emulators only; run workers with `aetherstream local env`")
     up.set_defaults(func=cmd_local_up)
+    env = local_sub.add_parser("env", help="export lines for a worker against a running stack")
+    env.add_argument("--run-dir", default="run/local")
+    env.set_defaults(func=cmd_local_env)
 
     prod = sub.add_parser("produce", help="send synthetic IoT records to the stream")
     prod.add_argument("--stream")
