@@ -78,7 +78,8 @@ def test_exports_name_the_stack_and_skip_defaults_and_per_worker_settings() -> N
 
 def test_export_lines_survive_the_shell(tmp_path: Path) -> None:
     exports = {"AETHERSTREAM_REDSHIFT_DSN": "postgresql://u@h:1/d?x='1' $HOME", "A_B": "plain"}
-    script = stackfile.export_lines(exports) + 'printf "%s\\n%s" "$AETHERSTREAM_REDSHIFT_DSN" "$A_B"'
+    show = 'printf "%s\\n%s" "$AETHERSTREAM_REDSHIFT_DSN" "$A_B"'
+    script = stackfile.export_lines(exports) + show
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n") == [exports["AETHERSTREAM_REDSHIFT_DSN"], "plain"]
     assert all(line.startswith("export ") for line in stackfile.export_lines(exports).splitlines())
