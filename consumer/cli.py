@@ -91,12 +91,16 @@ def _log_to_run_dir(run_dir: Path, level: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from consumer.local.demo import human_summary, reconciled, run_demo
+    from consumer.local.demo import RunDirBusy, human_summary, reconciled, run_demo
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
     sys.stderr.write(f"demo: starting the local stack and the KCL daemon; logs in {log_path}\n")
-    summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout,
-                       args.poison_ratio)
+    try:
+        summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout,
+                           args.poison_ratio)
+    except RunDirBusy as exc:
+        print(f"aetherstream demo: {exc}", file=sys.stderr)
+        return 1
     say(json.dumps(summary) if args.json else human_summary(summary))
     return 0 if reconciled(summary) else 1
 

@@ -51,6 +51,10 @@ def demo_settings(settings: Settings) -> Settings:
 STATE_DIRS = ("postgres", "worker")
 
 
+class RunDirBusy(RuntimeError):
+    """A local stack is running in the demo's run dir; wiping it would pull its data away."""
+
+
 def fresh_run_dir(run_dir: Path) -> None:
     """Every demo starts from clean state, so a repeated demo reconciles like the first."""
     try:
@@ -58,7 +62,7 @@ def fresh_run_dir(run_dir: Path) -> None:
     except stackfile.NoRunningStack:
         live = None
     if live is not None:
-        raise RuntimeError(f"a local stack (pid {live['pid']}) is running in {run_dir}; "
+        raise RunDirBusy(f"a local stack (pid {live['pid']}) is running in {run_dir}; "
                            f"stop it or pass another --run-dir")
     for name in STATE_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)

@@ -103,3 +103,19 @@ def test_a_dead_owner_makes_the_file_stale(tmp_path: Path) -> None:
         stackfile.read(tmp_path)
     stackfile.remove(tmp_path)  # not ours: left for its owner's successor to overwrite
     assert (tmp_path / stackfile.FILE_NAME).exists()
+
+
+def test_a_demo_wipes_its_state_but_never_under_a_running_stack(tmp_path: Path) -> None:
+    from consumer.local.demo import RunDirBusy, fresh_run_dir
+
+    for name in ("postgres", "worker"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "old").write_text("rows of an earlier demo")
+    (tmp_path / "aetherstream.log").write_text("kept")
+    stackfile.write(tmp_path, {}, {})  # a live stack (this process) owns the dir
+    with pytest.raises(RunDirBusy, match=str(os.getpid())):
+        fresh_run_dir(tmp_path)
+    assert (tmp_path / "postgres" / "old").exists()
+    stackfile.remove(tmp_path)
+    fresh_run_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aetherstream.log"]
