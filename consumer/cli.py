@@ -36,7 +36,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
+    import threading
+
     from consumer.local.stack import LocalRun
+    from consumer.local.up import serve
 
     settings, sources = load_settings_with_sources(getattr(args, "config", None))
     run = LocalRun(
@@ -49,13 +52,21 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     log_path = _log_to_run_dir(Path(args.run_dir), settings.log.level)
     print(f"local up: logs in {log_path}", file=sys.stderr)
     try:
-        info = run.start()
-        assert run.supervisor is not None
-        run.supervisor.install_signal_handlers()
-        say(json.dumps(info))
-        return run.supervisor.wait()  # until SIGINT/SIGTERM, or the daemon's death
+        return serve(run, threading.Event(), say, consumer=not args.no_consumer)
     finally:
         run.stop()
+
+
+def cmd_local_env(args: argparse.Namespace) -> int:
+    from consumer.local import stackfile
+
+    try:
+        data = stackfile.read(Path(args.run_dir))
+    except stackfile.NoRunningStack as exc:
+        print(f"aetherstream local env: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(stackfile.export_lines(data["env"]))
+    return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -92,12 +103,16 @@ def _log_to_run_dir(run_dir: Path, level: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from consumer.local.demo import human_summary, reconciled, run_demo
+    from consumer.local.demo import RunDirBusy, human_summary, reconciled, run_demo
 
     log_path = _log_to_run_dir(Path(args.run_dir), _settings(args).log.level)
     sys.stderr.write(f"demo: starting the local stack and the KCL daemon; logs in {log_path}\n")
-    summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout,
-                       args.poison_ratio)
+    try:
+        summary = run_demo(_settings(args), Path(args.run_dir), args.records, args.timeout,
+                           args.poison_ratio)
+    except RunDirBusy as exc:
+        print(f"aetherstream demo: {exc}", file=sys.stderr)
+        return 1
     say(json.dumps(summary) if args.json else human_summary(summary))
     return 0 if reconciled(summary) else 1
 
@@ -175,11 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = sub.add_parser("local", help="the embedded local stack")
     local_sub = local.add_subparsers(dest="local_command", required=True)
-    up = local_sub.add_parser("up", help="start emulators + the service; Ctrl-C stops all")
+    up = local_sub.add_parser("up", help="start emulators + the service; Ctrl-C stops all "
+                                         "(the emulators outlive a consumer that dies)")
     up.add_argument("--run-dir", default="run/local")
     up.add_argument("--shards", type=int, default=4)
     up.add_argument("--postgres-dsn", help="use this PostgreSQL instead of starting pgserver")
+    up.add_argument("--no-consumer", action="store_true",
+                    help="emulators only; run workers with `aetherstream local env`")
     up.set_defaults(func=cmd_local_up)
+    env = local_sub.add_parser("env", help="export lines for a worker against a running stack")
+    env.add_argument("--run-dir", default="run/local")
+    env.set_defaults(func=cmd_local_env)
 
     prod = sub.add_parser("produce", help="send synthetic IoT records to the stream")
     prod.add_argument("--stream")

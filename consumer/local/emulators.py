@@ -27,7 +27,7 @@ import psycopg2
 from botocore.config import Config
 
 from consumer.kcl.daemon import find_java
-from consumer.local import postgres
+from consumer.local import leases, postgres
 from consumer.local.procs import (
     LOCALHOST,
     ManagedProcess,
@@ -192,6 +192,33 @@ class LocalStack:
         log.info("stream %s ACTIVE with %d shards in %.2f s", name, shards,
                  time.monotonic() - t0)
 
+    def prepare_leases(self, stream: str, table: str) -> int:
+        """Write the KCL lease table for a fresh stream, so the daemon skips its 1-30 s wait.
+
+        table is the KCL applicationName. Returns the leases written: 0 if the table already
+        holds leases (KCL resumes from them) or the stream was resharded (KCL's job).
+        """
+        ddb = boto3_client("dynamodb", self.endpoints)
+        shards = _list_shards(boto3_client("kinesis", self.endpoints), stream)
+        try:
+            items = leases.lease_items(shards)
+        except leases.NotFreshStream as exc:
+            log.warning("not preparing KCL leases for %s: %s", stream, exc)
+            return 0
+        with contextlib.suppress(ddb.exceptions.ResourceInUseException):
+            ddb.create_table(TableName=table, **leases.TABLE_SCHEMA)
+        ddb.get_waiter("table_exists").wait(TableName=table,
+                                            WaiterConfig={"Delay": 0.05, "MaxAttempts": 200})
+        if ddb.scan(TableName=table, Limit=1, ConsistentRead=True)["Items"]:
+            log.info("lease table %s already holds leases; KCL resumes from them", table)
+            return 0
+        for item in items:  # conditional: never overwrite a lease a daemon wrote meanwhile
+            with contextlib.suppress(ddb.exceptions.ConditionalCheckFailedException):
+                ddb.put_item(TableName=table, Item=item,
+                             ConditionExpression="attribute_not_exists(leaseKey)")
+        log.info("lease table %s prepared with %d unowned leases", table, len(items))
+        return len(items)
+
     def create_bucket(self, name: str) -> None:
         s3 = boto3_client("s3", self.endpoints)
         kwargs: dict[str, Any] = {"Bucket": name}
@@ -342,6 +369,17 @@ class LocalStack:
         proc = postgres.spawn(self.run_dir / "postgres", port, log_path)
         self._procs.append(proc)
         waiter.add(proc, lambda: proc.listens_on(port) and postgres.accepts_connections(port))
+
+
+def _list_shards(kinesis: Any, stream: str) -> list[dict[str, Any]]:
+    shards: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"StreamName": stream}
+    while True:
+        page = kinesis.list_shards(**kwargs)
+        shards += page["Shards"]
+        if not page.get("NextToken"):
+            return shards
+        kwargs = {"NextToken": page["NextToken"]}
 
 
 def _check_dsn(dsn: str, name: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from consumer.config import Settings, to_env, with_overrides
 from consumer.kcl.supervisor import Supervisor
+from consumer.local import stackfile
 from consumer.local.emulators import DUMMY_KEY, Endpoints, LocalStack, boto3_client
 from consumer.sinks.migrate import migrate_all
 
@@ -58,6 +59,7 @@ class LocalRun:
         postgres_dsn: str | None = None,
         base_env: dict[str, str] | None = None,
         with_sinks: bool = True,
+        prepare_leases: bool = True,
     ):
         self.settings = local_settings(replace(settings, run_dir=str(run_dir)))
         self.run_dir = run_dir.resolve()
@@ -67,10 +69,15 @@ class LocalRun:
         self.endpoints: Endpoints | None = None
         self._base_env = base_env
         self.with_sinks = with_sinks
+        self.prepare_leases = prepare_leases
+        self.leases_prepared = 0
 
     def start_stack(self) -> Endpoints:
         self.endpoints = self.stack.start()
         self.stack.create_stream(self.settings.stream.name, self.shards)
+        if self.prepare_leases:  # so the daemon starts in seconds (consumer/local/leases.py)
+            self.leases_prepared = self.stack.prepare_leases(self.settings.stream.name,
+                                                             self.settings.stream.app_name)
         self.stack.create_bucket(self.settings.s3.bucket)
         if self.with_sinks:
             # The local stack has all three sinks: PostgreSQL in Redshift's place, osmem.
@@ -82,7 +89,13 @@ class LocalRun:
                 commit={"manifest_table": f"{self.settings.stream.app_name}-fences"},
             )
             migrate_all(self.settings, boto3_client("dynamodb", self.endpoints))
+        stackfile.write(self.run_dir, self.describe(), self.worker_exports())
         return self.endpoints
+
+    def worker_exports(self) -> dict[str, str]:
+        """What `aetherstream local env` prints: a worker's AWS and AETHERSTREAM_* variables."""
+        assert self.endpoints is not None
+        return {**aws_env(self.endpoints), **stackfile.settings_exports(self.settings)}
 
     def env(self) -> dict[str, str]:
         import os
@@ -131,4 +144,5 @@ class LocalRun:
             if self.supervisor:
                 self.supervisor.stop()
         finally:
+            stackfile.remove(self.run_dir)
             self.stack.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -29,6 +31,7 @@ from consumer.local.emulators import (
     find_node,
 )
 from consumer.local.procs import port_is_open
+from consumer.local.reconcile import ObjectCounter
 from consumer.local.tooling import patched_kinesis_mock
 
 pytestmark = pytest.mark.integration
@@ -168,6 +171,21 @@ def test_find_java_and_node_are_executable() -> None:
         assert os.access(exe, os.X_OK), exe
 
 
+def test_prepare_leases_writes_one_unowned_lease_per_shard(stack: LocalStack,
+                                                           ep: Endpoints) -> None:
+    shards = boto3_client("kinesis", ep).list_shards(StreamName=STREAM)["Shards"]
+    assert stack.prepare_leases(STREAM, "it-app") == len(shards) == 4
+    items = boto3_client("dynamodb", ep).scan(TableName="it-app", ConsistentRead=True)["Items"]
+    got = {i["leaseKey"]["S"]: (i["startingHashKey"]["S"], i["endingHashKey"]["S"]) for i in items}
+    assert got == {s["ShardId"]: (s["HashKeyRange"]["StartingHashKey"],
+                                  s["HashKeyRange"]["EndingHashKey"]) for s in shards}
+    assert not any("leaseOwner" in i for i in items)
+    table = boto3_client("dynamodb", ep).describe_table(TableName="it-app")["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "leaseKey", "KeyType": "HASH"}]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert stack.prepare_leases(STREAM, "it-app") == 0  # leases exist: KCL resumes from them
+
+
 # Keep this last in the file: it stops the module's stack.
 def test_stop_leaves_nothing_running(stack: LocalStack, ep: Endpoints) -> None:
     pids, ports = stack.pids, _tcp_ports(ep)
@@ -284,3 +302,122 @@ def test_kinesis_bind_patch_must_apply_exactly_once(tmp_path: Path, occurrences:
     with pytest.raises(StartupError, match=f"found {occurrences}"):
         patched_kinesis_mock(tmp_path / "node_modules")
     assert not (tmp_path / "kinesis-local-127.0.0.1" / "main.js").exists()
+
+
+# -- `local up`, `local env` and workers, with the real KCL daemon ------------------------------
+
+CLI = [sys.executable, "-m", "consumer.cli"]
+
+
+def _local_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    proc = subprocess.Popen([*CLI, "local", "up", "--run-dir", str(run_dir), "--shards", "2",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    line = proc.stdout.readline() if ready else b""
+    if not line:
+        proc.kill()
+        pytest.fail(f"local up printed nothing; log {run_dir / 'aetherstream.log'}")
+    return proc, json.loads(line)
+
+
+def _local_env(run_dir: Path) -> dict[str, str]:
+    out = subprocess.run([*CLI, "local", "env", "--run-dir", str(run_dir)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    pairs = [shlex.split(line)[1].split("=", 1) for line in out.splitlines()]
+    return dict((k, v) for k, v in pairs)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 90) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+def _put(ep: Endpoints, stream: str, first: int, n: int) -> None:
+    records = [{"PartitionKey": f"dev-{i}", "Data": json.dumps(
+        {"device_id": f"dev-{i % 7}", "metric": "t", "value": i, "ts": 1_795_000_000_000 + i}
+    ).encode()} for i in range(first, first + n)]
+    assert boto3_client("kinesis", ep).put_records(StreamName=stream, Records=records)[
+        "FailedRecordCount"] == 0
+
+
+def _archived(ep: Endpoints, bucket: str, expected: int, timeout: float) -> ObjectCounter:
+    archive = ObjectCounter(boto3_client("s3", ep), bucket, "raw/")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        archive.refresh()
+        if archive.distinct >= expected:
+            break
+        time.sleep(0.2)
+    return archive
+
+
+def _endpoints(info: dict[str, str]) -> Endpoints:
+    return Endpoints(**{f: info[f] for f in Endpoints.__dataclass_fields__})
+
+
+def test_workers_take_prepared_leases_at_once_and_restart_without_loss(tmp_path: Path) -> None:
+    """Real servers and the real KCL daemon under `aetherstream run`; `local up --no-consumer`
+    prepared the lease table, so KCL must skip its 1-30 s empty-table wait."""
+    stack_dir = tmp_path / "stack"
+    up, info = _local_up(stack_dir, "--no-consumer")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        env = {**os.environ, **_local_env(stack_dir)}
+        assert env["AWS_ENDPOINT_URL_KINESIS"] == info["kinesis_endpoint"]
+        assert env["AETHERSTREAM_REDSHIFT_DSN"] == info["postgres_dsn"]
+        # The restarted worker takes the old one's leases as they expire, on the taker's
+        # passes (every 2 x failover time): shorter than local up's 5 s, to keep this fast.
+        env["AETHERSTREAM_KCL_FAILOVER_TIME_MS"] = "2000"
+        ep = _endpoints(info)
+        _put(ep, info["stream"], 0, 40)
+
+        def worker(name: str) -> subprocess.Popen[bytes]:
+            workers.append(subprocess.Popen([*CLI, "run", "--run-dir", str(tmp_path / name)],
+                                            env=env, stderr=subprocess.DEVNULL))
+            return workers[-1]
+
+        first, started = worker("w1"), time.monotonic()
+        assert _archived(ep, info["bucket"], 40, 60).distinct == 40
+        first_s = time.monotonic() - started
+        daemon_log = (tmp_path / "w1" / "kcl-daemon.log").read_text()
+        assert "Lease table is still empty" not in daemon_log
+        assert "successfully took 2 leases" in daemon_log
+        leases = boto3_client("dynamodb", ep).scan(TableName=info["app_name"])["Items"]
+        assert len({i["leaseOwner"]["S"] for i in leases}) == 1, leases
+        assert first_s < 30, f"first records archived {first_s:.1f} s after the worker started"
+
+        assert _stop(first) == 0  # a worker restart: the stack keeps the stream and the tables
+        _put(ep, info["stream"], 40, 40)
+        worker("w2")
+        archive = _archived(ep, info["bucket"], 80, 90)
+        assert archive.distinct == 80
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                _stop(w)
+        assert _stop(up) == 0
+    assert not (stack_dir / "stack.json").exists()
+    assert not port_is_open(urlsplit(info["kinesis_endpoint"]).port or 0)
+
+
+def test_emulators_outlive_a_dead_consumer_until_sigterm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "local"
+    up, info = _local_up(run_dir)
+    try:
+        (java,) = [c for c in psutil.Process(up.pid).children() if c.name() == "java"]
+        java.kill()
+        log_path = run_dir / "aetherstream.log"
+        deadline = time.monotonic() + 30
+        while "the emulators stay up" not in log_path.read_text():
+            assert time.monotonic() < deadline, "no log line about the consumer's death"
+            time.sleep(0.2)
+        assert up.poll() is None
+        ep = _endpoints(info)
+        assert info["stream"] in boto3_client("kinesis", ep).list_streams()["StreamNames"]
+        assert _local_env(run_dir)["AWS_ENDPOINT_URL_S3"] == info["s3_endpoint"]
+    finally:
+        code = _stop(up)
+    assert code == 1  # the consumer died: say so in the exit code, after Ctrl-C/SIGTERM
+    assert not (run_dir / "stack.json").exists()
+    assert not port_is_open(urlsplit(info["kinesis_endpoint"]).port or 0)
