@@ -24,7 +24,12 @@ from typing import IO
 
 import psutil
 
-from consumer.bench.kcl_messages import CheckpointLedger, parse_line, shutdown_requested_line
+from consumer.bench.kcl_messages import (
+    CheckpointLedger,
+    parse_line,
+    process_records_line,
+    shutdown_requested_line,
+)
 from consumer.bench.stack_probe import tree_times
 from consumer.bench.stats import CpuTimes, tree_seconds
 from consumer.local.procs import log_tail
@@ -38,6 +43,10 @@ class Feed:
     init: bytes
     batches: Sequence[tuple[bytes, Position]]  # processRecords line, its last position
     records: int
+    # Then, as the daemon does once it has caught up (callProcessRecordsEvenForEmptyRecordList),
+    # empty batches every idle_interval_s for idle_tail_s: time for idle windows to close.
+    idle_tail_s: float = 0.0
+    idle_interval_s: float = 0.5
 
     @property
     def last(self) -> Position:
@@ -50,7 +59,8 @@ class RunResult:
     records: int
     cpu_s: float  # the whole tree, start-up included
     init_cpu_s: float  # the tree's CPU once initialize was answered (imports, clients)
-    wall_s: float
+    wall_s: float  # without the idle tail
+    idle_tail_s: float
     checkpointed: Position | None
     last_sent: Position
     checkpoint_requests: int
@@ -90,6 +100,7 @@ def drive(name: str, argv: Sequence[str], env: Mapping[str, str], feed: Feed, lo
         for line, last in feed.batches:
             session.ledger.deliver(last)
             session.exchange(line, "processRecords")
+        tail_s = _idle_tail(session, feed)
         descendants = _descendants(proc.pid)
         session.exchange(shutdown_requested_line(), "shutdownRequested")
         assert proc.stdin is not None
@@ -109,9 +120,18 @@ def drive(name: str, argv: Sequence[str], env: Mapping[str, str], feed: Feed, lo
             proc.wait()
     ledger = session.ledger
     return RunResult(name, feed.records, cpu + tree_seconds(orphan_cpu), init_cpu,
-                     time.monotonic() - started, ledger.checkpointed, feed.last,
+                     time.monotonic() - started - tail_s, tail_s, ledger.checkpointed, feed.last,
                      ledger.requests, ledger.refused, session.ignored, len(orphan_cpu),
                      log_path)
+
+
+def _idle_tail(session: _Session, feed: Feed) -> float:
+    started = time.monotonic()
+    empty = process_records_line([], 0)
+    while time.monotonic() - started < feed.idle_tail_s:
+        time.sleep(feed.idle_interval_s)
+        session.exchange(empty, "processRecords")
+    return time.monotonic() - started
 
 
 class _Session:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 from consumer.bench.stats import CpuTimes, tree_seconds
+from consumer.config import Settings
 from consumer.records.model import Position
 
 # Server processes are told apart by their command lines (LocalStack only exposes pids).
@@ -114,3 +116,67 @@ def lease_checkpoint(dynamodb: Any, table: str, shard_id: str) -> Position | Non
     if not seq.isdigit():
         return None
     return Position(int(seq), int(item.get("checkpointSubSequenceNumber", {}).get("N", "0")))
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What the sinks hold after a run, read back by identity (consumer/local/reconcile.py)."""
+
+    archived: int  # distinct records
+    quarantined: int  # distinct records rejected outright (late ones are also archived)
+    late: int
+    duplicates: int  # archive and quarantine lines beyond the first of an identity
+    result_rows: int
+    result_ids: int
+    records_in_results: int
+    warehouse: dict[str, int] = field(default_factory=dict)  # Redshift tables, OpenSearch
+
+    def problems(self, sent: int) -> list[str]:
+        """Reconciliation failures: losses, duplicates, windows short of the archive."""
+        out = []
+        if self.archived + self.quarantined != sent:
+            out.append(f"archived {self.archived} + quarantined {self.quarantined} != {sent}")
+        if self.duplicates or self.result_rows != self.result_ids:
+            out.append(f"{self.duplicates} duplicate records, "
+                       f"{self.result_rows - self.result_ids} duplicate results")
+        if self.result_rows and self.records_in_results + self.late != self.archived:
+            out.append(f"results hold {self.records_in_results} + late {self.late} "
+                       f"!= archived {self.archived}")
+        expected = {"raw_records": self.archived, "window_results": self.result_ids,
+                    "opensearch": self.result_ids}
+        out += [f"{name} holds {n}, expected {expected[name]}"
+                for name, n in self.warehouse.items() if n != expected.get(name, n)]
+        return out
+
+
+def holdings(s3: Any, settings: Settings) -> Holdings:
+    from consumer.local.reconcile import (
+        ObjectCounter,
+        opensearch_count,
+        redshift_counts,
+        s3_result_rows,
+    )
+
+    s = settings.s3
+    archive = ObjectCounter(s3, s.bucket, s.archive_prefix)
+    quarantine = ObjectCounter(s3, s.bucket, s.quarantine_prefix)
+    for counter in (archive, quarantine):
+        counter.refresh()
+    results = s3_result_rows(s3, s.bucket, s.results_prefix)
+    warehouse: dict[str, int] = {}
+    if settings.redshift.enabled:
+        counts = redshift_counts(settings.redshift.connect_dsn(), settings.redshift.schema)
+        warehouse.update({name: c.rows for name, c in counts.items()})
+    if settings.opensearch.enabled:
+        warehouse["opensearch"] = opensearch_count(settings.opensearch.endpoint,
+                                                   settings.opensearch.index_prefix)
+    return Holdings(
+        archived=archive.distinct,
+        quarantined=quarantine.distinct_where(stage_is_window=False),
+        late=quarantine.distinct_where(stage_is_window=True),
+        duplicates=archive.duplicates + quarantine.duplicates,
+        result_rows=len(results),
+        result_ids=len({r["result_id"] for r in results}),
+        records_in_results=sum(int(r["count"]) for r in results),
+        warehouse=warehouse,
+    )
