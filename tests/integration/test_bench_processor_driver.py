@@ -112,3 +112,21 @@ def test_a_hung_processor_times_out(tmp_path: Path) -> None:
     """)
     with pytest.raises(ProcessorFailed, match="timed out after 2 s"):
         run(tmp_path, proc, feed(n=10), timeout_s=2)
+
+
+def test_the_idle_tail_sends_empty_batches_outside_the_wall_time(tmp_path: Path) -> None:
+    proc = script("""
+        def process_records(self, i):
+            if not i.records:
+                sys.stderr.write("empty batch\\n"); sys.stderr.flush()
+            i.checkpointer.checkpoint()
+        def shutdown_requested(self, i): pass
+        P.process_records = process_records
+        P.shutdown_requested = shutdown_requested
+    """)
+    f = feed(n=10)
+    result, _ = run(tmp_path, proc, Feed(f.init, f.batches, f.records, idle_tail_s=1.0,
+                                         idle_interval_s=0.25))
+    empties = (tmp_path / "t.log").read_text().count("empty batch")
+    assert empties >= 4 and result.checkpoint_requests == len(f.batches) + empties
+    assert result.checkpoint_ok and result.idle_tail_s >= 1.0 > result.wall_s
