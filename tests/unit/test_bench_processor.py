@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from pathlib import Path
 
 import pytest
 from amazon_kclpy import dispatch, messages
@@ -183,3 +184,36 @@ def test_base64_is_standard_with_padding() -> None:
     rec = km.KclRecord(b"\xff\xfe\x00", "k", Position(1, 0), 0)
     line = json.loads(km.process_records_line([rec], 0))
     assert line["records"][0]["data"] == base64.b64encode(b"\xff\xfe\x00").decode() == "//4A"
+
+
+def test_processor_env_carries_the_config_and_nothing_of_the_callers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from consumer.bench import processor as bench
+    from consumer.config import Settings, load_settings
+
+    monkeypatch.setenv("AETHERSTREAM_FLUSH_MAX_RECORDS", "7")  # the caller's, not the bench's
+    monkeypatch.setenv("AWS_PROFILE", "production")
+    cfg = bench.CONFIGS["all"]
+    settings = bench.config_settings(Settings(), cfg, "postgresql://x@h/db", "http://os:1",
+                                     tmp_path)
+    env = bench.processor_env(settings, {"AWS_REGION": "us-east-1"})
+    assert load_settings(env=env) == settings  # the child reads exactly these settings
+    assert "AWS_PROFILE" not in env and env["AWS_REGION"] == "us-east-1"
+    assert env["AETHERSTREAM_KCL_WORKER_ID"] == bench.WORKER_ID
+    assert env["AETHERSTREAM_STREAM_APP_NAME"] == "bench-all"  # the lease table's name
+    assert env["AETHERSTREAM_COMMIT_MANIFEST_TABLE"] == "bench-all-fences"
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == settings.metrics.multiproc_dir
+    assert settings.redshift.enabled and settings.opensearch.enabled and settings.windows.enabled
+    s3_only = bench.config_settings(Settings(), bench.CONFIGS["s3"], "", "", tmp_path)
+    assert not (s3_only.windows.enabled or s3_only.redshift.enabled
+                or s3_only.opensearch.enabled)
+
+
+def test_idle_tail_outlasts_the_last_window() -> None:
+    from consumer.bench import processor as bench
+    from consumer.config import Settings, with_overrides
+
+    s = with_overrides(Settings(), windows={"size_ms": 10_000, "idle_timeout_ms": 2_000,
+                                            "out_of_orderness_ms": 5_000})
+    assert bench.idle_tail_s(bench.CONFIGS["s3-windows"], s) == 18.0
+    assert bench.idle_tail_s(bench.CONFIGS["s3"], s) == 0.0  # no windows, nothing to close
