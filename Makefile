@@ -8,7 +8,7 @@ LINT_VENV := .cache/lint-venv
 LINT_STAMP := $(LINT_VENV)/.installed
 CHECKOV := checkov==3.3.30
 
-.PHONY: demo test lint unit bench-windows bench-sinks clean
+.PHONY: demo test lint unit bench-windows bench-sinks bench-processor clean
 
 $(STAMP): pyproject.toml scripts/install-kclpy.sh
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-windows: $(STAMP)
 
 bench-sinks: $(STAMP)
 	$(VENV)/bin/aetherstream bench sinks
+
+bench-processor: $(STAMP)
+	$(VENV)/bin/aetherstream bench processor
 
 clean:
 	rm -rf $(VENV) .cache run

@@ -122,6 +122,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from consumer.bench.windows import main as bench_windows
 
         return int(bench_windows(args.rest))
+    if args.what == "processor":
+        from consumer.bench.processor import main as bench_processor
+
+        return int(bench_processor(args.rest, _settings(args)))
     from consumer.bench.sinks import main as bench_sinks
 
     return int(bench_sinks(args.rest))
@@ -223,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios from one run")
-    bench.add_argument("what", choices=["windows", "sinks"])
+    bench.add_argument("what", choices=["windows", "sinks", "processor"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
 
