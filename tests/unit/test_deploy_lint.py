@@ -8,6 +8,7 @@ test, unless AETHERSTREAM_REQUIRE_LINTERS=1 (set it in CI) turns that into a fai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 TEMPLATE = ROOT / "deploy/ecs/template.yaml"
 PARAMS = ROOT / "deploy/ecs/params.example.json"
 POM = ROOT / "docker/kcl/pom.xml"
+JARS_SHA256 = ROOT / "docker/kcl/jars.sha256"
+DEV_JARS_SHA256 = ROOT / "docker/kcl/dev-jars.sha256"
 COMPOSE = ROOT / "docker/compose.yml"
 MVN = "{http://maven.apache.org/POM/4.0.0}"
 
@@ -105,8 +108,9 @@ def test_dockerfile_jar_count_matches_pom() -> None:
 def test_dockerfile_runtime_contract() -> None:
     text = DOCKERFILE.read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M)) | {"scratch"}
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
-    for image in froms:
+    for image in (f for f in froms if f not in stages):
         image = args.get(image.strip("${}"), image)
         assert re.search(r":[\w.-]+$", image) and not image.endswith(":latest"), image
     runtime = text[text.rindex("\nFROM "):]
@@ -115,7 +119,62 @@ def test_dockerfile_runtime_contract() -> None:
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "aetherstream"]' in runtime
     assert "tini -g" not in runtime.replace("`tini -g`", "")
     assert "PROMETHEUS_MULTIPROC_DIR=/run/aetherstream/metrics" in runtime
-    assert "--strict-checksums" in text and "sha256sum -c" in text
+    assert "--strict-checksums" in text
+
+
+def test_dockerfile_installs_python_from_the_hashed_lock_only() -> None:
+    text = DOCKERFILE.read_text()
+    installs = re.findall(r"pip install ([^\n\\]*)", text)
+    assert installs[0] == "--require-hashes --no-deps -r /build/requirements.lock"
+    # After the lock, nothing may resolve or fetch: local builds only, with the lock's tools.
+    assert all("--no-deps --no-build-isolation --no-index /build/" in i for i in installs[1:])
+    assert len(installs) == 3 and "pip check" in text
+
+
+def _sha256_list(path: Path) -> dict[str, str]:
+    """file name -> sha256, from a `sha256sum` list (comment lines allowed)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            match = re.fullmatch(r"([0-9a-f]{64})  ([\w.-]+\.jar)", line)
+            assert match, f"{path.name}: bad line {line!r}"
+            out[match.group(2)] = match.group(1)
+    return out
+
+
+def _pom_jar_names() -> set[str]:
+    return {f"{artifact}-{version}.jar" for _, artifact, version in _pom_dependencies()}
+
+
+def test_dockerfile_compares_the_kcl_jars_with_the_committed_list() -> None:
+    text = DOCKERFILE.read_text()
+    stage = text[text.index(" AS kcl-jars\n"):text.index("\nFROM ", text.index(" AS kcl-jars\n"))]
+    assert "COPY docker/kcl/jars.sha256 " in stage
+    assert "sha256sum --strict --quiet -c" in stage
+    assert "COPY --from=kcl-jars /kcl/target/jars/ " in text  # the compared jars, no others
+
+
+def test_kcl_jar_list_names_only_pom_jars() -> None:
+    listed = _sha256_list(JARS_SHA256)
+    assert set(listed) <= _pom_jar_names()
+
+
+@pytest.mark.xfail(strict=True, reason="jars.sha256 not yet recorded: no Maven Central here "
+                   "(docker/kcl/README.md); drop this marker once it is")
+def test_kcl_jar_list_covers_the_pom() -> None:
+    assert set(_sha256_list(JARS_SHA256)) == _pom_jar_names()
+
+
+def test_dev_jar_list_matches_the_installed_kclpy_jars() -> None:
+    listed = _sha256_list(DEV_JARS_SHA256)
+    assert len(listed) == 76 and "amazon-kinesis-client-multilang-2.5.8.jar" in listed
+    try:
+        import amazon_kclpy
+    except ImportError:
+        pytest.skip("amazon-kclpy not installed (scripts/install-kclpy.sh)")
+    jars = Path(amazon_kclpy.__file__).parent / "jars"
+    installed = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in jars.glob("*.jar")}
+    assert installed == listed
 
 
 # --- CloudFormation semantics ------------------------------------------------------------------
