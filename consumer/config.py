@@ -81,6 +81,8 @@ class MetricsSettings:
     namespace: str = "AetherStream"
     publish_interval_s: float = 60.0
     max_heartbeat_age_s: float = 60.0
+    bearer_token: str = ""
+    basic_auth: str = ""
 
 
 @dataclass(frozen=True)
