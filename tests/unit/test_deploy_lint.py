@@ -196,9 +196,19 @@ def test_params_example_matches_template() -> None:
             assert float(value) >= float(spec.get("MinValue", float("-inf"))), key
 
 
+def _if(item: Any) -> tuple[str | None, Any]:
+    """(condition, value when true) of an `!If [cond, value, AWS::NoValue]` list item."""
+    if isinstance(item, dict) and "Fn::If" in item:
+        cond, value, otherwise = item["Fn::If"]
+        assert otherwise == {"Ref": "AWS::NoValue"}
+        return cond, value
+    return None, item
+
+
 def test_task_definition_contract() -> None:
     res = _template()["Resources"]
     container = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    secrets = dict(_if(s) for s in container["Secrets"])
     env = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert container["ReadonlyRootFilesystem"] is True
     assert {m["ContainerPath"] for m in container["MountPoints"]} == {"/tmp", "/run/aetherstream"}
@@ -206,7 +216,13 @@ def test_task_definition_contract() -> None:
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
     assert "/healthz" in " ".join(container["HealthCheck"]["Command"])
     assert not [n for n in env if re.search("PASSWORD|SECRET|TOKEN", n)], "secrets via Secrets"
-    assert {s["Name"] for s in container["Secrets"]} >= {"AETHERSTREAM_REDSHIFT_PASSWORD"}
+    names = {s["Name"]: cond for cond, s in (_if(s) for s in container["Secrets"])}
+    assert names["AETHERSTREAM_REDSHIFT_PASSWORD"] is None
+    assert names["AETHERSTREAM_METRICS_BEARER_TOKEN"] == "HasMetricsToken"
+    assert secrets["HasMetricsToken"]["ValueFrom"] == {"Ref": "MetricsTokenSecretArn"}
+    assert env["AETHERSTREAM_KCL_MAX_LEASES_FOR_WORKER"] == {"Ref": "MaxLeasesPerTask"}
+    assert env["AETHERSTREAM_KCL_JAVA_HEAP_MB"] == {"Ref": "JavaHeapMiB"}
+    assert res["TaskDefinition"]["Properties"]["Memory"] == {"Ref": "TaskMemory"}
     svc = res["Service"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
     assert svc == {"Enable": True, "Rollback": True}
     assert res["ScalableTarget"]["Properties"]["MaxCapacity"] == {"Ref": "ShardCount"}
@@ -236,6 +252,63 @@ def test_task_role_least_privilege() -> None:
                   "${ApplicationName}-WorkerMetricStats", "${ApplicationName}-CoordinatorState",
                   "${ManifestTableName}"):
         assert f"table/{table}\"" in text, table
+
+
+def test_execution_role_reads_the_metrics_token_only_when_given() -> None:
+    role = _template()["Resources"]["ExecutionRole"]
+    items = role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    reads = {st["Sid"]: (cond, st["Resource"]) for cond, st in map(_if, items)}
+    assert reads["ReadMetricsTokenSecret"] == ("HasMetricsToken", {"Ref": "MetricsTokenSecretArn"})
+
+
+def _task_statements() -> dict[str, tuple[str | None, Any]]:
+    role = _template()["Resources"]["TaskRole"]
+    return {st["Sid"]: (cond, st) for policy in role["Properties"]["Policies"]
+            for cond, st in map(_if, policy["PolicyDocument"]["Statement"])}
+
+
+def test_fan_out_calls_only_in_fanout_mode() -> None:
+    tpl = _template()
+    assert tpl["Parameters"]["RetrievalMode"]["AllowedValues"] == ["POLLING", "FANOUT"]
+    assert tpl["Parameters"]["RetrievalMode"]["Default"] == "POLLING"
+    assert tpl["Conditions"]["UseFanOut"] == {"Fn::Equals": [{"Ref": "RetrievalMode"}, "FANOUT"]}
+    fan_out = {"kinesis:SubscribeToShard", "kinesis:RegisterStreamConsumer",
+               "kinesis:DescribeStreamConsumer", "kinesis:DeregisterStreamConsumer",
+               "kinesis:ListStreamConsumers"}
+    granted: dict[str | None, set[str]] = {}
+    for cond, st in _task_statements().values():
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        granted.setdefault(cond, set()).update(actions)
+    assert not fan_out & set().union(*(a for c, a in granted.items() if c != "UseFanOut"))
+    assert {"kinesis:SubscribeToShard", "kinesis:RegisterStreamConsumer",
+            "kinesis:DescribeStreamConsumer"} <= granted["UseFanOut"]
+
+
+def test_shard_status_table_is_read_and_updated_only() -> None:
+    statements = _task_statements()
+    cond, st = statements["ShardStatusTable"]
+    assert cond is None and st["Action"] == ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    manifest = [sid for sid, (_, s) in statements.items() if "ManifestTableName" in json.dumps(s)]
+    assert manifest == ["ShardStatusTable"]
+
+
+def test_metrics_port_reachable_from_the_scraper_only() -> None:
+    res = _template()["Resources"]
+    group = res["MetricsSecurityGroup"]["Properties"]
+    assert [e["CidrIp"] for e in group["SecurityGroupEgress"]] == ["127.0.0.1/32"]
+    assert "SecurityGroupIngress" not in group
+    ingress = {k: v for k, v in res.items() if v["Type"] == "AWS::EC2::SecurityGroupIngress"}
+    sources = set()
+    for rule in ingress.values():
+        props = rule["Properties"]
+        assert props["GroupId"] == {"Ref": "MetricsSecurityGroup"}
+        assert (props["IpProtocol"], props["FromPort"], props["ToPort"]) == ("tcp", 9400, 9400)
+        source = props.get("SourceSecurityGroupId") or props["CidrIp"]
+        assert rule["Condition"] in {"HasScraperSecurityGroup", "HasScraperCidr"}
+        sources.add(json.dumps(source))
+    assert sources == {'{"Ref": "MetricsScraperSecurityGroupId"}', '{"Ref": "MetricsScraperCidr"}'}
+    groups = json.dumps(res["Service"]["Properties"]["NetworkConfiguration"])
+    assert '{"Ref": "MetricsSecurityGroup"}' in groups and '{"Ref": "SecurityGroupIds"}' in groups
 
 
 # --- compose -----------------------------------------------------------------------------------
