@@ -8,12 +8,15 @@ test, unless AETHERSTREAM_REQUIRE_LINTERS=1 (set it in CI) turns that into a fai
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ POM = ROOT / "docker/kcl/pom.xml"
 JARS_SHA256 = ROOT / "docker/kcl/jars.sha256"
 DEV_JARS_SHA256 = ROOT / "docker/kcl/dev-jars.sha256"
 COMPOSE = ROOT / "docker/compose.yml"
+ECS_README = ROOT / "deploy/ecs/README.md"
 MVN = "{http://maven.apache.org/POM/4.0.0}"
 
 
@@ -309,6 +313,116 @@ def test_metrics_port_reachable_from_the_scraper_only() -> None:
     assert sources == {'{"Ref": "MetricsScraperSecurityGroupId"}', '{"Ref": "MetricsScraperCidr"}'}
     groups = json.dumps(res["Service"]["Properties"]["NetworkConfiguration"])
     assert '{"Ref": "MetricsSecurityGroup"}' in groups and '{"Ref": "SecurityGroupIds"}' in groups
+
+
+def test_staging_prefix_expires_after_one_day() -> None:
+    res = _template()["Resources"]
+    props = res["StagingExpiry"]["Properties"]
+    assert props["ServiceToken"] == {"Fn::GetAtt": ["StagingExpiryFunction", "Arn"]}
+    assert (props["Bucket"], props["Prefix"], props["ExpirationDays"]) == (
+        {"Ref": "BucketName"}, {"Ref": "StagingPrefix"}, 1)
+    statements = _statements(res["StagingExpiryRole"])
+    s3 = [st for st in statements if any(a.startswith("s3:") for a in st["Action"])]
+    assert [(st["Action"], st["Resource"]) for st in s3] == [
+        (["s3:GetLifecycleConfiguration", "s3:PutLifecycleConfiguration"],
+         {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"})]
+
+
+# --- memory budget: deploy/ecs/sizing.py -------------------------------------------------------
+@functools.cache
+def _sizing() -> Any:
+    # A standalone script, not a package: load it by path (registered, for its dataclass).
+    spec = importlib.util.spec_from_file_location("ecs_sizing", ROOT / "deploy/ecs/sizing.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _params(**values: str) -> list[dict[str, str]]:
+    example = {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(PARAMS.read_text())}
+    example.update(values)
+    return [{"ParameterKey": k, "ParameterValue": v} for k, v in example.items()]
+
+
+def _task_memory(params: list[dict[str, str]]) -> int:
+    return int(next(p["ParameterValue"] for p in params if p["ParameterKey"] == "TaskMemory"))
+
+
+def test_task_memory_follows_the_budget_formula() -> None:
+    sizing = _sizing()
+    # 512 heap + 256 JVM + 8 x 256 + 128 = 2944 -> 3072, the next Fargate size at 1 vCPU.
+    assert _task_memory(sizing.size_params(_params())) == 3072
+    # 1024 + 256 + 12 x 300 + 128 = 5008 -> 5120.
+    sized = sizing.size_params(_params(JavaHeapMiB="1024", MaxLeasesPerTask="12",
+                                       ProcessorMemoryMiB="300", MinTaskCount="1",
+                                       ShardCount="12"))
+    assert _task_memory(sized) == 5120
+    # The smallest size at 2 vCPU is 4096, whatever the budget.
+    assert _task_memory(sizing.size_params(_params(TaskCpu="2048"))) == 4096
+
+
+def test_example_params_and_template_default_are_sized() -> None:
+    sizing = _sizing()
+    example = json.loads(PARAMS.read_text())
+    assert _task_memory(sizing.size_params(example)) == _task_memory(example)
+    params = _template()["Parameters"]
+    defaults = [{"ParameterKey": k, "ParameterValue": str(params[k]["Default"])}
+                for k in ("TaskCpu", "JavaHeapMiB", "MaxLeasesPerTask", "ProcessorMemoryMiB")]
+    defaults.append({"ParameterKey": "ShardCount", "ParameterValue": "1"})
+    assert _task_memory(sizing.size_params(defaults)) == int(params["TaskMemory"]["Default"])
+
+
+def test_sizing_refuses_what_cannot_work() -> None:
+    sizing = _sizing()
+    with pytest.raises(sizing.SizingError, match="TaskCpu 2048 or 4096"):
+        sizing.size_params(_params(TaskCpu="512", MaxLeasesPerTask="32", ShardCount="32",
+                                   MinTaskCount="1"))
+    with pytest.raises(sizing.SizingError, match="MinTaskCount must be >= 4"):
+        sizing.size_params(_params(ShardCount="16", MaxLeasesPerTask="4", MinTaskCount="3"))
+    with pytest.raises(sizing.SizingError, match="ShardCount"):
+        sizing.size_params([p for p in _params() if p["ParameterKey"] != "ShardCount"])
+
+
+def test_readme_sizing_table_is_the_computed_one() -> None:
+    assert _sizing().table() in ECS_README.read_text()
+
+
+FAKE_AWS = """#!/usr/bin/env python3
+import json, os, shutil, sys
+rec = os.environ["REC"]
+json.dump(sys.argv[1:], open(rec + ".args", "w"))
+for arg in sys.argv[1:]:
+    if arg.startswith("file://"):
+        shutil.copy(arg[len("file://"):], rec + ".json")
+"""
+
+
+def test_deploy_script_passes_the_sized_parameters(tmp_path: Path) -> None:
+    """Stand-in: a fake `aws` on PATH records its arguments and the parameters file (no AWS
+    account here); the script, sizing.py and the file it hands over are the real ones."""
+    (tmp_path / "aws").write_text(FAKE_AWS)
+    (tmp_path / "aws").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", REC=str(tmp_path / "rec"))
+
+    def deploy(params: list[dict[str, str]], *extra: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "params.json"
+        path.write_text(json.dumps(params))
+        return subprocess.run([str(ROOT / "deploy/ecs/deploy.sh"), "st", str(path), *extra],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    res = deploy(_params(MaxLeasesPerTask="16", ShardCount="16", TaskMemory="1"),
+                 "--no-execute-changeset")
+    assert res.returncode == 0, res.stderr
+    args = json.loads((tmp_path / "rec.args").read_text())
+    assert args[:4] == ["cloudformation", "deploy", "--stack-name", "st"]
+    assert args[-1] == "--no-execute-changeset"
+    assert _task_memory(json.loads((tmp_path / "rec.json").read_text())) == 5120
+    (tmp_path / "rec.args").unlink()
+    res = deploy(_params(ShardCount="64", MaxLeasesPerTask="4"))
+    assert res.returncode != 0 and "MinTaskCount must be >= 16" in res.stderr
+    assert not (tmp_path / "rec.args").exists(), "aws must not run on a bad budget"
 
 
 # --- compose -----------------------------------------------------------------------------------
