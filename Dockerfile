@@ -126,6 +126,8 @@ COPY --from=build /opt/venv /opt/venv
 
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only; bytecode was compiled at build.
 # The JVM's heap is set by the supervisor (kcl.java_heap_mb); its temp files go to /tmp.
+# METRICS_HOST 0.0.0.0: the scraper is on another host. Who reaches the port is the network's
+# call (on ECS the stack's security group) plus, optionally, metrics.bearer_token/basic_auth.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
