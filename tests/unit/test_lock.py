@@ -2,9 +2,9 @@
 
 The lock is made by `make lock` (uv pip compile --generate-hashes). These tests read it as
 pip does with --require-hashes and check, against pyproject.toml and the installed
-distributions' own metadata (importlib.metadata of this venv, which installs the same
-pins), that it holds exactly what the image needs: the runtime closure of pyproject's
-dependencies plus the build tools of docker/build-requirements.in, each pinned and hashed.
+distributions' own metadata (importlib.metadata of this venv), that it holds exactly what
+the image needs: the runtime closure of pyproject's dependencies plus the build tools of
+docker/build-requirements.in, each pinned and hashed.
 """
 
 from __future__ import annotations
@@ -132,11 +132,10 @@ def test_lock_is_exactly_the_runtime_closure_plus_the_build_tools(
 ) -> None:
     # From the distributions' own metadata, not from the lock's comments: what the image's
     # `pip install --no-deps` must hold so that nothing is missing and nothing is extra.
+    # Names only: the dev venv is not installed from the lock, so a transitive dependency may
+    # be a newer release there (the direct pins are compared above).
     closure = runtime_closure(list(runtime_pins()))
-    build = build_pins()
-    assert set(lock) == set(closure) | set(build)
-    for name, version in closure.items():
-        assert lock[name].version == version, f"{name}: venv {version}, lock {lock[name].version}"
+    assert set(lock) == set(closure) | set(build_pins())
 
 
 def test_via_comments_lead_back_to_pyproject_or_the_build_input(
