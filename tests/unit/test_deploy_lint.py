@@ -225,6 +225,7 @@ def test_task_definition_contract() -> None:
     assert names["AETHERSTREAM_METRICS_BEARER_TOKEN"] == "HasMetricsToken"
     assert secrets["HasMetricsToken"]["ValueFrom"] == {"Ref": "MetricsTokenSecretArn"}
     assert env["AETHERSTREAM_KCL_MAX_LEASES_FOR_WORKER"] == {"Ref": "MaxLeasesPerTask"}
+    assert env["AETHERSTREAM_KCL_RETRIEVAL_MODE"] == {"Ref": "RetrievalMode"}
     assert env["AETHERSTREAM_KCL_JAVA_HEAP_MB"] == {"Ref": "JavaHeapMiB"}
     assert res["TaskDefinition"]["Properties"]["Memory"] == {"Ref": "TaskMemory"}
     svc = res["Service"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
