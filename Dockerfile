@@ -17,17 +17,39 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
 
 # ---------------------------------------------------------------------------------------------
-# Stage 1: the KCL multilang jars, resolved by Maven with checksum verification.
-FROM maven:3.9.11-eclipse-temurin-21 AS kcl-jars
+# Stage 1: the KCL multilang jars, resolved by Maven with checksum verification, then compared
+# with the sha256 list committed in docker/kcl/jars.sha256.
+FROM maven:3.9.11-eclipse-temurin-21 AS kcl-resolve
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /kcl
 COPY docker/kcl/pom.xml pom.xml
 # --strict-checksums fails the build on any checksum mismatch instead of warning.
 # The count check catches a silently partial copy (86 = dependencies in pom.xml).
-RUN mvn --batch-mode --no-transfer-progress --strict-checksums \
+WORKDIR /kcl/target/jars
+RUN mvn --batch-mode --no-transfer-progress --strict-checksums -f /kcl/pom.xml \
         dependency:copy-dependencies \
-    && test "$(find target/jars -name '*.jar' | wc -l)" -eq 86 \
-    && sha256sum target/jars/*.jar > target/jars.sha256
+    && test "$(find . -name '*.jar' | wc -l)" -eq 86 \
+    && { echo "# sha256 of the KCL jars docker/kcl/pom.xml resolves; see docker/kcl/README.md"; \
+         sha256sum -- *.jar; } > /kcl/jars.sha256
+
+# Refresh the committed list (after a pom change, on a machine that reaches Maven Central):
+#   docker build --target kcl-jars-sha256 --output type=local,dest=docker/kcl .
+FROM scratch AS kcl-jars-sha256
+COPY --from=kcl-resolve /kcl/jars.sha256 /jars.sha256
+
+# Maven's checksums guard the download; this list guards the jars themselves: a changed or
+# re-published jar, or a pom edit without a reviewed list, fails here. Every jar must be
+# listed, and every listed jar must be there with that hash.
+FROM kcl-resolve AS kcl-jars
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY docker/kcl/jars.sha256 /kcl/expected.sha256
+RUN { grep -Ev '^(#|$)' /kcl/expected.sha256 || true; } > /tmp/expected.sha256 \
+    && listed=$(wc -l < /tmp/expected.sha256) \
+    && { [ "$listed" -eq "$(find . -name '*.jar' | wc -l)" ] \
+         || { echo "docker/kcl/jars.sha256 lists $listed jars, Maven resolved" \
+                   "$(find . -name '*.jar' | wc -l): refresh it (docker/kcl/README.md)" >&2; \
+              exit 1; }; } \
+    && sha256sum --strict --quiet -c /tmp/expected.sha256
 
 # ---------------------------------------------------------------------------------------------
 # Stage 2: a virtualenv with amazon-kclpy (holding the jars) and the consumer package.
@@ -40,6 +62,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
 
+# Every Python dependency, and the build tools, from the hashed lock (make lock). --no-deps:
+# pip installs exactly these files and resolves nothing; the builds below use
+# --no-build-isolation --no-index, so no unhashed build backend is ever fetched.
+COPY requirements.lock /build/requirements.lock
+RUN pip install --require-hashes --no-deps -r /build/requirements.lock
+
 # The official amazon-kclpy sdist, pinned by sha256. Its setup.py downloads every jar in its
 # pom.xml unless amazon_kclpy/jars/ already holds it, so copying the Maven-verified jars in
 # first makes the install offline and keeps the jar versions ours (scripts/install-kclpy.sh
@@ -51,7 +79,7 @@ RUN pip download --no-deps --no-binary=:all: "amazon-kclpy==${KCLPY_VERSION}" -d
     && tar -xzf "/build/dl/amazon_kclpy-${KCLPY_VERSION}.tar.gz" -C /build \
     && mv "/build/amazon_kclpy-${KCLPY_VERSION}" /build/kclpy
 COPY --from=kcl-jars /kcl/target/jars/ /build/kclpy/amazon_kclpy/jars/
-RUN pip install /build/kclpy \
+RUN pip install --no-deps --no-build-isolation --no-index /build/kclpy \
     && python -c "import amazon_kclpy, pathlib, sys; \
 d = pathlib.Path(amazon_kclpy.__file__).parent / 'jars'; \
 n = len(list(d.glob('*.jar'))); \
@@ -61,7 +89,11 @@ COPY pyproject.toml /build/app/pyproject.toml
 COPY consumer /build/app/consumer
 # unchecked-hash: the .pyc stay valid whatever mtimes the COPY into the runtime stage gives
 # the sources; the read-only runtime could not rewrite stale ones.
-RUN pip install /build/app \
+# The build tools leave the venv before it is copied; pip check then proves the --no-deps
+# installs complete (every requirement of every installed distribution is there).
+RUN pip install --no-deps --no-build-isolation --no-index /build/app \
+    && pip uninstall --yes pytest-runner setuptools \
+    && pip check \
     && python -m compileall -q --invalidation-mode unchecked-hash /opt/venv
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +126,8 @@ COPY --from=build /opt/venv /opt/venv
 
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only; bytecode was compiled at build.
 # The JVM's heap is set by the supervisor (kcl.java_heap_mb); its temp files go to /tmp.
+# METRICS_HOST 0.0.0.0: the scraper is on another host. Who reaches the port is the network's
+# call (on ECS the stack's security group) plus, optionally, metrics.bearer_token/basic_auth.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -8,7 +8,7 @@ LINT_VENV := .cache/lint-venv
 LINT_STAMP := $(LINT_VENV)/.installed
 CHECKOV := checkov==3.3.30
 
-.PHONY: demo test lint unit bench-windows bench-sinks bench-processor clean
+.PHONY: demo test lint unit bench-windows bench-sinks bench-processor clean lock
 
 $(STAMP): pyproject.toml scripts/install-kclpy.sh
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,19 @@ bench-sinks: $(STAMP)
 
 bench-processor: $(STAMP)
 	$(VENV)/bin/aetherstream bench processor
+
+# The image's lock file: every runtime dependency of pyproject.toml (and the build tools in
+# docker/build-requirements.in) pinned with sha256 hashes, for Linux x86_64 and Python 3.11.
+# uv runs from a throwaway venv and resolves against PyPI; pins already in the lock are kept
+# unless pyproject.toml asks otherwise. tests/unit/test_lock.py keeps the two in step.
+UV := uv==0.13.9
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT \
+	  && $(PY) -m venv "$$tmp" && "$$tmp/bin/pip" install -q '$(UV)' \
+	  && "$$tmp/bin/uv" pip compile --quiet --generate-hashes \
+	       --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	       --custom-compile-command 'make lock' -o requirements.lock \
+	       pyproject.toml docker/build-requirements.in
 
 clean:
 	rm -rf $(VENV) .cache run

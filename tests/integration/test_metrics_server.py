@@ -1,7 +1,8 @@
-"""The metrics server over real HTTP, merging two real shard processes."""
+"""The metrics server over real HTTP, merging two real shard processes; scrape auth."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.metrics.health import HealthChecks
 from consumer.metrics.registry import ENV_VAR, SAMPLE_NAMES
-from consumer.metrics.server import MetricsServer
+from consumer.metrics.server import MetricsServer, ScrapeAuth
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +50,18 @@ class Clock:
 
 
 def _get(url: str) -> tuple[int, bytes]:
+    return _request(url)[:2]
+
+
+def _request(url: str, authorization: str = "") -> tuple[int, bytes, list[str]]:
+    """GET; returns status, body and the WWW-Authenticate header values."""
+    headers = {"Authorization": authorization} if authorization else {}
+    req = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read()
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read(), resp.headers.get_all("WWW-Authenticate") or []
     except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        return err.code, err.read(), err.headers.get_all("WWW-Authenticate") or []
 
 
 def _start_child(directory: Path, shard: str) -> subprocess.Popen[bytes]:
@@ -135,3 +143,81 @@ def test_healthz_follows_the_supervisor_loop(
     status, body = _get(server.url + "/healthz")
     assert status == 503 and json.loads(body)["failed"] == ["loop"]
     assert _get(server.url + "/nope")[0] == 404
+
+
+# --- scrape auth -------------------------------------------------------------------------------
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+@pytest.fixture
+def auth_server(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[MetricsServer]:
+    health = HealthChecks(lambda: True, max_heartbeat_age_s=30)
+    server = MetricsServer("127.0.0.1", 0, tmp_path, health, auth=request.param).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+TOKEN = "s3cr3t-token-of-some-length"
+BASIC = "prometheus:pa:ss wörd"  # a colon and non-ASCII in the password
+
+
+@pytest.mark.parametrize("auth_server", [ScrapeAuth(bearer_token=TOKEN)], indirect=True)
+def test_bearer_token_guards_metrics_only(auth_server: MetricsServer, tmp_path: Path) -> None:
+    url = auth_server.url
+    child = _start_child(tmp_path, "shardId-0")  # so that there are metrics to withhold
+    try:
+        for authorization in ("", "Bearer wrong", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN,
+                              _basic(f"x:{TOKEN}")):
+            status, body, challenge = _request(url + "/metrics", authorization)
+            assert (status, challenge) == (401, ['Bearer realm="metrics"']), authorization
+            assert b"aetherstream" not in body
+        for authorization in (f"Bearer {TOKEN}", f"bearer  {TOKEN}"):
+            status, body, challenge = _request(url + "/metrics", authorization)
+            assert (status, challenge) == (200, []), authorization
+            leases = [s.value for f in text_string_to_metric_families(body.decode())
+                      for s in f.samples if s.name == "aetherstream_leases_held"]
+            assert leases == [1]
+        # The probes need no credentials: ECS and load balancer health checks send none.
+        assert _request(url + "/healthz")[0] == 200
+        status, body, _ = _request(url + "/readyz")
+        assert status == 200 and json.loads(body)["failed"] == []  # the verdict, no 401
+        assert _request(url + "/nope")[0] == 404
+    finally:
+        child.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("auth_server", [ScrapeAuth(basic_auth=BASIC)], indirect=True)
+def test_basic_auth_guards_metrics(auth_server: MetricsServer) -> None:
+    url = auth_server.url + "/metrics"
+    assert _request(url, _basic(BASIC))[0] == 200
+    for authorization in ("", _basic("prometheus:pa:ss"), _basic("Prometheus:pa:ss wörd"),
+                          "Basic !!not-base64!!", f"Bearer {BASIC}", "Basic"):
+        status, _, challenge = _request(url, authorization)
+        assert (status, challenge) == (401, ['Basic realm="metrics", charset="UTF-8"'])
+
+
+@pytest.mark.parametrize(
+    "auth_server", [ScrapeAuth(bearer_token=TOKEN, basic_auth=BASIC)], indirect=True
+)
+def test_either_credential_when_both_are_set(auth_server: MetricsServer) -> None:
+    url = auth_server.url + "/metrics"
+    assert _request(url, f"Bearer {TOKEN}")[0] == 200
+    assert _request(url, _basic(BASIC))[0] == 200
+    status, _, challenges = _request(url, _basic(TOKEN))
+    assert status == 401 and len(challenges) == 2
+
+
+@pytest.mark.parametrize("auth_server", [None], indirect=True)
+def test_metrics_open_without_configured_credentials(auth_server: MetricsServer) -> None:
+    assert _request(auth_server.url + "/metrics")[0] == 200
+    assert _request(auth_server.url + "/metrics", "Bearer anything")[0] == 200
+
+
+def test_basic_auth_setting_without_a_colon_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"metrics\.basic_auth"):
+        ScrapeAuth(basic_auth="just-a-user")
