@@ -56,6 +56,9 @@ class KclSettings:
     worker_id: str = ""  # empty: hostname + pid
     max_leases_for_worker: int = 0  # 0: no limit
     java_heap_mb: int = 256
+    # FANOUT (enhanced fan-out, SubscribeToShard) gives this consumer its own 2 MB/s per
+    # shard: use it when the stream has another consumer, such as the Lambda path.
+    retrieval_mode: Literal["POLLING", "FANOUT"] = "POLLING"
 
 
 @dataclass(frozen=True)
@@ -157,13 +160,6 @@ class OpenSearchSettings:
 
 
 @dataclass(frozen=True)
-class CommitSettings:
-    # DynamoDB table of shard epochs (fencing); created by `aetherstream migrate`.
-    # Empty: no fencing (KCL's own checkpoint check still refuses a lost lease).
-    manifest_table: str = ""
-
-
-@dataclass(frozen=True)
 class LogSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -179,7 +175,6 @@ class Settings:
     windows: WindowSettings = field(default_factory=WindowSettings)
     redshift: RedshiftSettings = field(default_factory=RedshiftSettings)
     opensearch: OpenSearchSettings = field(default_factory=OpenSearchSettings)
-    commit: CommitSettings = field(default_factory=CommitSettings)
     log: LogSettings = field(default_factory=LogSettings)
     run_dir: str = "run"
 
@@ -431,8 +426,6 @@ FIELD_RULES: dict[str, Rule] = {
     "opensearch.index_prefix": _pattern("must start an OpenSearch index name: a-z 0-9, then "
                                         "a-z 0-9 _ . -, at most 100", r"[a-z0-9][a-z0-9_.-]{0,99}"),
     "opensearch.timeout_s": POSITIVE,
-    "commit.manifest_table": _pattern("must be empty or a DynamoDB table name: 3-255 of "
-                                      "A-Z a-z 0-9 _ . -", DYNAMODB_TABLE, empty_ok=True),
     "run_dir": NON_EMPTY,
 }
 

@@ -146,8 +146,8 @@ def config_settings(base: Settings, cfg: BenchConfig, dsn: str, opensearch_url: 
         windows={"enabled": cfg.windows},
         redshift={"enabled": cfg.warehouse, "dsn": dsn, "dialect": "postgres",
                   "schema": app.replace("-", "_")},
-        opensearch={"enabled": cfg.warehouse, "endpoint": opensearch_url, "index_prefix": app},
-        commit={"manifest_table": f"{app}-fences"},
+        opensearch={"enabled": cfg.warehouse, "endpoint": opensearch_url, "index_prefix": app,
+                    "auth": "none"},
         metrics={"multiproc_dir": str(run_dir / "prometheus" / cfg.name)},
     )
 
@@ -198,7 +198,7 @@ class Bench:
         app = settings.stream.app_name
         self.stack.create_bucket(settings.s3.bucket)
         probe.create_lease_table(self.dynamodb, app)
-        migrate_all(settings, self.dynamodb)
+        migrate_all(settings)
         report = ConfigReport(cfg)
         for name, module in PROCESSORS:  # ours last: the servers' figures are its own
             before = self.meter.sample()

@@ -47,7 +47,7 @@ def render_properties(settings: Settings, env: Mapping[str, str], executable: st
         "processingLanguage": f"python/{sys.version_info.major}.{sys.version_info.minor}",
         "AWSCredentialsProvider": "DefaultAWSCredentialsProviderChain",
         "regionName": region_of(env),
-        "retrievalMode": "POLLING",
+        "retrievalMode": kcl.retrieval_mode,
         "initialPositionInStream": kcl.initial_position,
         "maxRecords": str(kcl.max_records),
         "idleTimeBetweenReadsInMillis": str(kcl.idle_time_between_reads_ms),

@@ -29,7 +29,7 @@ from consumer.kcl.properties import (
 from consumer.metrics.cloudwatch import Mirror, build_mirror
 from consumer.metrics.health import HealthChecks
 from consumer.metrics.registry import configure_multiprocess
-from consumer.metrics.server import MetricsServer
+from consumer.metrics.server import MetricsServer, ScrapeAuth
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ class Supervisor:
         self.env.update(configure_multiprocess(mp_dir))
         self.env["AETHERSTREAM_KCL_WORKER_ID"] = self.worker_id
         self.health = HealthChecks(self._daemon_alive, self.settings.metrics.max_heartbeat_age_s)
-        self.server = MetricsServer(
-            self.settings.metrics.host, self.settings.metrics.port, mp_dir, self.health
-        ).start()
+        ms = self.settings.metrics
+        auth = ScrapeAuth(ms.bearer_token, ms.basic_auth) if (
+            ms.bearer_token or ms.basic_auth) else None
+        self.server = MetricsServer(ms.host, ms.port, mp_dir, self.health, auth).start()
         self._mirror = self._start_mirror(mp_dir)
         props = self.run_dir / "kcl.properties"
         props.write_text(render_properties(self.settings, self.env, processor_command()))

@@ -15,7 +15,7 @@ from typing import Any
 from consumer.config import Settings, to_env, with_overrides
 from consumer.kcl.supervisor import Supervisor
 from consumer.local import stackfile
-from consumer.local.emulators import DUMMY_KEY, Endpoints, LocalStack, boto3_client
+from consumer.local.emulators import DUMMY_KEY, Endpoints, LocalStack
 from consumer.sinks.migrate import migrate_all
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,10 @@ class LocalRun:
                 self.settings,
                 redshift={"enabled": True, "dsn": self.endpoints.postgres_dsn,
                           "dialect": "postgres"},
-                opensearch={"enabled": True, "endpoint": self.endpoints.opensearch_url},
-                commit={"manifest_table": f"{self.settings.stream.app_name}-fences"},
+                opensearch={"enabled": True, "endpoint": self.endpoints.opensearch_url,
+                            "auth": "none"},  # osmem is an open domain
             )
-            migrate_all(self.settings, boto3_client("dynamodb", self.endpoints))
+            migrate_all(self.settings)
         stackfile.write(self.run_dir, self.describe(), self.worker_exports())
         return self.endpoints
 

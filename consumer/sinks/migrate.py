@@ -10,15 +10,13 @@ fence rows are created with the schema.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from consumer.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-def migrate_all(settings: Settings, dynamodb: Any = None) -> list[str]:
-    del dynamodb  # kept for callers of the earlier signature; nothing of ours lives there
+def migrate_all(settings: Settings) -> list[str]:
     done = []
     if settings.redshift.enabled:
         import psycopg2
@@ -32,12 +30,10 @@ def migrate_all(settings: Settings, dynamodb: Any = None) -> list[str]:
             conn.close()
         done.append(f"redshift schema {settings.redshift.schema}")
     if settings.opensearch.enabled:
-        from opensearchpy import OpenSearch
-
         from consumer.sinks.opensearch import install_templates
+        from consumer.sinks.routes import opensearch_for
 
-        client = OpenSearch(hosts=[settings.opensearch.endpoint], timeout=30)
-        install_templates(client, settings.opensearch.index_prefix)
+        install_templates(opensearch_for(settings), settings.opensearch.index_prefix)
         done.append(f"opensearch templates {settings.opensearch.index_prefix}-*")
     for item in done:
         log.info("migrated", extra={"what": item})

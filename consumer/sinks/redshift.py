@@ -27,6 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import orjson
 
 from consumer.sinks.base import RawRow, ResultRow, WriteOutcome
+from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.retry import Retrier
 
@@ -586,21 +587,12 @@ class RedshiftLoader:
 
 
 def _retryable(exc: BaseException) -> bool:
-    import psycopg2  # local: keeps the pure core importable without the driver
-    import psycopg2.errors
+    """consumer/sinks/errors.py's classification, plus one conflict of ours: two first loads
+    of one shard racing to create its fence row (the only table with a key PostgreSQL
+    enforces; on Redshift the same race is a 1023 serialization conflict)."""
+    import psycopg2.errors  # local: keeps the pure core importable without the driver
 
-    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
-        return True
-    # Concurrent loads: PostgreSQL's serialization failures and deadlocks, Redshift's "1023
-    # Serializable isolation violation" (an InternalError), and two first claims of one
-    # shard's fence row racing on its primary key.
-    if isinstance(exc, psycopg2.errors.SerializationFailure | psycopg2.errors.DeadlockDetected
-                  | psycopg2.errors.UniqueViolation):
-        return True
-    if isinstance(exc, psycopg2.InternalError) and "1023" in str(exc):
-        return True
-    # Staging store outages (boto3 / network) are transient too.
-    return type(exc).__module__.startswith(("botocore", "urllib3")) or isinstance(exc, OSError)
+    return is_retryable(exc) or isinstance(exc, psycopg2.errors.UniqueViolation)
 
 
 class RedshiftSink(Generic[RowT]):

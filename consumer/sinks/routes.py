@@ -20,7 +20,9 @@ from consumer.metrics import registry as m
 from consumer.records.model import Event, Position, Rejected
 from consumer.sinks import layout
 from consumer.sinks.buffer import ByteBudget, FlushHints, SinkBuffer
-from consumer.sinks.fence import Fenced, FenceToken
+from consumer.sinks.clients import opensearch_client, redshift_connect
+from consumer.sinks.errors import is_retryable
+from consumer.sinks.fence import FenceToken
 from consumer.sinks.retry import Retrier, RetryEvent
 from consumer.sinks.rows import raw_row, rejected_by_sink, result_line, result_row
 from consumer.sinks.s3 import S3ObjectWriter
@@ -45,16 +47,12 @@ class Route(Generic[T]):
     deliver: Callable[[Sequence[T], Position], Delivered]
 
 
-def _not_fenced(exc: BaseException) -> bool:
-    # Until every sink classifies its errors: retry anything but a fence.
-    return not isinstance(exc, Fenced)
-
-
 class ShardRetriers:
-    """One Retrier per sink, all bound to the shard's stop signal (lease lost). A fence is
-    never retried: it means another tenure owns the shard."""
+    """One Retrier per sink, all bound to the shard's stop signal (lease lost). Errors are
+    fatal unless consumer/sinks/errors.py says they are transient; a fence is never retried
+    (another tenure owns the shard)."""
 
-    def __init__(self, retryable: Callable[[BaseException], bool] = _not_fenced) -> None:
+    def __init__(self, retryable: Callable[[BaseException], bool] = is_retryable) -> None:
         self.stopped = threading.Event()
         self._retryable = retryable
         self._by_sink: dict[str, Retrier] = {}
@@ -229,6 +227,15 @@ class RouteFactory:
         return Route("opensearch-results", self.buffer("opensearch-results"), deliver)
 
 
+def opensearch_for(settings: Settings) -> Any:
+    """The OpenSearch client the settings describe (SigV4 unless auth is "none")."""
+    from consumer.aws import region
+
+    o = settings.opensearch
+    return opensearch_client(o.endpoint, auth=o.auth, service=o.service, region=region(),
+                             timeout_s=o.timeout_s)
+
+
 def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
                 now_ms: Callable[[], int], s3_client: Any,
                 token: FenceToken | None = None) -> Routes:
@@ -241,17 +248,14 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
     if settings.windows.enabled:
         windows.append(factory.s3_results())
     if settings.redshift.enabled:
-        import psycopg2
-
-        dsn = settings.redshift.connect_dsn()
-        raw_route, results_route = factory.redshift(lambda: psycopg2.connect(dsn), s3_client)
+        rs = settings.redshift
+        raw_route, results_route = factory.redshift(lambda: redshift_connect(
+            rs.connect_dsn(), connect_timeout_s=rs.connect_timeout_s,
+            statement_timeout_ms=rs.statement_timeout_ms, dialect=rs.dialect), s3_client)
         if settings.redshift.load_raw:
             raw.append(raw_route)
         if settings.windows.enabled:
             results.append(results_route)
     if settings.opensearch.enabled and settings.windows.enabled:
-        from opensearchpy import OpenSearch
-
-        client = OpenSearch(hosts=[settings.opensearch.endpoint], timeout=30)
-        results.append(factory.opensearch(client))
+        results.append(factory.opensearch(opensearch_for(settings)))
     return Routes(factory.archive(), factory.quarantine(), raw, results, windows)

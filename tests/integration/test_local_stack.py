@@ -368,7 +368,11 @@ def test_workers_take_prepared_leases_at_once_and_restart_without_loss(tmp_path:
         assert env["AETHERSTREAM_REDSHIFT_DSN"] == info["postgres_dsn"]
         # The restarted worker takes the old one's leases as they expire, on the taker's
         # passes (every 2 x failover time): shorter than local up's 5 s, to keep this fast.
-        env["AETHERSTREAM_KCL_FAILOVER_TIME_MS"] = "2000"
+        # Every sink timeout must stay below it (a setting rule).
+        env.update(AETHERSTREAM_KCL_FAILOVER_TIME_MS="3000",
+                   AETHERSTREAM_REDSHIFT_CONNECT_TIMEOUT_S="2",
+                   AETHERSTREAM_REDSHIFT_STATEMENT_TIMEOUT_MS="2500",
+                   AETHERSTREAM_OPENSEARCH_TIMEOUT_S="2.5")
         ep = _endpoints(info)
         _put(ep, info["stream"], 0, 40)
 

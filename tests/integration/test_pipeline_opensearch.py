@@ -35,7 +35,7 @@ def test_refused_results_are_quarantined_and_the_rest_delivered(
     settings = with_overrides(
         load_settings(None, env={}), s3={"bucket": BUCKET},
         windows={"size_ms": 60_000, "idle_timeout_ms": 0},
-        opensearch={"enabled": True, "endpoint": url, "index_prefix": "rej"},
+        opensearch={"enabled": True, "endpoint": url, "index_prefix": "rej", "auth": "none"},
     )
     # An index made by hand with a mapping our documents break: "count" must be a boolean.
     client = OpenSearch(hosts=[url])

@@ -77,7 +77,7 @@ class Scene:
                      "out_of_orderness_ms": 1_000, "idle_timeout_ms": 0},
             redshift={"enabled": True, "dsn": dsn or self.dsn, "dialect": "postgres",
                       "schema": self.name.replace("-", "_")},
-            opensearch={"enabled": True, "endpoint": os_url or self.os_url,
+            opensearch={"enabled": True, "endpoint": os_url or self.os_url, "auth": "none",
                         "index_prefix": self.name},
         )
 

@@ -201,7 +201,6 @@ def test_processor_env_carries_the_config_and_nothing_of_the_callers(
     assert "AWS_PROFILE" not in env and env["AWS_REGION"] == "us-east-1"
     assert env["AETHERSTREAM_KCL_WORKER_ID"] == bench.WORKER_ID
     assert env["AETHERSTREAM_STREAM_APP_NAME"] == "bench-all"  # the lease table's name
-    assert env["AETHERSTREAM_COMMIT_MANIFEST_TABLE"] == "bench-all-fences"
     assert env["PROMETHEUS_MULTIPROC_DIR"] == settings.metrics.multiproc_dir
     assert settings.redshift.enabled and settings.opensearch.enabled and settings.windows.enabled
     s3_only = bench.config_settings(Settings(), bench.CONFIGS["s3"], "", "", tmp_path)

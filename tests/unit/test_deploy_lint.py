@@ -254,8 +254,7 @@ def test_task_role_least_privilege() -> None:
             assert {"Ref": "MetricsNamespace"} in ns and {"Ref": "ApplicationName"} in ns
     text = json.dumps(statements)
     for table in ("${ApplicationName}", "${ApplicationName}/index/*",
-                  "${ApplicationName}-WorkerMetricStats", "${ApplicationName}-CoordinatorState",
-                  "${ManifestTableName}"):
+                  "${ApplicationName}-WorkerMetricStats", "${ApplicationName}-CoordinatorState"):
         assert f"table/{table}\"" in text, table
 
 
@@ -287,14 +286,6 @@ def test_fan_out_calls_only_in_fanout_mode() -> None:
     assert not fan_out & set().union(*(a for c, a in granted.items() if c != "UseFanOut"))
     assert {"kinesis:SubscribeToShard", "kinesis:RegisterStreamConsumer",
             "kinesis:DescribeStreamConsumer"} <= granted["UseFanOut"]
-
-
-def test_shard_status_table_is_read_and_updated_only() -> None:
-    statements = _task_statements()
-    cond, st = statements["ShardStatusTable"]
-    assert cond is None and st["Action"] == ["dynamodb:GetItem", "dynamodb:UpdateItem"]
-    manifest = [sid for sid, (_, s) in statements.items() if "ManifestTableName" in json.dumps(s)]
-    assert manifest == ["ShardStatusTable"]
 
 
 def test_metrics_port_reachable_from_the_scraper_only() -> None:

@@ -60,7 +60,8 @@ def test_a_resharded_stream_is_left_to_kcl() -> None:
 
 
 def test_exports_name_the_stack_and_skip_defaults_and_per_worker_settings() -> None:
-    settings = with_overrides(Settings(), redshift={"enabled": True, "dsn": "postgresql://x"},
+    settings = with_overrides(Settings(), redshift={"enabled": True, "dsn": "postgresql://x",
+                                                   "dialect": "postgres"},
                               metrics={"port": 0, "multiproc_dir": "/tmp/m"},
                               kcl={"worker_id": "w-1"})
     exports = stackfile.settings_exports(settings)

@@ -50,6 +50,7 @@ ROWS = [
     Row("kcl.worker_id", "worker-a", "a\nb", "properties file"),
     Row("kcl.max_leases_for_worker", 8, -1, "non-negative integer"),
     Row("kcl.java_heap_mb", 512, 0, "> 0"),
+    Row("kcl.retrieval_mode", "FANOUT", "PUSH", "one of POLLING, FANOUT"),
     Row("contract.key_fields", ("payload.device", "metric"), ("device", "a..b"),
         "dotted field paths"),
     Row("contract.ts_field", "meta.ts", "", "dotted field path"),
@@ -108,7 +109,6 @@ ROWS = [
     Row("opensearch.auth", "none", "basic", "one of sigv4, none"),
     Row("opensearch.service", "aoss", "lambda", "one of es, aoss"),
     Row("opensearch.timeout_s", 2.5, 0.0, "> 0"),
-    Row("commit.manifest_table", "aetherstream-fences", "x", "DynamoDB table name"),
     Row("log.level", "DEBUG", "TRACE", "one of DEBUG"),
     Row("run_dir", "/var/run/aetherstream", "", "not be empty"),
 ]
