@@ -13,24 +13,33 @@ MERGE fails when two source rows match one target row.
 
 Dialect seam: production COPYs the staged object straight from S3 with an IAM role; the
 local PostgreSQL stand-in cannot, so it reads the same staged bytes and COPYs FROM STDIN.
+
+Staging hygiene: a staged object is deleted once its load has committed; a failed delete is
+logged and counted, never fails the load (the template's lifecycle rule on the staging prefix
+expires what is left). A load transaction is bounded by a client-side deadline
+(`load_deadline_s`), because a hung cluster answers neither statement_timeout nor keepalives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
 
+from consumer.metrics import registry as m
 from consumer.sinks.base import RawRow, ResultRow, WriteOutcome
-from consumer.sinks.errors import is_retryable
+from consumer.sinks.errors import describe, is_retryable
 from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.retry import Retrier
 
+log = logging.getLogger(__name__)
 RowT = TypeVar("RowT")
 Value = str | int | float | bool | None
 
@@ -401,6 +410,7 @@ class StagingStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
     def url(self, key: str) -> str: ...
 
 
@@ -415,6 +425,9 @@ class MemoryStagingStore:
 
     def get(self, key: str) -> bytes:
         return self.objects[key]
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
 
     def url(self, key: str) -> str:
         return f"memory://{key}"
@@ -435,6 +448,10 @@ class S3StagingStore:
     def get(self, key: str) -> bytes:
         body = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
         return bytes(body.read())
+
+    def delete(self, key: str) -> None:
+        # DeleteObject succeeds for a missing key too, so a repeat is harmless.
+        self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
@@ -563,9 +580,11 @@ class RedshiftLoader:
         return prune + upsert
 
     def load(self, conn: Any, binding: TableBinding[RowT], rows: Sequence[RowT], key: str,
-             writer: ShardWriter | None = None) -> int:
-        """Stage, COPY, upsert; returns the number of distinct rows. Rolls back on error.
-        With a writer, the load is refused (Fenced) unless its tenure holds the fence."""
+             writer: ShardWriter | None = None, deadline_s: float | None = None) -> int:
+        """Stage, COPY, upsert, then delete the staged object; returns the number of distinct
+        rows. Rolls back on error. With a writer, the load is refused (Fenced) unless its
+        tenure holds the fence. With a deadline, the transaction (commit included) must end
+        within it, or the connection is cut and DeadlineExceeded (retryable) is raised."""
         unique = dedupe_last(rows, binding.identity)
         if not unique:
             return 0
@@ -574,7 +593,8 @@ class RedshiftLoader:
         # Without a batch key, the content names the object: a replay restages the same key.
         object_key = f"{spec.name}/{key or hashlib.sha256(data).hexdigest()[:32]}.csv"
         self.staging.put(object_key, data)
-        with conn, conn.cursor() as cur:  # commit on success, rollback on any exception
+        # Outermost, so the rollback of a cut connection is inside the deadline too.
+        with _bounded(conn, deadline_s), conn, conn.cursor() as cur:  # commit, or roll back
             if writer is not None:
                 hold_fence(cur, self.schema, writer)
             for stmt in create_stage_sql(self.schema, spec):
@@ -583,7 +603,43 @@ class RedshiftLoader:
             for stmt in self.upsert_sql(spec):
                 cur.execute(stmt)
             cur.execute(f"DROP TABLE {stage_name(spec)}")
+        self._forget(object_key)
         return len(unique)
+
+    def _forget(self, object_key: str) -> None:
+        """Delete a staged object whose load committed. Best effort: the rows are durable, and
+        the lifecycle rule on the staging prefix expires an object left behind."""
+        try:
+            self.staging.delete(object_key)
+        except Exception as exc:
+            m.SINK_BATCHES.labels(STAGING_SINK, "delete_failed").inc()
+            log.warning("staged object not deleted; the lifecycle rule will expire it",
+                        extra={"object": self.staging.url(object_key), "error": describe(exc)})
+
+
+STAGING_SINK = "redshift-staging"  # the sink label of staging-object deletes that failed
+
+
+@contextlib.contextmanager
+def _bounded(conn: Any, deadline_s: float | None) -> Iterator[None]:
+    if deadline_s is None:
+        yield
+        return
+    from consumer.sinks.clients import query_deadline  # local: the driver stays optional
+
+    with query_deadline(conn, deadline_s):
+        yield
+
+
+def load_deadline_s(statement_timeout_ms: int, failover_time_ms: int) -> float:
+    """The client-side bound on one load transaction: past the statement timeout (a server
+    that answers cancels its own statement first), and below the failover time (a stale
+    writer's load ends before a new owner could take the lease): halfway between the two.
+    The settings already require statement_timeout_ms < failover_time_ms."""
+    if not 0 < statement_timeout_ms < failover_time_ms:
+        raise ValueError(f"need 0 < statement_timeout_ms ({statement_timeout_ms}) < "
+                         f"failover_time_ms ({failover_time_ms})")
+    return (statement_timeout_ms + failover_time_ms) / 2 / 1000
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -598,9 +654,11 @@ def _retryable(exc: BaseException) -> bool:
 class RedshiftSink(Generic[RowT]):
     """Commit step for one table: durable in Redshift when write_batch returns.
 
-    Connection loss, serialization failures (concurrent shard loads) and staging-store
-    outages are retried forever through `retrier` (whose `retryable` this sets); a broken
-    connection is replaced. Other errors (bad SQL, permissions) propagate.
+    Connection loss, serialization failures (concurrent shard loads), timeouts and
+    staging-store outages are retried forever through `retrier` (whose `retryable` this sets);
+    a broken connection is replaced. Other errors (bad SQL, permissions) propagate. With
+    `deadline_s` (see load_deadline_s), each load transaction that a hung cluster leaves
+    unanswered is cut, reconnected and retried instead of blocking forever.
     """
 
     def __init__(
@@ -611,11 +669,13 @@ class RedshiftSink(Generic[RowT]):
         connect: Callable[[], Any],
         retrier: Retrier | None = None,
         writer: ShardWriter | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self.name = name
         self.binding = binding
         self.loader = loader
         self.writer = writer
+        self.deadline_s = deadline_s
         self._connect = connect
         self._conn: Any = None
         self.retrier = retrier or Retrier(name)
@@ -625,7 +685,8 @@ class RedshiftSink(Generic[RowT]):
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         try:
-            return self.loader.load(self._conn, self.binding, rows, batch_key, self.writer)
+            return self.loader.load(self._conn, self.binding, rows, batch_key, self.writer,
+                                    self.deadline_s)
         except Exception as exc:
             if _retryable(exc):  # a broken connection is replaced on the next attempt
                 self.close()

@@ -193,10 +193,11 @@ class RouteFactory:
         loader = rs.RedshiftLoader(cfg.schema, dialect, staging, use_merge=cfg.upsert == "merge")
         stream = self.settings.stream.name
         writer = rs.ShardWriter(stream, self.shard_id, self.token) if self.token else None
+        deadline = rs.load_deadline_s(cfg.statement_timeout_ms, self.settings.kcl.failover_time_ms)
         raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
-                                   self.retriers("redshift-raw"), writer)
+                                   self.retriers("redshift-raw"), writer, deadline)
         results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
-                                       self.retriers("redshift-results"), writer)
+                                       self.retriers("redshift-results"), writer, deadline)
 
         def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
             rows = [raw_row(stream, self.shard_id, e) for e in events]

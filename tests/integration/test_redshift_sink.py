@@ -11,6 +11,10 @@ One server of each per module.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,13 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consumer.metrics.registry import REGISTRY
 from consumer.sinks.base import RawRow, ResultRow, Sink, WriteOutcome
+from consumer.sinks.clients import DeadlineExceeded, redshift_connect
+from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.redshift import (
     RAW_BINDING,
     RAW_TABLE,
     RESULTS_BINDING,
     RESULTS_TABLE,
+    STAGING_SINK,
     PostgresDialect,
     RedshiftDialect,
     RedshiftLoader,
@@ -35,13 +43,14 @@ from consumer.sinks.redshift import (
     delete_insert_sql,
     fit_varchar,
     ident,
+    load_deadline_s,
     merge_sql,
     migrate,
     raw_records_sink,
     redshift_merge_problems,
     window_results_sink,
 )
-from consumer.sinks.retry import Backoff, Retrier, StopRetrying
+from consumer.sinks.retry import Backoff, Retrier, RetryEvent, StopRetrying
 from consumer.sinks.rows import result_version
 from tests.support.servers import S3Endpoint, moto_s3, postgres
 
@@ -335,13 +344,78 @@ def test_results_sink_end_to_end(dsn: str, conn: Any, schema: str, staging: S3St
     sink.close()
 
 
-def test_staged_object_is_in_s3(staging: S3StagingStore, conn: Any, schema: str) -> None:
-    loader(schema, staging).load(conn, RAW_BINDING, [raw(5)], "batch-xyz")
-    body = staging.get("raw_records/batch-xyz.csv")
-    assert body.count(b"\n") == 1 and b'"pk5"' in body
-    assert staging.url("raw_records/batch-xyz.csv") == (
-        f"s3://{BUCKET}/redshift-staging/raw_records/batch-xyz.csv"
-    )
+def _staged_keys(store: S3StagingStore) -> list[str]:
+    listing = store._client.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def _delete_failures() -> float:
+    value = REGISTRY.get_sample_value("aetherstream_sink_batches_total",
+                                      {"sink": STAGING_SINK, "outcome": "delete_failed"})
+    return value or 0.0
+
+
+def test_staged_object_is_deleted_after_the_load_commits(
+    staging: S3StagingStore, conn: Any, schema: str
+) -> None:
+    store = S3StagingStore(staging._client, BUCKET, f"{schema}-staging/")
+    seen: list[tuple[str, bytes]] = []
+
+    class Watching(PostgresDialect):  # records what COPY read: the object existed until then
+        def copy_into_stage(self, cursor: Any, spec: TableSpec, st: Any, key: str) -> None:
+            seen.append((st.url(key), st.get(key)))
+            super().copy_into_stage(cursor, spec, st, key)
+
+    ld = RedshiftLoader(schema, Watching(), store)
+    failures = _delete_failures()
+    assert ld.load(conn, RAW_BINDING, [raw(5)], "batch-xyz") == 1
+    assert seen[0][0] == f"s3://{BUCKET}/{schema}-staging/raw_records/batch-xyz.csv"
+    assert seen[0][1].count(b"\n") == 1 and b'"pk5"' in seen[0][1]
+    sink = window_results_sink(ld, lambda: conn)
+    assert sink.write_batch([result("r1", "shard-a", 1, 1.0, 1.0, 1.0)], "").written == 1
+    assert len(seen) == 2
+    assert _staged_keys(store) == []  # both objects are gone, the rows are stored
+    assert rows(conn, f"SELECT count(*) FROM {schema}.raw_records") == [(1,)]
+    assert rows(conn, f"SELECT count(*) FROM {schema}.window_results") == [(1,)]
+    assert _delete_failures() == failures
+
+
+def test_a_failed_load_keeps_its_staged_object(
+    staging: S3StagingStore, conn: Any, schema: str
+) -> None:
+    """Rolled back: the object stays for the retry (which restages it) or for expiry."""
+    store = S3StagingStore(staging._client, BUCKET, f"{schema}-staging/")
+
+    class Failing(RedshiftLoader):
+        def upsert_sql(self, spec: TableSpec) -> list[str]:
+            return [*super().upsert_sql(spec), "SELECT 1 / 0"]
+
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        Failing(schema, PostgresDialect(), store).load(conn, RAW_BINDING, [raw(1)], "k")
+    assert _staged_keys(store) == [f"{schema}-staging/raw_records/k.csv"]
+
+
+def test_a_failed_delete_never_fails_the_load(
+    staging: S3StagingStore, conn: Any, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The delete goes to a real boto3 client for an address where nothing listens (port 9),
+    standing in for an S3 outage or a missing DeleteObject grant after the load committed:
+    moto cannot be made to refuse only deletes."""
+    dead = S3Endpoint("http://127.0.0.1:9").client()
+
+    class DeleteUnreachable(S3StagingStore):
+        def delete(self, key: str) -> None:
+            dead.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    store = DeleteUnreachable(staging._client, BUCKET, f"{schema}-staging/")
+    failures = _delete_failures()
+    with caplog.at_level(logging.WARNING, logger="consumer.sinks.redshift"):
+        assert loader(schema, store).load(conn, RAW_BINDING, [raw(1), raw(2)], "kept") == 2
+    assert rows(conn, f"SELECT count(*) FROM {schema}.raw_records") == [(2,)]
+    assert _staged_keys(store) == [f"{schema}-staging/raw_records/kept.csv"]
+    assert _delete_failures() == failures + 1
+    [record] = [r for r in caplog.records if "not deleted" in r.getMessage()]
+    assert record.object == f"s3://{BUCKET}/{schema}-staging/raw_records/kept.csv"  # type: ignore[attr-defined]
 
 
 def test_generated_merge_uses_only_redshift_form() -> None:
@@ -410,3 +484,53 @@ def test_the_fence_row_refuses_a_stale_tenure(conn: Any, schema: str,
     assert got == [(str(raw(i).sequence),) for i in (1, 2, 4)]
     assert rows(conn, f"SELECT owner, lease_counter, spawned_ns, loads FROM {schema}.shard_fences"
                 ) == [("worker-b", 6, 60, 3)]
+
+
+def test_a_stopped_backend_is_cut_by_the_deadline_and_the_load_retried(
+    dsn: str, conn: Any, schema: str, staging: S3StagingStore
+) -> None:
+    """The sink's own backend is stopped with SIGSTOP (SIGCONT after): its 300 ms
+    statement_timeout never runs and the kernel still answers keepalives, so only the client
+    deadline ends the blocked load; the retrier reconnects (a new backend) and loads once."""
+    events: list[RetryEvent] = []
+    sink = raw_records_sink(
+        loader(schema, staging),
+        lambda: redshift_connect(dsn, connect_timeout_s=2, statement_timeout_ms=300,
+                                 dialect="postgres"),
+        Retrier("redshift-raw", Backoff(base_ms=1, cap_ms=5), retryable=is_retryable,
+                on_retry=events.append),
+    )
+    sink.deadline_s = 1.0
+    assert sink.write_batch([raw(1)], "").written == 1
+    with sink._conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        stopped = int(cur.fetchone()[0])
+    sink._conn.rollback()
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        assert sink.write_batch([raw(1), raw(2), raw(3)], "").written == 3
+        elapsed = time.monotonic() - start
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    sink.close()
+    assert 0.9 <= elapsed < 4.0
+    assert [type(e.error) for e in events] == [DeadlineExceeded]
+    assert rows(conn, f"SELECT count(*) FROM {schema}.raw_records") == [(3,)]
+    assert duplicates(conn, schema, RAW_TABLE) == []
+
+
+@pytest.mark.parametrize(("statement", "failover", "expected"),
+                         [(4000, 5000, 4.5), (4000, 10_000, 7.0), (300, 700, 0.5)])
+def test_the_load_deadline_lies_between_statement_timeout_and_failover(
+    statement: int, failover: int, expected: float
+) -> None:
+    deadline = load_deadline_s(statement, failover)
+    assert deadline == expected
+    assert statement / 1000 < deadline < failover / 1000
+
+
+@pytest.mark.parametrize(("statement", "failover"), [(5000, 5000), (6000, 5000), (0, 5000)])
+def test_the_load_deadline_needs_room_below_failover(statement: int, failover: int) -> None:
+    with pytest.raises(ValueError):
+        load_deadline_s(statement, failover)
