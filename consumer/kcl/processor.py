@@ -29,6 +29,7 @@ from consumer.aws import client
 from consumer.commit.lease import LeaseTable, Ownership
 from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
+from consumer.kcl.liveness import LagLiveness
 from consumer.metrics import registry as m
 from consumer.metrics.logs import bind_context, log_context
 from consumer.pipeline import ShardPipeline, window_spec
@@ -103,6 +104,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                                 initialize_input.sub_sequence_number)
         bind_context(shard=self.shard_id)
         self._metrics = m.ShardMetrics(self.shard_id)
+        # The lag gauge rises while a callback blocks (consumer/kcl/liveness.py).
+        self._liveness = LagLiveness(m.MILLIS_BEHIND_LATEST.labels(self.shard_id)).start()
         s = self._settings
         ownership = Ownership(LeaseTable(self._dynamodb or client("dynamodb"), s.stream.app_name),
                               self.shard_id, s.kcl.worker_id, self._spawned_ns)
@@ -129,15 +132,15 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         now_ms = _now_ms()
         batch = ({"first": str(records[0].position), "last": str(records[-1].position),
                   "records": len(records)} if records else {})
-        with log_context(batch=batch):  # every line logged for this batch names its range
+        # every line logged for this batch names its range; the lag gauge moves meanwhile
+        with log_context(batch=batch), self._liveness.busy():
             if records:
                 metrics.batch_received((r.position.sequence for r in records),
                                        (len(r.data) for r in records))
                 pipeline.ingest(records, now_ms)
             else:
                 pipeline.tick(now_ms)
-            m.MILLIS_BEHIND_LATEST.labels(self.shard_id).set(
-                process_records_input.millis_behind_latest or 0)
+            self._liveness.batch(process_records_input.millis_behind_latest or 0)
             if pipeline.flush_due(now_ms):
                 pipeline.commit(process_records_input.checkpointer)
         pipeline.report_gauges(now_ms)
