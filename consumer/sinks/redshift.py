@@ -279,15 +279,7 @@ def ddl_statements(schema: str) -> list[str]:
     return stmts
 
 
-def merged_view_sql(schema: str) -> str:
-    """One row per (kind, start, end, key): partial results of several shards combined.
-
-    count and sum add up, min/max combine, and mean is recomputed from the sums (a mean of
-    means would weigh shards wrongly). Quantiles cannot be merged from quantile values.
-    """
-    s = ident(schema)
-    return f"""CREATE OR REPLACE VIEW {s}.{MERGED_VIEW} AS
-SELECT window_kind, window_start_ms, window_end_ms, window_key,
+_MERGED_COLUMNS = """
   SUM(value_count) AS value_count,
   SUM(value_sum) AS value_sum,
   MIN(value_min) AS value_min,
@@ -296,10 +288,46 @@ SELECT window_kind, window_start_ms, window_end_ms, window_key,
     THEN SUM(value_sum) / SUM(value_count) END AS value_mean,
   MIN(first_ts_ms) AS first_ts_ms,
   MAX(last_ts_ms) AS last_ts_ms,
-  COUNT(*) AS shard_count,
-  BOOL_AND(is_final) AS is_final
-FROM {s}.{RESULTS_TABLE.name}
-GROUP BY window_kind, window_start_ms, window_end_ms, window_key"""
+  COUNT(DISTINCT shard_id) AS shard_count,
+  BOOL_AND(is_final) AS is_final"""
+
+
+def merged_view_sql(schema: str) -> str:
+    """One row per window and key: partial results of several shards combined.
+
+    count and sum add up, min/max combine, and mean is recomputed from the sums (a mean of
+    means would weigh shards wrongly). Quantiles cannot be merged from quantile values.
+    Tumbling and sliding windows are combined by their exact bounds. Sessions have no common
+    bounds across shards (a reshard splits a key's records between parent and children, and
+    each shard closes its own sessions), so they are combined as the engine would have
+    combined them on one shard: per key, sessions whose [start, end) overlap, directly or
+    through a chain, are one session (a gaps-and-islands query: a row starts a new island
+    when it starts at or after the furthest end of the rows before it). Touching sessions
+    ([a, b) and [b, c)) stay apart, as in the engine, where a record at exactly last + gap
+    opens a new session.
+    """
+    s = ident(schema)
+    table = f"{s}.{RESULTS_TABLE.name}"
+    order = "ORDER BY window_start_ms, window_end_ms, shard_id, result_id"
+    return f"""CREATE OR REPLACE VIEW {s}.{MERGED_VIEW} AS
+SELECT window_kind, window_start_ms, window_end_ms, window_key,{_MERGED_COLUMNS}
+FROM {table}
+WHERE window_kind <> 'session'
+GROUP BY window_kind, window_start_ms, window_end_ms, window_key
+UNION ALL
+SELECT window_kind, MIN(window_start_ms) AS window_start_ms,
+  MAX(window_end_ms) AS window_end_ms, window_key,{_MERGED_COLUMNS}
+FROM (
+  SELECT *, SUM(CASE WHEN reach IS NULL OR window_start_ms >= reach THEN 1 ELSE 0 END)
+    OVER (PARTITION BY window_key {order} ROWS UNBOUNDED PRECEDING) AS island
+  FROM (
+    SELECT *, MAX(window_end_ms) OVER (PARTITION BY window_key {order}
+      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+    FROM {table}
+    WHERE window_kind = 'session'
+  ) AS reaches
+) AS islands
+GROUP BY window_kind, window_key, island"""
 
 
 def stage_name(spec: TableSpec) -> str:

@@ -24,10 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.metrics.registry import REGISTRY
+from consumer.records.model import Event, Position, RawRecord
 from consumer.sinks.base import RawRow, ResultRow, Sink, WriteOutcome
 from consumer.sinks.clients import DeadlineExceeded, redshift_connect
 from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import Fenced, FenceToken
+from consumer.sinks.opensearch import key_text
 from consumer.sinks.redshift import (
     RAW_BINDING,
     RAW_TABLE,
@@ -51,7 +53,9 @@ from consumer.sinks.redshift import (
     window_results_sink,
 )
 from consumer.sinks.retry import Backoff, Retrier, RetryEvent, StopRetrying
-from consumer.sinks.rows import result_version
+from consumer.sinks.rows import result_row, result_version
+from consumer.windows.engine import WindowEngine
+from consumer.windows.model import WindowSpec
 from tests.support.servers import S3Endpoint, moto_s3, postgres
 
 pytestmark = pytest.mark.integration
@@ -534,3 +538,71 @@ def test_the_load_deadline_lies_between_statement_timeout_and_failover(
 def test_the_load_deadline_needs_room_below_failover(statement: int, failover: int) -> None:
     with pytest.raises(ValueError):
         load_deadline_s(statement, failover)
+
+
+GAP = 10
+
+
+def session_results(events: list[tuple[int, int, str]], shard: str) -> list[ResultRow]:
+    """Every session of (ts, value, key) events from one engine: nothing is late (a huge
+    out-of-orderness), and close_all makes every session final."""
+    engine = WindowEngine(WindowSpec(kind="session", gap_ms=GAP, out_of_orderness_ms=10**9),
+                          shard)
+    batch = [Event((key, "m"), ts, float(value), RawRecord(b"{}", "pk", Position(i, 0), 0))
+             for i, (ts, value, key) in enumerate(events)]
+    out = [*engine.process(batch, 0).results, *engine.close_all().results]
+    return [result_row(r) for r in out]
+
+
+def merged_sessions(conn: Any, schema: str) -> list[tuple[Any, ...]]:
+    return rows(conn, "SELECT window_key, window_start_ms, window_end_ms, value_count,"
+                      " value_sum, value_min, value_max, first_ts_ms, last_ts_ms"
+                      f" FROM {schema}.window_results_merged WHERE window_kind = 'session'"
+                      " ORDER BY 1, 2")
+
+
+def test_sessions_split_by_a_reshard_merge_in_the_view(
+    conn: Any, schema: str, staging: S3StagingStore
+) -> None:
+    """Parent and child each closed part of one key's session: one row, as one shard gives.
+    Touching sessions ([.., 50) and [50, ..)) stay apart, as the engine keeps them."""
+    parent = [(0, 1, "a"), (5, 2, "a"), (40, 4, "a")]  # [0, 15), [40, 50)
+    child = [(12, 8, "a"), (20, 16, "a"), (50, 32, "a"), (3, 64, "b")]  # [12, 30), [50, 60)
+    ld = loader(schema, staging)
+    ld.load(conn, RESULTS_BINDING, session_results(parent, "shard-parent"), "")
+    ld.load(conn, RESULTS_BINDING, session_results(child, "shard-child"), "")
+    got = rows(conn, "SELECT window_key, window_start_ms, window_end_ms, value_count,"
+                     f" value_sum, shard_count, is_final FROM {schema}.window_results_merged"
+                     " ORDER BY 1, 2")
+    assert got == [('["a","m"]', 0, 30, 4, 27.0, 2, True),
+                   ('["a","m"]', 40, 50, 1, 4.0, 1, True),
+                   ('["a","m"]', 50, 60, 1, 32.0, 1, True),
+                   ('["b","m"]', 3, 13, 1, 64.0, 1, True)]
+    assert merged_sessions(conn, schema) == sorted(
+        (*_session_content(r),) for r in session_results(parent + child, "one"))
+
+
+def _session_content(r: ResultRow) -> tuple[Any, ...]:
+    return (key_text(r.key), r.start_ms, r.end_ms, r.count, r.sum, r.min, r.max,
+            r.first_ts_ms, r.last_ts_ms)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 150), st.integers(-5, 5), st.sampled_from("ab"),
+                          st.booleans()), min_size=1, max_size=40))
+def test_merged_sessions_equal_one_engine_over_all_records(
+    conn: Any, staging: S3StagingStore, events: list[tuple[int, int, str, bool]]
+) -> None:
+    """However a key's records are split between two shards, the view's sessions are the
+    ones a single engine builds from all of them, by content."""
+    migrate(conn, "sessions")
+    with conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE sessions.window_results")
+    ld = loader("sessions", staging)
+    for shard, on_b in (("shard-a", False), ("shard-b", True)):
+        part = [(ts, v, k) for ts, v, k, b in events if b is on_b]
+        ld.load(conn, RESULTS_BINDING, session_results(part, shard), "")
+    want = sorted(_session_content(r) for r in session_results(
+        [(ts, v, k) for ts, v, k, _ in events], "one"))
+    assert merged_sessions(conn, "sessions") == want
