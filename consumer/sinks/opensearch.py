@@ -2,9 +2,10 @@
 
 Functional core (pure): index templates, daily index names, documents, NDJSON bulk bodies
 and the per-item classification of a bulk response. Thin shell: `install_templates` and
-`OpenSearchSink`, which retries whole-request failures and 429/5xx ITEMS with backoff and
-returns 4xx items (e.g. mapper_parsing_exception) as rejected, with the server's reason, so
-one bad document never fails its batch.
+`OpenSearchSink`, which retries whole-request failures and ITEMS with backoff as
+consumer/sinks/errors.py classifies them (429, 5xx, connection loss and timeouts retry) and
+returns the other items (e.g. mapper_parsing_exception) as rejected, with the server's reason,
+so one bad document never fails its batch.
 
 Exactly-once effects: `_id` is the row identity (result_id, or stream:shard:seq:subseq) and
 the index is derived from the row's own event time, so a replay overwrites the same doc.
@@ -23,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from consumer.sinks.base import RawRow, RejectedItem, ResultRow, WriteOutcome
+from consumer.sinks.errors import RETRYABLE_KINDS, is_retryable, opensearch_item_kind
 from consumer.sinks.retry import Retrier, StopRetrying
 
 RowT = TypeVar("RowT")
@@ -178,10 +180,6 @@ def bulk_body(docs: Sequence[IndexDoc]) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def is_retryable_status(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
 @dataclass(frozen=True, slots=True)
 class BulkOutcome:
     written: int
@@ -206,7 +204,7 @@ def classify_items(docs: Sequence[IndexDoc], response: Mapping[str, Any]) -> Bul
         status = int(result.get("status", 500))
         if status < 300 or (status == 409 and doc.version is not None):
             written += 1  # 409 on a versioned doc: the same or a newer version is stored
-        elif is_retryable_status(status):
+        elif opensearch_item_kind(status) in RETRYABLE_KINDS:
             retry.append(doc)
         else:
             error = result.get("error") or {}
@@ -237,14 +235,9 @@ class ItemsThrottled(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
-    from opensearchpy.exceptions import ConnectionError, TransportError
-
-    if isinstance(exc, ConnectionError | BulkResponseMismatch | OSError):
-        return True
-    if isinstance(exc, TransportError):
-        status = exc.status_code
-        return not isinstance(status, int) or is_retryable_status(status)
-    return False
+    """errors.py's classification, plus a response that does not line up with its request
+    (the request is idempotent by _id and version, so sending it again is safe)."""
+    return isinstance(exc, BulkResponseMismatch) or is_retryable(exc)
 
 
 class OpenSearchSink(Generic[RowT]):

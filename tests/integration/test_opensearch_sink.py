@@ -14,10 +14,12 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
-from opensearchpy import OpenSearch
+from opensearchpy import OpenSearch, TransportError
 
 from consumer.sinks.base import RawRow, ResultRow, Sink
+from consumer.sinks.errors import is_retryable
 from consumer.sinks.opensearch import (
     IndexDoc,
     OpenSearchSink,
@@ -34,6 +36,13 @@ from consumer.sinks.retry import Backoff, CircuitBreaker, Retrier, StopRetrying
 from consumer.sinks.rows import result_version
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import osmem
+from tests.support.stub_servers import (
+    OPENSEARCH_429,
+    OPENSEARCH_503,
+    json_answer,
+    scripted_http_server,
+    status_server,
+)
 
 pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
@@ -243,3 +252,69 @@ def test_sink_type_accepts_custom_docs(client: OpenSearch, prefix: str) -> None:
         "ints", client, lambda n: result_doc(prefix, result(n)), fast_retrier("ints")
     )
     assert sink.write_batch([1, 2, 2], "k").written == 2
+
+
+# ---------------------------------------------------------------- classification (errors.py)
+
+STUB_BODIES = {403: {"message": "The security token included in the request is invalid."},
+               404: {"error": {"type": "index_not_found_exception"}, "status": 404},
+               400: {"error": {"type": "parse_exception"}, "status": 400},
+               408: {"error": {"type": "timeout"}, "status": 408},
+               429: OPENSEARCH_429, 503: OPENSEARCH_503}
+
+
+@pytest.mark.parametrize(("status", "retried"), [(403, False), (404, False), (400, False),
+                                                 (408, True), (429, True), (503, True)])
+def test_request_failures_retry_only_as_errors_py_classifies(status: int, retried: bool) -> None:
+    """A stub server answers every request with `status` and OpenSearch's own body for it
+    (osmem cannot be made to answer these): auth, missing and bad requests fail at once;
+    throttling, timeouts and unavailability are retried until the shard stops."""
+    checks = {"n": 0}
+
+    def stop() -> bool:
+        checks["n"] += 1
+        return checks["n"] > 3
+
+    with status_server(status, STUB_BODIES[status]) as stub:
+        via = OpenSearch(hosts=[stub.url], timeout=5, max_retries=0)
+        sink = results_sink(via, "p", fast_retrier("os", should_stop=stop))
+        with pytest.raises(StopRetrying if retried else TransportError) as info:
+            sink.write_batch([result(1)], "k")
+    assert len(stub.requests) == (3 if retried else 1)
+    if not retried:
+        assert isinstance(info.value, TransportError) and info.value.status_code == status
+        assert not is_retryable(info.value)
+
+
+def test_bulk_items_retry_only_as_errors_py_classifies() -> None:
+    """A scripted _bulk answers each document's first attempt with the status its id names,
+    and 201 after: 429, 5xx and 408 items go again (alone), 4xx items are rejected, and a
+    409 on a document written with an external version counts as written (a same or newer
+    version is stored), while a 409 without one is a rejection."""
+    first = {"s429": 429, "s503": 503, "s408": 408, "s400": 400, "s403": 403,
+             "v409": 409, "u409": 409, "ok": 201}
+    sent: list[list[str]] = []
+
+    def bulk(request: Any) -> Any:
+        lines = request.body.decode().splitlines()
+        ids = [orjson.loads(line)["index"]["_id"] for line in lines[::2]]
+        sent.append(ids)
+        items = []
+        for doc_id in ids:
+            status = first.pop(doc_id, 201)
+            error = {"type": f"e{status}", "reason": f"r{status}"} if status >= 300 else None
+            items.append({"index": {"_id": doc_id, "status": status,
+                                    **({"error": error} if error else {})}})
+        return json_answer(200, {"took": 1, "errors": True, "items": items})
+
+    docs = [IndexDoc("i", doc_id, {"n": 1}, None if doc_id == "u409" else 7)
+            for doc_id in ("s429", "s503", "s408", "s400", "s403", "v409", "u409", "ok")]
+    with scripted_http_server(bulk) as stub:
+        via = OpenSearch(hosts=[stub.url], timeout=5, max_retries=0)
+        sink: OpenSearchSink[IndexDoc] = OpenSearchSink("os", via, lambda d: d,
+                                                        fast_retrier("os"))
+        outcome = sink.write_docs(docs)
+    assert sent == [[d.doc_id for d in docs], ["s429", "s503", "s408"]]
+    assert outcome.written == 5  # ok, v409, and the three retried items
+    assert sorted((r.item_id, r.status, r.reason) for r in outcome.rejected) == [
+        ("s400", 400, "e400"), ("s403", 403, "e403"), ("u409", 409, "e409")]
