@@ -51,15 +51,17 @@ class ShardPipeline:
     def __init__(self, settings: Settings, shard_id: str, routes: Routes,
                  engine: WindowEngine | None, checkpointed: Position | None = None, *,
                  ownership: Ownership | None = None, snapshots: SnapshotStore | None = None,
-                 retriers: ShardRetriers | None = None) -> None:
+                 retriers: ShardRetriers | None = None, generation: int = 0) -> None:
         self.shard_id = shard_id
         self._contract = contract_from(settings)
         self.routes = routes
         self.engine = engine
         self.committer = Committer(shard_id, routes, ownership, snapshots,
-                                   retriers or ShardRetriers(), checkpointed)
+                                   retriers or ShardRetriers(), checkpointed, generation)
         self._last_seen: Position | None = checkpointed
         self._uncheckpointed = 0  # records seen since the last checkpoint
+        # Idle ticks changed the windows since the last snapshot: see consumer/commit/state.py.
+        self.ticked = False
 
     # --- stages ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[RawRecord], now_ms: int) -> None:
@@ -84,7 +86,10 @@ class ShardPipeline:
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""
         if self.engine is not None:
-            self._emit(self.engine.tick(now_ms), now_ms)
+            before = self.engine.watermark_ms
+            out = self.engine.tick(now_ms)
+            self.ticked |= bool(out.results) or self.engine.watermark_ms != before
+            self._emit(out, now_ms)
 
     def close(self, now_ms: int) -> None:
         """Shard end: the parent's contribution to every window is final."""
@@ -116,15 +121,16 @@ class ShardPipeline:
 
     def flush(self) -> dict[str, int]:
         """Make everything buffered durable, without checkpointing."""
-        return self.committer.drain()
+        return self.committer.drain(self._last_seen)
 
     def commit(self, checkpointer: Checkpointer) -> bool:
         """Drain every route, snapshot the windows, checkpoint the last record seen."""
         engine = self.engine
         done = self.committer.commit(checkpointer, self._last_seen,
-                                     engine.snapshot if engine is not None else None)
+                                     engine.snapshot if engine is not None else None,
+                                     self.ticked)
         if done:
-            self._uncheckpointed = 0
+            self._uncheckpointed, self.ticked = 0, False
         return done
 
     def end_shard(self, checkpointer: Checkpointer, now_ms: int) -> None:
@@ -132,7 +138,7 @@ class ShardPipeline:
         SHARD_END is checkpointed once everything is durable."""
         self.committer.confirm_owner()
         self.close(now_ms)
-        self.committer.end_shard(checkpointer)
+        self.committer.end_shard(checkpointer, self._last_seen)
 
     @property
     def last_seen(self) -> Position | None:

@@ -162,6 +162,16 @@ class SinkBuffer(Generic[T]):
         self._taken.add(batch.batch_no)
         return batch
 
+    def take_all(self) -> Batch[T] | None:
+        """Everything pending as one batch, in shard order (the caller cuts it itself)."""
+        if not self._pending:
+            return None
+        hints, self.hints = self.hints, FlushHints(len(self._pending), 1 << 62, 0)
+        try:
+            return self.take_batch()
+        finally:
+            self.hints = hints
+
     def mark_durable(self, batch: Batch[T]) -> None:
         """The committer made the batch durable: free its bytes."""
         if batch.batch_no not in self._taken:

@@ -138,19 +138,58 @@ def plan_objects(
     return plans
 
 
-def uncovered(plan: ObjectPlan, durable: Iterable[tuple[Position, Position]]) -> ObjectPlan:
-    """The part of a plan not already inside a durable object's [first, last] range."""
-    ranges = list(durable)
-    keep = [
-        i
-        for i, p in enumerate(plan.positions)
-        if not any(first <= p <= last for first, last in ranges)
-    ]
-    return ObjectPlan(
-        plan.partition_prefix,
-        tuple(plan.positions[i] for i in keep),
-        tuple(plan.lines[i] for i in keep),
-    )
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """An object a shard's manifest says was (or is being) written: its key holds exactly
+    the route's records of its partition from `first` to `last`."""
+
+    key: str
+    first: Position
+    last: Position
+
+
+def cut(plan: ObjectPlan, reserved: Sequence[Reserved], fmt: ObjectFormat = "ndjson",
+        max_records: int | None = None) -> list[tuple[str, ObjectPlan]]:
+    """A partition's records as (key, object) pairs that repeat every reserved object exactly
+    (a writer that lost the shard may still be writing it) and cut the rest into new objects
+    between them, each at most max_records. Keys name the first and last position held."""
+    out: list[tuple[str, ObjectPlan]] = []
+    ranges = sorted((r for r in reserved if r.key.startswith(plan.partition_prefix)),
+                    key=lambda r: r.first)
+    run: list[int] = []
+
+    def close_run() -> None:
+        step = max_records or len(run) or 1
+        for lo in range(0, len(run), step):
+            part = run[lo:lo + step]
+            first, last = plan.positions[part[0]], plan.positions[part[-1]]
+            out.append((object_key(plan.partition_prefix, first, last, fmt), _pick(plan, part)))
+        run.clear()
+
+    r = 0
+    held: list[int] = []
+    for i, pos in enumerate(plan.positions):
+        while r < len(ranges) and ranges[r].last < pos:
+            if held:
+                out.append((ranges[r].key, _pick(plan, held)))
+                held = []
+            else:
+                close_run()  # no new object spans a reserved range, even an empty one
+            r += 1
+        if r < len(ranges) and ranges[r].first <= pos:
+            close_run()
+            held.append(i)
+        else:
+            run.append(i)
+    if held:
+        out.append((ranges[r].key, _pick(plan, held)))
+    close_run()
+    return out
+
+
+def _pick(plan: ObjectPlan, idx: list[int]) -> ObjectPlan:
+    return ObjectPlan(plan.partition_prefix, tuple(plan.positions[i] for i in idx),
+                      tuple(plan.lines[i] for i in idx))
 
 
 def gzip_body(lines: Iterable[bytes]) -> bytes:
