@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from consumer.commit.checkpoint import Checkpointer
@@ -76,9 +77,9 @@ class ShardPipeline:
         if records:
             self._last_seen = records[-1].position
             self._uncheckpointed += len(records)
-        self._add(self.routes.archive, events, now_ms)
-        for route in self.routes.raw:
-            self._add(route, events, now_ms)
+        positions, sizes = _positions(events), _sizes(events)
+        for route in (self.routes.archive, *self.routes.raw):
+            route.buffer.add_many(events, positions, sizes, now_ms)
         self._add(self.routes.quarantine, rejected, now_ms)
         if out is not None:
             self._emit(out, now_ms)
@@ -103,17 +104,16 @@ class ShardPipeline:
         if not out.results or self._last_seen is None:
             return
         m.WINDOW_RESULTS_EMITTED.labels(self.shard_id).inc(len(out.results))
+        n, at = len(out.results), self._last_seen
         for route in self.routes.results:
-            for r in out.results:
-                route.buffer.add(r, self._last_seen, RESULT_SIZE, now_ms)
-        for group in final_groups(out.results):
-            for window_route in self.routes.windows:
-                window_route.buffer.add(group, self._last_seen, RESULT_SIZE * len(group), now_ms)
+            route.buffer.add_many(out.results, [at] * n, [RESULT_SIZE] * n, now_ms)
+        groups = final_groups(out.results)
+        for window_route in self.routes.windows:
+            window_route.buffer.add_many(groups, [at] * len(groups),
+                                         [RESULT_SIZE * len(g) for g in groups], now_ms)
 
     def _add(self, route: Route[Any], items: Sequence[Any], now_ms: int) -> None:
-        for item in items:
-            record = item.record
-            route.buffer.add(item, record.position, len(record.data), now_ms)
+        route.buffer.add_many(items, _positions(items), _sizes(items), now_ms)
 
     # --- commit ---------------------------------------------------------------------------
     def flush_due(self, now_ms: int) -> bool:
@@ -154,6 +154,18 @@ class ShardPipeline:
             wm = self.engine.watermark_ms
             if wm is not None:
                 m.WATERMARK_LAG_SECONDS.labels(self.shard_id).set(max(0.0, (now_ms - wm) / 1000))
+
+
+_POSITION = attrgetter("record.position")
+_DATA = attrgetter("record.data")
+
+
+def _positions(items: Sequence[Any]) -> list[Position]:
+    return list(map(_POSITION, items))
+
+
+def _sizes(items: Sequence[Any]) -> list[int]:
+    return list(map(len, map(_DATA, items)))
 
 
 def final_groups(results: Sequence[WindowResult]) -> list[WindowGroup]:
