@@ -64,6 +64,9 @@ def exit_on_error(callback: F) -> F:
 
 
 def to_raw_records(kcl_records: list[Any]) -> list[RawRecord]:
+    """amazon_kclpy Records as RawRecords; consumer/kcl/protocol.py delivers RawRecords."""
+    if kcl_records and isinstance(kcl_records[0], RawRecord):
+        return kcl_records
     return [
         RawRecord(
             data=base64.b64decode(r.data),
