@@ -84,10 +84,11 @@ def parse_chain(tables: list[Any], source: str, base_dir: Path,
     sources: list[LookupSource] = []
     seen: set[str] = set()
     for i, table in enumerate(tables):
-        label = f"transform[{i}]"
+        named = table.get("name") if isinstance(table, dict) else None
+        label = f"transform[{i}] {named!r}" if isinstance(named, str) and named else \
+            f"transform[{i}]"
         try:
             name, kind = _head(table, seen)
-            label = f"{label} {name!r}"
             step, src = _build(kind, name, table, base_dir, load)
         except _Bad as bad:
             problems.append(f"{label}: {bad.key}: {bad.rule} (from {source})")
