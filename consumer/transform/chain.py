@@ -3,9 +3,9 @@ kept, in input order. Pure; never raises for a record (a step's Reject is data).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from consumer.records.model import Rejected
 from consumer.transform.lookup import LookupTable
@@ -18,25 +18,34 @@ class Chain:
     steps: tuple[Step, ...] = ()
 
     def apply(self, batch: Sequence[TRecord]) -> ChainResult:
-        live = list(enumerate(batch))
+        # Parallel lists (input index, current fields): a step sees only fields, and a
+        # TRecord is made once per record that comes through, not once per step.
+        idx = list(range(len(batch)))
+        cur: list[Mapping[str, Any]] = [t.fields for t in batch]
         refused: list[tuple[int, Rejected]] = []
-        filtered: Counter[str] = Counter()
+        filtered: dict[str, int] = {}
         for step in self.steps:
-            if not live:
+            if not cur:
                 break
-            outcomes = step.run([t for _, t in live])
-            kept = []
-            for (i, t), out in zip(live, outcomes, strict=True):
+            outcomes = step.run(cur)
+            keep_i: list[int] = []
+            keep_f: list[Mapping[str, Any]] = []
+            dropped = 0
+            for i, out in zip(idx, outcomes, strict=True):
                 if out is None:
-                    filtered[step.name] += 1
+                    dropped += 1
                 elif isinstance(out, Reject):
-                    refused.append((i, rejected(step.name, t.record, out)))
+                    refused.append((i, rejected(step.name, batch[i].record, out)))
                 else:
-                    kept.append((i, t if out is t.fields else TRecord(out, t.record)))
-            live = kept
+                    keep_i.append(i)
+                    keep_f.append(out)
+            if dropped:
+                filtered[step.name] = filtered.get(step.name, 0) + dropped
+            idx, cur = keep_i, keep_f
         refused.sort(key=lambda p: p[0])
-        return ChainResult(tuple(t for _, t in live), tuple(r for _, r in refused),
-                           dict(filtered))
+        records = tuple(t if t.fields is out else TRecord(out, t.record)
+                        for t, out in zip((batch[i] for i in idx), cur, strict=True))
+        return ChainResult(records, tuple(r for _, r in refused), filtered)
 
     def lookups(self) -> dict[str, Lookup]:
         """The lookup steps by name, for the shell that refreshes their tables."""

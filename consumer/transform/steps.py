@@ -1,5 +1,5 @@
-"""The steps of a chain. Each is pure: given a batch of records it returns, aligned with the
-batch, one outcome per record: the record's new fields, None (a filter removed it), or a
+"""The steps of a chain. Each is pure: given a batch of records' fields it returns, aligned
+with the batch, one outcome per record: the record's new fields, None (a filter removed it), or a
 Reject. No step changes the dicts it is given.
 
 Missing fields, by step: rename, convert and lookup leave a record without the field as it
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from consumer.transform import fields as f
 from consumer.transform.expr import Expr
 from consumer.transform.lookup import LookupTable, key_text
-from consumer.transform.model import ROUTE_FIELD, Reject, TRecord
+from consumer.transform.model import ROUTE_FIELD, Reject
 
 Outcome = Mapping[str, Any] | Reject | None
 Path = tuple[str, ...]
@@ -29,7 +29,7 @@ class Step(Protocol):
     @property
     def kind(self) -> str: ...
 
-    def run(self, batch: Sequence[TRecord]) -> list[Outcome]: ...
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]: ...
 
 
 class RecordStep:
@@ -41,9 +41,9 @@ class RecordStep:
     def one(self, fields: Mapping[str, Any]) -> Outcome:
         raise NotImplementedError
 
-    def run(self, batch: Sequence[TRecord]) -> list[Outcome]:
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         one = self.one
-        return [one(t.fields) for t in batch]
+        return [one(fields) for fields in batch]
 
 
 def _missing(path: Path) -> Reject:
@@ -104,7 +104,11 @@ class Derive(RecordStep):
 
     def one(self, fields: Mapping[str, Any]) -> Outcome:
         value = self.expr.evaluate(fields)
-        return value if isinstance(value, Reject) else f.put(fields, self.path, value)
+        if value.__class__ is Reject:
+            return value
+        if len(self.path) == 1:
+            return {**fields, self.path[0]: value}
+        return f.put(fields, self.path, value)
 
 
 @dataclass(frozen=True)
@@ -229,14 +233,14 @@ class Plugin:
     fn: PluginFn
     kind: str = "plugin"
 
-    def run(self, batch: Sequence[TRecord]) -> list[Outcome]:
-        whole = self._call([dict(t.fields) for t in batch])
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        whole = self._call([dict(fields) for fields in batch])
         if not isinstance(whole, Reject):
             return whole
-        return [self._one(t) for t in batch]
+        return [self._one(fields) for fields in batch]
 
-    def _one(self, t: TRecord) -> Outcome:
-        out = self._call([dict(t.fields)])
+    def _one(self, fields: Mapping[str, Any]) -> Outcome:
+        out = self._call([dict(fields)])
         return out if isinstance(out, Reject) else out[0]
 
     def _call(self, dicts: list[dict[str, Any]]) -> list[Outcome] | Reject:

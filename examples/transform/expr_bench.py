@@ -11,6 +11,7 @@ throwaway venv:
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,8 @@ def run(name: str, fn: Callable[[], list[Any]], n: int = N) -> None:
     start = time.perf_counter()
     out = fn()
     dt = time.perf_counter() - start
-    print(f"{name:48s} {dt * 1e3:8.1f} ms {n / dt:10.0f} records/s  out[7]={float(out[7]):.4f}")
+    sys.stdout.write(f"{name:48s} {dt * 1e3:8.1f} ms {n / dt:10.0f} records/s  "
+                     f"out[7]={float(out[7]):.4f}\n")
 
 
 def main() -> None:
@@ -68,7 +70,8 @@ def main() -> None:
     try:
         jmespath.compile("(temp_f - `32`) * `5`")
     except jmespath.exceptions.ParseError as exc:
-        print(f"jmespath 1.1.0: no arithmetic in the JMESPath spec: {type(exc).__name__}")
+        sys.stdout.write(f"jmespath 1.1.0: no arithmetic in the JMESPath spec: "
+                         f"{type(exc).__name__}\n")
 
 
 if __name__ == "__main__":
