@@ -74,3 +74,17 @@ def test_bad_settings_and_missing_input(tmp_path: Path,
     assert main(["transform", "test", "--config", str(EXAMPLE / "settings.toml"),
                  "--input", str(tmp_path / "absent.ndjson")]) == 1
     assert "absent.ndjson" in capsys.readouterr().err
+
+
+def test_readme_shows_the_real_settings_and_output(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the README's command line, as typed at the top of the repo
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Transformations", 1)[1].split("\n## ", 1)[0]
+    settings = (EXAMPLE / "settings.toml").read_text()
+    body = settings[settings.index("[contract]"):]  # the file without its comment header
+    assert body in section
+    assert main(["transform", "test", "--config", "examples/transform/settings.toml",
+                 "--input", "examples/transform/sample.ndjson"]) == 0
+    out = capsys.readouterr().out
+    assert out in section
