@@ -67,9 +67,27 @@ class Expr:
             value = self.program.execute(env)
         except Exception as exc:  # the library raises several types; all mean "this record"
             return _why(exc)
-        if value.__class__ is float and not math.isfinite(value):
-            return Reject("non_finite", f"{self.source!r} gave {value}, not a JSON number")
-        return value
+        kind = value.__class__
+        if kind is float:
+            return value if math.isfinite(value) else Reject(
+                "non_finite", f"{self.source!r} gave {value}, not a JSON number")
+        if kind is str or kind is bool or kind is int or value is None or is_json(value):
+            return value
+        return Reject("not_json", f"{self.source!r} gave {kind.__name__} {value!r:.60}, which "
+                      "JSON cannot hold (string(...) turns timestamps and durations into text)")
+
+
+def is_json(value: Any) -> bool:
+    """A value the archive and the sinks can write: JSON's types, string keys, finite."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_json(v) for k, v in value.items())
+    return False
 
 
 def _why(exc: Exception) -> Reject:

@@ -11,7 +11,7 @@ value, except that convert treats it as missing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from consumer.transform import fields as f
@@ -191,8 +191,6 @@ class Lookup(RecordStep):
                       f"{self.table.source}")
 
     def with_table(self, table: LookupTable) -> Lookup:
-        from dataclasses import replace
-
         return replace(self, table=table)
 
 

@@ -66,6 +66,9 @@ def test_derive_with_cel_numbers_as_doubles() -> None:
     assert reason == "c:expr_error" and "string - float" in message
     inf = chain({"name": "i", "kind": "derive", "field": "r", "expr": "1.0 / x"})
     assert run(inf, {"x": 0})[0] == "i:non_finite"
+    for expr in ('timestamp("2026-01-01T00:00:00Z")', 'b"ab"', "{1: 2}", "[1.0, 1.0 / 0.0]"):
+        odd = chain({"name": "j", "kind": "derive", "field": "r", "expr": expr})
+        assert run(odd, {})[0] == "j:not_json", expr
     nested = chain({"name": "n", "kind": "derive", "field": "out.k",
                     "expr": "size(tags) > 1 ? tags[0] : 'none'"})
     assert run(nested, {"tags": ["a", "b"]}) == {"tags": ["a", "b"], "out": {"k": "a"}}
