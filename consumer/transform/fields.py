@@ -22,16 +22,25 @@ def get(fields: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
+class PathConflict(ValueError):
+    """A write through a field that holds something other than an object."""
+
+
 def put(fields: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    """A copy of `fields` with `value` at `path`; intermediate objects are created, and a
-    non-object in the way is replaced (the caller checks first when that matters)."""
+    """A copy of `fields` with `value` at `path`; missing objects on the way are created.
+    Raises PathConflict rather than overwrite a non-object on the way (data would be lost)."""
     out = dict(fields)
     head, rest = path[0], path[1:]
     if not rest:
         out[head] = value
         return out
-    child = out.get(head)
-    out[head] = put(child if isinstance(child, Mapping) else {}, rest, value)
+    child = out.get(head, MISSING)
+    if child is MISSING:
+        child = {}
+    elif not isinstance(child, Mapping):
+        raise PathConflict(f"field {head!r} holds {type(child).__name__} {child!r:.40}, "
+                           f"not an object, so {'.'.join(path)!r} cannot be written")
+    out[head] = put(child, rest, value)
     return out
 
 

@@ -46,6 +46,13 @@ class RecordStep:
         return [one(fields) for fields in batch]
 
 
+def _put(fields: Mapping[str, Any], path: Path, value: Any) -> Mapping[str, Any] | Reject:
+    try:
+        return f.put(fields, path, value)
+    except f.PathConflict as exc:
+        return Reject("path_conflict", str(exc))
+
+
 def _missing(path: Path) -> Reject:
     return Reject("missing_field", f"no field {'.'.join(path)!r}")
 
@@ -65,7 +72,10 @@ class Rename(RecordStep):
                 if self.required:
                     return _missing(src)
                 continue
-            out = f.put(f.delete(out, src), dst, value)
+            moved = _put(f.delete(out, src), dst, value)
+            if isinstance(moved, Reject):
+                return moved
+            out = moved
         return out
 
 
@@ -91,7 +101,10 @@ class SetValues(RecordStep):
     def one(self, fields: Mapping[str, Any]) -> Outcome:
         out = fields
         for path, value in self.values:
-            out = f.put(out, path, value)
+            new = _put(out, path, value)
+            if isinstance(new, Reject):
+                return new
+            out = new
         return out
 
 
@@ -108,7 +121,7 @@ class Derive(RecordStep):
             return value
         if len(self.path) == 1:
             return {**fields, self.path[0]: value}
-        return f.put(fields, self.path, value)
+        return _put(fields, self.path, value)
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ class Convert(RecordStep):
         out = self.convert(value)
         if isinstance(out, Reject):
             return Reject(out.reason, f"field {'.'.join(self.path)!r}: {out.message}")
-        return f.put(fields, self.into, out)
+        return _put(fields, self.into, out)
 
 
 def _truth(expr: Expr, fields: Mapping[str, Any]) -> bool | Reject:

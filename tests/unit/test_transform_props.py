@@ -60,7 +60,8 @@ fields_st = st.fixed_dictionaries(
     {},
     optional={"device_id": st.one_of(st.sampled_from(["d1", "d2", "d3", "boom", "nope"]),
                                      st.integers(6, 8), st.booleans(), st.none()),
-              "temp_f": values, "extra": values, "meta": st.just({"k": 1})},
+              "temp_f": values, "extra": values,
+              "meta": st.sampled_from([{"k": 1}, "flat", None])},
 )
 
 

@@ -49,6 +49,15 @@ def test_rename_moves_fields_and_nested_paths() -> None:
     assert run(strict, {}) == ("r:missing_field", "transform step 'r': no field 'dev'")
 
 
+def test_a_write_through_a_non_object_is_rejected_not_overwritten() -> None:
+    for table in ({"name": "w", "kind": "set", "values": {"m.v": 1}},
+                  {"name": "w", "kind": "rename", "fields": {"a": "m.v"}},
+                  {"name": "w", "kind": "derive", "field": "m.v", "expr": "a"},
+                  {"name": "w", "kind": "convert", "field": "a", "type": "str", "into": "m.v"}):
+        reason, message = run(chain(table), {"a": 1, "m": "text"})
+        assert reason == "w:path_conflict" and "'m' holds str" in message, table
+
+
 def test_drop_and_set() -> None:
     c = chain({"name": "d", "kind": "drop", "fields": ["a", "n.b", "absent"]},
               {"name": "s", "kind": "set", "values": {"env": "prod", "n.c": 2}})
