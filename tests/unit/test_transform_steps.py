@@ -224,3 +224,16 @@ def test_table_parsing_refuses_what_it_cannot_use() -> None:
     ]:
         with pytest.raises(TableError, match=why):
             parse(data, "id", "t")
+
+
+def test_from_raw_gives_fields_or_the_decode_stage_reasons() -> None:
+    from consumer.transform.inputs import from_raw
+
+    def why(data: bytes) -> Any:
+        out = from_raw(RawRecord(data, "pk", Position(1, 0), 0))
+        return out.fields if isinstance(out, TRecord) else (out.stage, out.reason)
+
+    assert why(b'{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}
+    assert why(b"\xff\xfe") == ("decode", "invalid_utf8")
+    assert why(b'{"a": NaN}') == ("decode", "invalid_json")
+    assert why(b'"text"') == ("decode", "not_an_object")
