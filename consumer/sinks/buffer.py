@@ -12,9 +12,10 @@ range promises (see consumer/sinks/layout.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import attrgetter
+from operator import itemgetter
 from typing import Generic, TypeVar
 
 from consumer.records.model import Position
@@ -67,15 +68,9 @@ class ByteBudget:
         self.used_bytes -= size_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry(Generic[T]):
-    position: Position
-    item: T
-    size_bytes: int
-    added_ms: int
-
-
-_POSITION = attrgetter("position")
+# A buffered item: (position, item, size_bytes). Tuples, built in C for a whole KCL batch.
+_Entry = tuple[Position, T, int]
+_POSITION = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +109,24 @@ class SinkBuffer(Generic[T]):
         return self._pending_bytes
 
     def add(self, item: T, position: Position, size_bytes: int, now_ms: int) -> None:
-        if size_bytes < 0:
+        self.add_many([item], [position], [size_bytes], now_ms)
+
+    def add_many(self, items: Sequence[T], positions: Sequence[Position],
+                 sizes: Sequence[int], now_ms: int) -> None:
+        """Buffer a batch of items at once (one KCL batch's worth)."""
+        if not items:
+            return
+        if min(sizes) < 0:
             raise ValueError("size_bytes must be >= 0")
         pending = self._pending
-        if pending and position < pending[-1].position:
+        if (pending and positions[0] < pending[-1][0]) or list(positions) != sorted(positions):
             self._in_order = False
-        pending.append(_Entry(position, item, size_bytes, now_ms))
-        self._pending_bytes += size_bytes
+        pending.extend(zip(positions, items, sizes, strict=True))
+        size = sum(sizes)
+        self._pending_bytes += size
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
-        self.budget.charge(size_bytes)
+        self.budget.charge(size)
 
     def should_flush(self, now_ms: int) -> FlushReason | None:
         """Why a batch should be taken now, or None to keep buffering."""
@@ -148,19 +151,30 @@ class SinkBuffer(Generic[T]):
             self._pending.sort(key=_POSITION)  # stable: equal positions keep add order
             self._in_order = True
         n, size, hints = 0, 0, self.hints
-        for entry in self._pending:
-            if n == hints.max_records or (n and size + entry.size_bytes > hints.max_bytes):
+        for _, _, item_size in self._pending:
+            if n == hints.max_records or (n and size + item_size > hints.max_bytes):
                 break
             n += 1
-            size += entry.size_bytes
+            size += item_size
         taken, self._pending = self._pending[:n], self._pending[n:]
         self._pending_bytes -= size
-        self._oldest_ms = min((e.added_ms for e in self._pending), default=None)
-        batch = Batch(self._next_batch, tuple(e.item for e in taken),
-                      tuple(e.position for e in taken), size)
+        if not self._pending:
+            self._oldest_ms = None  # what is left is younger: flushing it early by age is fine
+        positions, items, _ = zip(*taken, strict=True)
+        batch = Batch(self._next_batch, items, positions, size)
         self._next_batch += 1
         self._taken.add(batch.batch_no)
         return batch
+
+    def take_all(self) -> Batch[T] | None:
+        """Everything pending as one batch, in shard order (the caller cuts it itself)."""
+        if not self._pending:
+            return None
+        hints, self.hints = self.hints, FlushHints(len(self._pending), 1 << 62, 0)
+        try:
+            return self.take_batch()
+        finally:
+            self.hints = hints
 
     def mark_durable(self, batch: Batch[T]) -> None:
         """The committer made the batch durable: free its bytes."""

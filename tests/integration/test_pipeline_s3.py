@@ -53,6 +53,7 @@ def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None,
             "archive_prefix": f"{prefix}/raw/",
             "quarantine_prefix": f"{prefix}/quarantine/",
             "results_prefix": f"{prefix}/results/",
+            "state_prefix": f"{prefix}/state/",  # each test its own manifest and snapshots
             "format": fmt,
         },
         flush={"max_records": 100_000, "max_age_ms": 10**9},
