@@ -11,6 +11,7 @@ which PostgreSQL puts in its own process group) is stopped, as on a frozen host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -45,12 +46,15 @@ def postmaster(stack: LocalStack) -> psutil.Process:
 
 
 def signal_all(server: psutil.Process, sig: signal.Signals) -> int:
-    """The postmaster, then every process it has forked; returns how many were signalled."""
+    """The postmaster, then every process it has forked; returns how many were signalled.
+    A backend may exit between the listing and its signal (a session ending)."""
     os.kill(server.pid, sig)
-    children = server.children(recursive=True)
-    for child in children:
-        os.kill(child.pid, sig)
-    return 1 + len(children)
+    signalled = 1
+    for child in server.children(recursive=True):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, sig)
+            signalled += 1
+    return signalled
 
 
 def max_lag_ms(worker: Supervisor) -> float:
