@@ -107,6 +107,7 @@ def test_postgres_stopped_for_60_seconds(stack: LocalStack, tmp_path: Path) -> N
     print(f"lag before {before:.0f} ms, during the stop {[round(v) for v in lags]} ms; "
           f"retries {retries}; reconciled {state}")
     # Without the deadline, a blocked load would simply finish after SIGCONT: no retry.
-    assert retries["redshift-raw"] > 0
+    # Which Redshift sink a shard was loading when the server stopped is chance.
+    assert sum(retries.values()) > 0
     # The gauge climbed with the stop (KCL itself reports nothing while processRecords blocks).
     assert lags[0] < lags[-1] and lags[-1] >= before + 0.6 * STOP_S * 1000
