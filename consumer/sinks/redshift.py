@@ -717,6 +717,8 @@ class RedshiftSink(Generic[RowT]):
                                     self.deadline_s)
         except Exception as exc:
             if _retryable(exc):  # a broken connection is replaced on the next attempt
+                log.warning("load failed; reconnecting before the retry",
+                            extra={"sink": self.name, "error": describe(exc)})
                 self.close()
             raise
 

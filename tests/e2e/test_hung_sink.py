@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import psycopg2
 import pytest
 
 from consumer.kcl.supervisor import Supervisor
 from consumer.local.emulators import LocalStack
 from consumer.local.producer import ProducerSpec
-from tests.e2e.test_failures import Scenario, sample_sum
+from tests.e2e.test_failures import Scenario, sample_sum, wait_until
 
 pytestmark = pytest.mark.e2e
 STOP_S = 60
@@ -78,6 +79,18 @@ def trickle(sc: Scenario, batches: int = 16, every_s: float = 5.0) -> None:
         time.sleep(max(0.0, every_s - (time.monotonic() - started)))
 
 
+def loaded_shards(sc: Scenario) -> dict[str, int]:
+    """How many shards have rows in each Redshift table."""
+    schema = sc.settings.redshift.schema
+    with psycopg2.connect(sc.settings.redshift.connect_dsn(), connect_timeout=5) as conn, \
+            conn.cursor() as cur:
+        cur.execute(f"SELECT (SELECT count(DISTINCT shard) FROM {schema}.raw_records),"
+                    f" (SELECT count(DISTINCT shard_id) FROM {schema}.window_results)")
+        raw, results = cur.fetchone()
+    conn.close()
+    return {"raw_records": raw, "window_results": results}
+
+
 def test_postgres_stopped_for_60_seconds(stack: LocalStack, tmp_path: Path) -> None:
     sc = Scenario(stack, "hung-postgres", tmp_path)
     server = postmaster(stack)
@@ -86,7 +99,10 @@ def test_postgres_stopped_for_60_seconds(stack: LocalStack, tmp_path: Path) -> N
         sc.wait_leases(4)
         producer = threading.Thread(target=trickle, args=(sc,))
         producer.start()
-        sc.wait_archived(300)
+        # Every shard has loaded both tables, so each holds open connections: a load after
+        # the stop meets a server that accepted it and never answers (not a connect timeout).
+        wait_until(lambda: loaded_shards(sc) == {"raw_records": 4, "window_results": 4}, 120,
+                   "not every shard loaded both Redshift tables")
         before = max_lag_ms(worker)
         stopped = signal_all(server, signal.SIGSTOP)
         lags = []
@@ -104,6 +120,11 @@ def test_postgres_stopped_for_60_seconds(stack: LocalStack, tmp_path: Path) -> N
     finally:
         sc.stop_all()
     assert stopped > 2  # the postmaster and at least our backends
+    log = (tmp_path / "a" / "kcl-daemon.log").read_text()
+    cut = [line for line in log.splitlines() if "reconnecting before the retry" in line
+           and "DeadlineExceeded" in line]
+    print(f"{len(cut)} loads cut by the deadline")
+    assert cut  # blocked loads were cut by the client deadline, not left to hang
     print(f"lag before {before:.0f} ms, during the stop {[round(v) for v in lags]} ms; "
           f"retries {retries}; reconciled {state}")
     # Without the deadline, a blocked load would simply finish after SIGCONT: no retry.
