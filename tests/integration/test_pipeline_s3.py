@@ -159,3 +159,18 @@ def test_window_state_past_its_limit_fails_loudly(s3: S3Endpoint) -> None:
     with pytest.raises(WindowStateTooLarge, match=r"windows\.max_state_bytes"):
         for lo in range(0, len(many), 1000):
             p.ingest(many[lo:lo + 1000], now_ms=0)
+
+
+def test_parquet_keeps_records_with_lone_surrogates(s3: S3Endpoint) -> None:
+    """A lone surrogate escape in a non-contract field is valid JSON that orjson and Arrow
+    refuse; in Parquet the record is still written (the field as its escaped JSON text),
+    never retried forever."""
+    p = make_pipeline(s3, "surrogate", fmt="parquet")
+    odd = RawRecord(b'{"device_id": "d", "metric": "m", "value": 1, "ts": 1795000000000, '
+                    b'"note": "\\ud800", "more": {"x": "\\udfff"}}', "d", Position(77, 0), T0)
+    p.ingest([odd, *records(3)], now_ms=0)
+    assert p.commit(RecordingCheckpointer())
+    archive, quarantine = counted(s3, "surrogate")
+    assert archive.distinct + quarantine.distinct == 4 and archive.duplicates == 0
+    row = next(r for r in archive.rows if r["sequence"] == "77")
+    assert "\\ud800" in row["payload"] and "\\udfff" in row["payload"]
