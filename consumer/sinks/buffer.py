@@ -1,4 +1,4 @@
-"""Pure batching decisions for sink buffers: Firehose-style hints plus one shared byte budget.
+"""Pure batching decisions for sink buffers: Firehose-style hints, and the shard's byte budget.
 
 No I/O and no clock reads: the caller passes `now_ms`. Items wait in a buffer until a batch is
 taken; a batch is made durable by the committer, then `mark_durable` frees its bytes (an item
@@ -44,11 +44,10 @@ class FlushReason(StrEnum):
 
 
 class ByteBudget:
-    """One memory budget shared by every sink buffer in a process.
-
-    Over budget, the caller must flush (and wait for durability) before adding more,
-    instead of growing memory while a sink is slow or down.
-    """
+    """The memory a shard's buffered records may hold, each record charged once (the pipeline
+    charges it at ingest for every route it is buffered in, and frees it when a commit has
+    drained everything). Over budget, the caller commits (and waits for durability) before
+    taking more, instead of growing memory while a sink is slow or down."""
 
     def __init__(self, limit_bytes: int) -> None:
         if limit_bytes < 1:
@@ -90,10 +89,9 @@ class Batch(Generic[T]):
 class SinkBuffer(Generic[T]):
     """The writer half of one sink: holds items until a batch is taken and made durable."""
 
-    def __init__(self, name: str, hints: FlushHints, budget: ByteBudget) -> None:
+    def __init__(self, name: str, hints: FlushHints) -> None:
         self.name = name
         self.hints = hints
-        self.budget = budget
         self._pending: list[_Entry[T]] = []
         self._in_order = True  # _pending is sorted by position
         self._pending_bytes = 0
@@ -126,7 +124,6 @@ class SinkBuffer(Generic[T]):
         self._pending_bytes += size
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
-        self.budget.charge(size)
 
     def should_flush(self, now_ms: int) -> FlushReason | None:
         """Why a batch should be taken now, or None to keep buffering."""
@@ -138,8 +135,6 @@ class SinkBuffer(Generic[T]):
             return FlushReason.BYTES
         if self._oldest_ms is not None and now_ms - self._oldest_ms >= self.hints.max_age_ms:
             return FlushReason.AGE
-        if self.budget.over_budget():
-            return FlushReason.BUDGET
         return None
 
     def take_batch(self) -> Batch[T] | None:
@@ -177,8 +172,7 @@ class SinkBuffer(Generic[T]):
             self.hints = hints
 
     def mark_durable(self, batch: Batch[T]) -> None:
-        """The committer made the batch durable: free its bytes."""
+        """The committer made the batch durable."""
         if batch.batch_no not in self._taken:
             raise KeyError(f"{self.name}: batch {batch.batch_no} is not taken")
         self._taken.discard(batch.batch_no)
-        self.budget.release(batch.size_bytes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -223,11 +224,33 @@ def encode_body(lines: Iterable[bytes], fmt: ObjectFormat) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v
-             for k, v in orjson.loads(line).items()} for line in lines]
+    rows = [_parquet_row(line) for line in lines]
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), sink, compression="zstd")
     return sink.getvalue()
+
+
+def _parquet_row(line: bytes) -> dict[str, Any]:
+    """One NDJSON line as a Parquet row. A payload may hold a lone surrogate escape
+    ("\\ud800"): valid JSON text, but not a string orjson or Arrow will take. Such a line is
+    read with the stdlib, and every value that cannot be UTF-8 is kept as its JSON text
+    (ASCII-escaped), so the record is written, not refused or retried."""
+    try:
+        return {k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v
+                for k, v in orjson.loads(line).items()}
+    except orjson.JSONDecodeError:
+        return {k: _safe_cell(v) for k, v in json.loads(line).items()}
+
+
+def _safe_cell(v: Any) -> Any:
+    if isinstance(v, dict | list):
+        return json.dumps(v)  # ensure_ascii: surrogates become \\uXXXX escapes
+    if isinstance(v, str):
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            return json.dumps(v)[1:-1]
+    return v
 
 
 def decode_body(key: str, data: bytes) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.model import Event, Position, Rejected
 from consumer.sinks import layout
-from consumer.sinks.buffer import ByteBudget, FlushHints, SinkBuffer
+from consumer.sinks.buffer import FlushHints, SinkBuffer
 from consumer.sinks.clients import opensearch_client, redshift_connect
 from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import FenceToken
@@ -114,11 +114,9 @@ class RouteFactory:
         f = settings.flush
         self.hints = FlushHints(max_records=f.max_records, max_bytes=f.max_bytes,
                                 max_age_ms=f.max_age_ms)
-        # One budget for every buffer of the shard: over it, process_records flushes first.
-        self.budget = ByteBudget(4 * f.max_bytes)
 
     def buffer(self, name: str) -> SinkBuffer[Any]:
-        return SinkBuffer(name, self.hints, self.budget)
+        return SinkBuffer(name, self.hints)
 
     def _s3(self, sink: str, plans: list[layout.ObjectPlan]) -> int:
         # Idempotent as a whole: reservations merge by key, objects are If-None-Match.

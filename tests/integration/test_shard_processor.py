@@ -268,3 +268,19 @@ def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
     assert state["os_results"] == want["os_results"] == {
         rid: n for rid, (n, _, _) in want["rs_results"].items()}
     assert state["s3_results"] == want["s3_results"]
+
+
+def test_shard_end_closes_the_windows_and_checkpoints_shard_end(servers: Any) -> None:
+    sc = Scene(servers, "proc-end")
+    sc.lease_to("worker-a")
+    p, ckpt = sc.processor("worker-a"), RecordingCheckpointer()
+    start(p)
+    feed(p, records(range(0, 25)), ckpt)
+    message("shardEnded").dispatch(ckpt, p)
+    assert ckpt.positions[-1] is None  # KCL's SHARD_END: no position
+    state = sc.state()
+    assert state["archived"] == [10**20 + i for i in range(25)]
+    # Every window of the parent is final now, and holds its records once.
+    assert sum(state["s3_results"].values()) == 25
+    assert {rid: (n, True) for rid, n in state["s3_results"].items()} == {
+        rid: (n, final) for rid, (n, _, final) in state["rs_results"].items()}
