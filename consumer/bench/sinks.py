@@ -32,7 +32,6 @@ from consumer.sinks.redshift import (
     RedshiftLoader,
     migrate,
 )
-from consumer.sinks.retry import Retrier
 
 T0 = 1_700_000_000_000
 
@@ -164,7 +163,7 @@ def bench_opensearch(url: str, n_docs: int, batch: int, repeat: int = 3) -> floa
 
     single_docs = [result_doc("bench-single", r) for r in make_results(n_docs)]
     bulk_docs = [result_doc("bench-bulk", r) for r in make_results(n_docs)]
-    sink: OpenSearchSink[IndexDoc] = OpenSearchSink("bench", client, lambda d: d, Retrier("bench"))
+    sink: OpenSearchSink[IndexDoc] = OpenSearchSink("bench", client, lambda d: d)
 
     def single() -> None:
         for d in single_docs:

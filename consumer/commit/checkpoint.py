@@ -10,7 +10,6 @@ The daemon answers a checkpoint with the name of a Java exception, or none:
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Literal, Protocol
@@ -18,6 +17,8 @@ from typing import Literal, Protocol
 from amazon_kclpy.checkpoint_error import CheckpointError
 
 from consumer.records.model import Position
+from consumer.sinks.errors import RETRYABLE_KINDS, kcl_checkpoint_kind
+from consumer.sinks.retry import Backoff, Retrier
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ok", "lease_lost", "throttled", "failed"]
@@ -29,28 +30,32 @@ class Checkpointer(Protocol):
     ) -> None: ...
 
 
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, CheckpointError) and kcl_checkpoint_kind(exc.value) in RETRYABLE_KINDS
+
+
 def checkpoint_with_retry(
     checkpointer: Checkpointer,
     position: Position | None,
     attempts: int = 8,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> Outcome:
-    """Checkpoint at `position` (None: at the end of what KCL delivered, e.g. SHARD_END)."""
+    """Checkpoint at `position` (None: at the end of what KCL delivered, e.g. SHARD_END).
+    Throttling is retried with full-jitter backoff (many shards share one busy table), at
+    most `attempts` times: the next commit tries again anyway."""
     seq = str(position.sequence) if position else None
     sub = position.sub_sequence if position else None
-    for attempt in range(attempts):
-        try:
-            checkpointer.checkpoint(seq, sub)
-            return "ok"
-        except CheckpointError as exc:
-            if exc.value == "ShutdownException":
-                log.warning("checkpoint refused: lease lost")
-                return "lease_lost"
-            if exc.value == "ThrottlingException":
-                # Full jitter: spread retries of many shards hitting one busy table.
-                sleep(random.uniform(0, min(10.0, 0.2 * 2**attempt)))
-                continue
-            log.error("checkpoint failed, records will be replayed", extra={"error": exc.value})
-            return "failed"
-    log.error("checkpoint throttled %d times; records will be replayed", attempts)
-    return "throttled"
+    retrier = Retrier("kcl-checkpoint", Backoff(base_ms=200, cap_ms=10_000),
+                      retryable=_retryable, max_attempts=attempts, sleep=sleep)
+    try:
+        retrier.call(lambda: checkpointer.checkpoint(seq, sub))
+        return "ok"
+    except CheckpointError as exc:
+        if exc.value == "ShutdownException":
+            log.warning("checkpoint refused: lease lost")
+            return "lease_lost"
+        if _retryable(exc):
+            log.error("checkpoint throttled %d times; records will be replayed", attempts)
+            return "throttled"
+        log.error("checkpoint failed, records will be replayed", extra={"error": exc.value})
+        return "failed"

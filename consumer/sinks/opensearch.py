@@ -234,7 +234,7 @@ class ItemsThrottled(Exception):
     """Some bulk items came back 429/5xx; used as the retry event's error."""
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException) -> bool:
     """errors.py's classification, plus a response that does not line up with its request
     (the request is idempotent by _id and version, so sending it again is safe)."""
     return isinstance(exc, BulkResponseMismatch) or is_retryable(exc)
@@ -253,8 +253,8 @@ class OpenSearchSink(Generic[RowT]):
         self.name = name
         self.client = client
         self.to_doc = to_doc
-        self.retrier = retrier or Retrier(name)
-        self.retrier.retryable = _retryable
+        # A given retrier keeps its own classifier (fixed when it was made).
+        self.retrier = retrier or Retrier(name, retryable=retryable)
 
     def _bulk(self, docs: Sequence[IndexDoc]) -> BulkOutcome:
         response = self.client.bulk(body=bulk_body(docs))

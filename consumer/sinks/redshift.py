@@ -670,7 +670,7 @@ def load_deadline_s(statement_timeout_ms: int, failover_time_ms: int) -> float:
     return (statement_timeout_ms + failover_time_ms) / 2 / 1000
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException) -> bool:
     """consumer/sinks/errors.py's classification, plus one conflict of ours: two first loads
     of one shard racing to create its fence row (the only table with a key PostgreSQL
     enforces; on Redshift the same race is a 1023 serialization conflict)."""
@@ -683,7 +683,7 @@ class RedshiftSink(Generic[RowT]):
     """Commit step for one table: durable in Redshift when write_batch returns.
 
     Connection loss, serialization failures (concurrent shard loads), timeouts and
-    staging-store outages are retried forever through `retrier` (whose `retryable` this sets);
+    staging-store outages are retried forever through `retrier` (classified by `retryable`);
     a broken connection is replaced. Other errors (bad SQL, permissions) propagate. With
     `deadline_s` (see load_deadline_s), each load transaction that a hung cluster leaves
     unanswered is cut, reconnected and retried instead of blocking forever.
@@ -706,8 +706,8 @@ class RedshiftSink(Generic[RowT]):
         self.deadline_s = deadline_s
         self._connect = connect
         self._conn: Any = None
-        self.retrier = retrier or Retrier(name)
-        self.retrier.retryable = _retryable
+        # A given retrier keeps its own classifier (fixed when it was made).
+        self.retrier = retrier or Retrier(name, retryable=retryable)
 
     def _load_once(self, rows: Sequence[RowT], batch_key: str) -> int:
         if self._conn is None or self._conn.closed:
@@ -716,7 +716,7 @@ class RedshiftSink(Generic[RowT]):
             return self.loader.load(self._conn, self.binding, rows, batch_key, self.writer,
                                     self.deadline_s)
         except Exception as exc:
-            if _retryable(exc):  # a broken connection is replaced on the next attempt
+            if retryable(exc):  # a broken connection is replaced on the next attempt
                 log.warning("load failed; reconnecting before the retry",
                             extra={"sink": self.name, "error": describe(exc)})
                 self.close()

@@ -1,9 +1,11 @@
 """Retry policy for sinks: exponential backoff with full jitter and a per-sink circuit breaker.
 
-A sink that is down must not make us drop anything: `Retrier.call` retries forever (the
-breaker only spaces the attempts out) until `should_stop()` says the shard is being given
-up, e.g. the lease was lost. Randomness, sleeping and the clock are injected so that the
-policy is testable without waiting.
+A sink that is down must not make us drop anything: `Retrier.call` retries what its
+classifier (fixed at construction, consumer/sinks/errors.py by default in the shell) calls
+transient, forever unless max_attempts bounds it (the breaker only spaces the attempts out),
+until `should_stop()` says the shard is being given up, e.g. the lease was lost; anything
+else is raised at once (fatal by default, like Flink's FatalExceptionClassifier).
+Randomness, sleeping and the clock are injected so that the policy is testable without waiting.
 """
 
 from __future__ import annotations
@@ -131,17 +133,6 @@ class RetryEvent:
     breaker: BreakerState
 
 
-@dataclass(frozen=True, slots=True)
-class SinkHealth:
-    """A sink's retry state, for gauges and /readyz."""
-
-    sink: str
-    breaker: BreakerState
-    consecutive_failures: int
-    total_retries: int
-    last_error: str | None
-
-
 def _never() -> bool:
     return False
 
@@ -159,7 +150,8 @@ class Retrier:
         backoff: Backoff | None = None,
         breaker: CircuitBreaker | None = None,
         *,
-        retryable: Callable[[BaseException], bool] = lambda _: True,
+        retryable: Callable[[BaseException], bool],
+        max_attempts: int | None = None,
         should_stop: Callable[[], bool] = _never,
         sleep: Callable[[float], object] = time.sleep,
         rand: Callable[[], float] = random.random,
@@ -168,7 +160,8 @@ class Retrier:
         self.sink = sink
         self.backoff = backoff or Backoff()
         self.breaker = breaker or CircuitBreaker()
-        self.retryable = retryable
+        self._retryable = retryable
+        self.max_attempts = max_attempts
         self.should_stop = should_stop
         self._sleep = sleep
         self._rand = rand
@@ -176,14 +169,9 @@ class Retrier:
         self.total_retries = 0
         self.last_error: str | None = None
 
-    def health(self) -> SinkHealth:
-        return SinkHealth(
-            self.sink,
-            self.breaker.state,
-            self.breaker.consecutive_failures,
-            self.total_retries,
-            self.last_error,
-        )
+    @property
+    def retryable(self) -> Callable[[BaseException], bool]:
+        return self._retryable
 
     def pause(self, attempt: int, error: BaseException) -> None:
         """Back off after failed attempt number `attempt` (also used for item-level retries)."""
@@ -205,11 +193,13 @@ class Retrier:
             try:
                 result = op()
             except Exception as exc:
-                if not self.retryable(exc):
+                if not self._retryable(exc):
                     # The sink answered (e.g. bad input): it is up, so free the breaker.
                     self.breaker.record_success()
                     raise
                 self.breaker.record_failure()
+                if self.max_attempts is not None and attempt + 1 >= self.max_attempts:
+                    raise
                 self.pause(attempt, exc)
                 attempt += 1
                 continue

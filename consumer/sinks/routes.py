@@ -64,9 +64,11 @@ class ShardRetriers:
     def stop(self) -> None:
         self.stopped.set()
 
-    def __call__(self, sink: str) -> Retrier:
+    def __call__(self, sink: str,
+                 retryable: Callable[[BaseException], bool] | None = None) -> Retrier:
+        """The sink's Retrier; `retryable` (fixed when it is made) refines the default."""
         if sink not in self._by_sink:
-            self._by_sink[sink] = Retrier(sink, retryable=self._retryable,
+            self._by_sink[sink] = Retrier(sink, retryable=retryable or self._retryable,
                                           should_stop=self.stopped.is_set,
                                           sleep=self.stopped.wait, on_retry=_count_retry)
         return self._by_sink[sink]
@@ -203,9 +205,11 @@ class RouteFactory:
         writer = rs.ShardWriter(stream, self.shard_id, self.token) if self.token else None
         deadline = rs.load_deadline_s(cfg.statement_timeout_ms, self.settings.kcl.failover_time_ms)
         raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
-                                   self.retriers("redshift-raw"), writer, deadline)
+                                   self.retriers("redshift-raw", rs.retryable), writer,
+                                   deadline)
         results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
-                                       self.retriers("redshift-results"), writer, deadline)
+                                       self.retriers("redshift-results", rs.retryable),
+                                       writer, deadline)
 
         def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
             rows = [raw_row(stream, self.shard_id, e) for e in events]
@@ -221,7 +225,7 @@ class RouteFactory:
         from consumer.sinks import opensearch as osr
 
         sink = osr.results_sink(client, self.settings.opensearch.index_prefix,
-                                self.retriers("opensearch-results"))
+                                self.retriers("opensearch-results", osr.retryable))
 
         def deliver(results: Sequence[WindowResult], position: Position) -> Delivered:
             rows = {row.result_id: row for row in (result_row(r) for r in results)}

@@ -31,6 +31,7 @@ from consumer.sinks.opensearch import (
     raw_sink,
     result_doc,
     results_sink,
+    retryable,
 )
 from consumer.sinks.retry import Backoff, CircuitBreaker, Retrier, StopRetrying
 from consumer.sinks.rows import result_version
@@ -73,6 +74,7 @@ def fast_retrier(name: str, **kw: Any) -> Retrier:
         name,
         Backoff(base_ms=1, cap_ms=20),
         CircuitBreaker(failure_threshold=50, reset_timeout_ms=10),
+        retryable=retryable,
         **kw,
     )
 

@@ -116,15 +116,15 @@ def test_retrier_retries_through_an_outage_without_dropping() -> None:
         "redshift",
         Backoff(base_ms=10, cap_ms=100),
         CircuitBreaker(failure_threshold=3, reset_timeout_ms=500, clock=clock),
+        retryable=lambda e: isinstance(e, ConnectionError),
         sleep=clock.sleep,
         rand=lambda: 0.5,
         on_retry=events.append,
     )
     assert r.call(flaky) == "ok"
     assert calls["n"] == 13
-    health = r.health()
-    assert health.total_retries == 12 and health.last_error == "ConnectionError: down"
-    assert health.breaker is BreakerState.CLOSED and health.consecutive_failures == 0
+    assert r.total_retries == 12 and r.last_error == "ConnectionError: down"
+    assert r.breaker.state is BreakerState.CLOSED and r.breaker.consecutive_failures == 0
     assert len(events) == 12
     assert any(e.breaker is BreakerState.OPEN for e in events)
     assert _state(r.breaker) is BreakerState.CLOSED
@@ -140,9 +140,24 @@ def test_retrier_stops_when_told() -> None:
         stop["flag"] = True  # e.g. the lease was lost meanwhile
         raise TimeoutError("slow")
 
-    r = Retrier("os", should_stop=lambda: stop["flag"], sleep=clock.sleep, rand=lambda: 0.0)
+    r = Retrier("os", retryable=lambda e: isinstance(e, TimeoutError),
+                should_stop=lambda: stop["flag"], sleep=clock.sleep, rand=lambda: 0.0)
     with pytest.raises(StopRetrying):
         r.call(failing)
+
+
+def test_bounded_attempts_raise_the_last_error() -> None:
+    calls = {"n": 0}
+
+    def down() -> None:
+        calls["n"] += 1
+        raise ConnectionError(f"down {calls['n']}")
+
+    r = Retrier("ckpt", retryable=lambda e: isinstance(e, ConnectionError), max_attempts=3,
+                sleep=lambda _: None)
+    with pytest.raises(ConnectionError, match="down 3"):
+        r.call(down)
+    assert calls["n"] == 3
 
 
 def test_non_retryable_error_propagates_and_frees_breaker() -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 
-from consumer.sinks.opensearch import IndexDoc, OpenSearchSink
+from consumer.sinks.opensearch import IndexDoc, OpenSearchSink, retryable
 from consumer.sinks.retry import Backoff, CircuitBreaker, Retrier
 
 transient = st.sampled_from([429, 500, 502, 503])
@@ -64,7 +64,8 @@ def test_every_doc_lands_once_or_is_rejected(
         now[0] += seconds * 1000
 
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout_ms=50, clock=lambda: now[0])
-    retrier = Retrier("fake", Backoff(base_ms=1, cap_ms=2), breaker, sleep=sleep)
+    retrier = Retrier("fake", Backoff(base_ms=1, cap_ms=2), breaker, retryable=retryable,
+                      sleep=sleep)
     sink: OpenSearchSink[IndexDoc] = OpenSearchSink("fake", cluster, lambda d: d, retrier)
     outcome = sink.write_docs(docs)
     landed = {f"d{i}" for i, (_, last) in enumerate(scripts) if last < 300}
