@@ -261,7 +261,7 @@ def kcl_records(user: Iterator[UserRecord], first: int, n: int, arrival_ms: int
 def feed(session: Session, run: Run, plan: Plan, settings: Settings, t0: float,
          user: Iterator[UserRecord], idle_tail_s: float) -> None:
     idle_s = settings.kcl.idle_time_between_reads_ms / 1000
-    epoch0 = time.time()
+    epoch0 = time.time() - (time.monotonic() - t0)  # wall clock at t0: arrivals count from it
     while True:
         elapsed = time.monotonic() - t0
         n = batch_size(arrived(elapsed, plan.rate, plan.feed_s), run.records,
