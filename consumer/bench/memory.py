@@ -14,7 +14,7 @@ arrived). A processRecords call does not return while the processor commits and 
 the feed then blocks, as KCL's fetching does.
 
 After `--warmup` seconds one sink's server is stopped for real for `--outage` seconds
-(SIGSTOP of its process group: its sockets still accept, so calls hang until their client
+(SIGSTOP of its process tree: its sockets still accept, so calls hang until their client
 timeouts, then retry), then continued (SIGCONT). Arrivals go on for `--after` seconds more;
 then the backlog is delivered, empty batches close every window, and shutdownRequested ends
 the run. The RSS of the processor's whole process tree is sampled every 0.5 s throughout.
@@ -76,7 +76,7 @@ DEFAULT_BUDGET_MIB = 256  # the template's default, if the template is not besid
 TEMPLATE = Path(consumer.__file__).resolve().parent.parent / "deploy" / "ecs" / "template.yaml"
 PHASES = ("before", "during", "after")
 UNREACHED_HINTS = {"max_records": 10**9, "max_bytes": 2**50, "max_age_ms": 10**9}
-# The server whose process group is stopped for each sink (stack_probe's names).
+# The server whose process tree is stopped for each sink (stack_probe's names).
 SINK_SERVERS = {"s3": "moto", "redshift": "postgres", "opensearch": "osmem"}
 
 
@@ -223,31 +223,36 @@ class Sampler(threading.Thread):
 
 
 class Outage(threading.Thread):
-    """Stop one server's process group at start_s, continue it outage_s later."""
+    """Stop one server's process tree at start_s, continue it outage_s later."""
 
-    def __init__(self, pgid: int, t0: float, start_s: float, outage_s: float,
+    def __init__(self, root: int, t0: float, start_s: float, outage_s: float,
                  run: Run) -> None:
         super().__init__(daemon=True)
-        self.pgid, self.t0, self.start_s, self.outage_s, self.run_ = (
-            pgid, t0, start_s, outage_s, run)
+        self.root, self.t0, self.start_s, self.outage_s, self.run_ = (
+            root, t0, start_s, outage_s, run)
         self.cancel = threading.Event()
-        self.stopped = False
+        self.stopped: list[int] = []
 
     def run(self) -> None:
         if self.cancel.wait(max(0.0, self.t0 + self.start_s - time.monotonic())):
             return
-        os.killpg(self.pgid, signal.SIGSTOP)
-        self.stopped = True
+        # The whole tree, not the process group: PostgreSQL's backends each call setsid(),
+        # so stopping the postmaster's group alone leaves open connections answering.
+        root = psutil.Process(self.root)
+        self.stopped = [self.root, *(p.pid for p in root.children(recursive=True))]
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         began = time.monotonic() - self.t0
         self.cancel.wait(self.outage_s)
         self.resume()
         self.run_.outage = (began, time.monotonic() - self.t0)
 
     def resume(self) -> None:
-        if self.stopped:
+        for pid in self.stopped:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pgid, signal.SIGCONT)
-            self.stopped = False
+                os.kill(pid, signal.SIGCONT)
+        self.stopped = []
 
 
 def kcl_records(user: Iterator[UserRecord], first: int, n: int, arrival_ms: int
@@ -321,11 +326,11 @@ class MemoryBench:
     def __exit__(self, *exc: object) -> None:
         self.stack.stop()
 
-    def server_pgid(self, name: str) -> int:
+    def server_pid(self, name: str) -> int:
         for pid in self.stack.pids:
             with contextlib.suppress(psutil.NoSuchProcess):
                 if probe.server_name(psutil.Process(pid).cmdline()) == name:
-                    return pid  # each server leads its own process group (ManagedProcess)
+                    return pid
         raise RuntimeError(f"no {name} server in the local stack")
 
     def run(self, plan: Plan, devices: int, poison_ratio: float, idle_tail_s: float) -> Run:
@@ -340,7 +345,7 @@ class MemoryBench:
                                     env=env, start_new_session=True)
         t0 = time.monotonic()
         sampler = Sampler(proc.pid, t0, run.samples)
-        outage = Outage(self.server_pgid(SINK_SERVERS[plan.sink]), t0, plan.warmup_s,
+        outage = Outage(self.server_pid(SINK_SERVERS[plan.sink]), t0, plan.warmup_s,
                         plan.outage_s, run)
         watchdog = threading.Timer(plan.timeout_s, _kill_group, (proc.pid,))
         for thread in (sampler, outage, watchdog):
