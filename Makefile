@@ -8,7 +8,7 @@ LINT_VENV := .cache/lint-venv
 LINT_STAMP := $(LINT_VENV)/.installed
 CHECKOV := checkov==3.3.30
 
-.PHONY: demo test lint unit bench-windows bench-sinks bench-processor clean lock
+.PHONY: demo test lint unit bench-windows bench-sinks bench-processor bench-memory clean lock
 
 $(STAMP): pyproject.toml scripts/install-kclpy.sh
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-sinks: $(STAMP)
 
 bench-processor: $(STAMP)
 	$(VENV)/bin/aetherstream bench processor
+
+# RSS while one sink is down for 60 s under load, against the processor's memory budget.
+bench-memory: $(STAMP)
+	$(VENV)/bin/aetherstream bench memory
 
 # The image's lock file: every runtime dependency of pyproject.toml (and the build tools in
 # docker/build-requirements.in) pinned with sha256 hashes, for Linux x86_64 and Python 3.11.

@@ -126,6 +126,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from consumer.bench.processor import main as bench_processor
 
         return int(bench_processor(args.rest, _settings(args)))
+    if args.what == "memory":
+        from consumer.bench.memory import main as bench_memory
+
+        return int(bench_memory(args.rest, _settings(args)))
     from consumer.bench.sinks import main as bench_sinks
 
     return int(bench_sinks(args.rest))
@@ -252,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks that print ratios from one run")
-    bench.add_argument("what", choices=["windows", "sinks", "processor"])
+    bench.add_argument("what", choices=["windows", "sinks", "processor", "memory"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
 
