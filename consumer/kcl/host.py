@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import IO
 
 log = logging.getLogger("consumer.kcl.host")
+# When the daemon spawned this shard's host, read first: it orders two tenures of one worker
+# over one shard (consumer/sinks/fence.py), and the processor it starts inherits it.
+SPAWNED_NS = time.time_ns()
 
 WORKER_ARGV = (sys.executable, "-m", "consumer.kcl.worker")
 SPAWNED_ENV = "AETHERSTREAM_SPAWNED_NS"  # the host's spawn time: the tenure's (sinks/fence.py)
@@ -174,7 +177,7 @@ class ShardHost:
     def run(self) -> int:
         reason_r, reason_w = os.pipe()
         env = dict(os.environ)
-        env.setdefault(SPAWNED_ENV, str(time.time_ns()))
+        env[SPAWNED_ENV] = str(SPAWNED_NS)
         env[REASON_FD_ENV] = str(reason_w)
         child = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  env=env, pass_fds=(reason_w,))
@@ -348,7 +351,9 @@ def main(argv: Sequence[str] = ()) -> int:
     from consumer.metrics.logs import configure_logging
 
     configure_logging(os.environ.get("AETHERSTREAM_LOG_LEVEL", "INFO"), component="host")
-    host = ShardHost(list(argv) or WORKER_ARGV, sys.stdin.buffer, daemon_out,
+    # A large buffer: one read per processRecords line of up to 1 MB, not one per 8 kB.
+    daemon_in = os.fdopen(os.dup(0), "rb", buffering=1 << 20)
+    host = ShardHost(list(argv) or WORKER_ARGV, daemon_in, daemon_out,
                      hand_back_lease, FailureHistory(history_dir(os.environ)),
                      record_failure_metrics)
     try:

@@ -98,3 +98,18 @@ def test_failure_history_counts_recent_failures_per_shard(tmp_path: Path) -> Non
     (tmp_path / "f" / "s-2.json").write_text("{torn")
     assert history.record("s-2", 2_000.0) == [2_000.0]  # a bad file is a fresh start
     assert FailureHistory(None).record("s-1", 5.0) == [5.0]
+
+
+def test_the_host_imports_the_standard_library_only() -> None:
+    """What the daemon spawns per shard stays small: no third-party module at start (the
+    failure path imports boto3 and prometheus_client when it needs them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; before = set(sys.modules); import consumer.kcl.__main__; "
+            "print('\\n'.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert "consumer" in out
+    foreign = {m for m in out if m not in sys.stdlib_module_names and m != "consumer"}
+    assert foreign == set()
