@@ -86,6 +86,9 @@ class FlushSettings:
     max_records: int = 5000
     max_bytes: int = 4 * 1024 * 1024
     max_age_ms: int = 5000
+    # What one shard's buffered records may hold in memory (each record charged once); over
+    # it, processRecords commits and waits, which is how KCL's fetching slows down.
+    max_buffer_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,9 @@ class WindowSettings:
     out_of_orderness_ms: int = 5_000
     idle_timeout_ms: int = 30_000  # 0: idle shards do not advance their watermark
     quantiles: bool = False
+    # Open window state of one shard; past it the processor fails loudly instead of being
+    # OOM-killed (more shards per task need a smaller value or more memory).
+    max_state_bytes: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -392,6 +398,8 @@ FIELD_RULES: dict[str, Rule] = {
     "flush.max_records": _at_least(1),
     "flush.max_bytes": _at_least(1),
     "flush.max_age_ms": _at_least(1),
+    "flush.max_buffer_bytes": _at_least(1 << 20, " (1 MiB)"),
+    "windows.max_state_bytes": _at_least(1 << 20, " (1 MiB)"),
     "metrics.host": _pattern("must be a bind address (e.g. 127.0.0.1, 0.0.0.0), not empty, "
                              "no whitespace", r"\S+"),
     "metrics.port": _between(0, 65535, " (0: any free port)"),

@@ -35,27 +35,38 @@ log = logging.getLogger(__name__)
 class Committer:
     def __init__(self, shard_id: str, routes: Routes, ownership: Ownership | None,
                  snapshots: SnapshotStore | None, retriers: ShardRetriers,
-                 checkpointed: Position | None) -> None:
+                 checkpointed: Position | None, generation: int = 0) -> None:
         self.shard_id = shard_id
         self.routes = routes
         self._ownership = ownership
         self._snapshots = snapshots
         self._retriers = retriers
         self.checkpointed = checkpointed
+        self.generation = generation  # of the snapshot at `checkpointed`
 
     def confirm_owner(self) -> None:
         """Fenced unless this worker still holds the shard's lease (DynamoDB errors retry)."""
         if self._ownership is not None:
             self._retriers("dynamodb-lease").call(self._ownership.confirm)
 
-    def drain(self) -> dict[str, int]:
-        """Make everything buffered durable, route by route, quarantine last (deliveries can
-        add sink rejections to it). Returns the items written per route."""
-        return {route.name: self._drain(route) for route in self.routes.all()}
+    def drain(self, position: Position | None) -> dict[str, int]:
+        """Make everything buffered up to `position` (the last record seen) durable, route
+        by route, quarantine last (deliveries can add sink rejections to it). Returns the
+        items written per route."""
+        return {route.name: self._drain(route, position) for route in self.routes.all()}
 
-    def _drain(self, route: Route[Any]) -> int:
-        written = 0
-        while (batch := route.buffer.take_batch()) is not None:
+    def _drain(self, route: Route[Any], position: Position | None) -> int:
+        manifest, written = route.manifest, 0
+        if manifest is not None:
+            # Objects a writer before us reserved are repeated exactly, so they must be
+            # whole: wait until the replay has passed the last of them.
+            last = self._retriers("s3-manifest").call(manifest.last_reserved)
+            if last is not None and (position is None or position < last):
+                log.info("replaying up to the objects reserved before us",
+                         extra={"route": route.name, "until": str(last)})
+                return 0
+        take = route.buffer.take_all if manifest is not None else route.buffer.take_batch
+        while (batch := take()) is not None:
             self.confirm_owner()
             started = time.monotonic()
             outcome = route.deliver(batch.items, batch.last_position)
@@ -72,26 +83,47 @@ class Committer:
         return written
 
     def commit(self, checkpointer: Checkpointer, position: Position | None,
-               snapshot: Callable[[], bytes] | None) -> bool:
+               snapshot: Callable[[], bytes] | None, ticked: bool = False) -> bool:
         """Drain, then checkpoint at `position` (the last record seen) with the window state
-        as of it. False if there was nothing new to checkpoint."""
-        self.drain()
-        if position is None or (self.checkpointed is not None and position <= self.checkpointed):
-            return False
-        previous = self.checkpointed
+        as of it. `ticked`: idle ticks changed the windows since the last snapshot, which must
+        be snapshotted again even if no record came (the next generation at the same position).
+        False if nothing new was made durable as a checkpoint or a snapshot."""
+        self.drain(position)
+        if position is None or any(len(route.buffer) for route in self.routes.all()):
+            return False  # nothing seen, or something waits (objects reserved before us)
+        if self.checkpointed is not None and position <= self.checkpointed:
+            return ticked and self._resnapshot(position, snapshot)
+        previous, generations = self.checkpointed, self.generation
         if snapshot is not None and self._snapshots is not None:
-            data, store = snapshot(), self._snapshots
-            self._retriers("s3-state").call(lambda: store.save(position, data))
+            self._save(position, 0, snapshot())
         if not self._checkpoint(checkpointer, position):
             return False
-        self.checkpointed = position
+        self.checkpointed, self.generation = position, 0
+        if self.routes.manifest is not None:
+            self.routes.manifest.checkpointed = position  # its next reservation drops the rest
         if previous is not None and snapshot is not None and self._snapshots is not None:
-            self._snapshots.forget(previous)
+            self._snapshots.forget(previous, generations)
         return True
 
-    def end_shard(self, checkpointer: Checkpointer) -> None:
+    def _resnapshot(self, position: Position, snapshot: Callable[[], bytes] | None) -> bool:
+        if snapshot is None or self._snapshots is None:
+            return False
+        self._save(position, self.generation + 1, snapshot())
+        self.generation += 1
+        return True
+
+    def _save(self, position: Position, generation: int, data: bytes) -> None:
+        self.confirm_owner()
+        store = self._snapshots
+        assert store is not None
+        if not self._retriers("s3-state").call(lambda: store.save(position, data, generation)):
+            self.confirm_owner()  # another tenure wrote this generation: Fenced, unless stale
+            raise RuntimeError(f"{self.shard_id}: snapshot generation {generation} at "
+                               f"{position} exists; a stale writer raced this one")
+
+    def end_shard(self, checkpointer: Checkpointer, position: Position | None) -> None:
         """Shard end: everything drained, then KCL's SHARD_END checkpoint (no position)."""
-        self.drain()
+        self.drain(position)
         if not self._checkpoint(checkpointer, None):
             raise RuntimeError(f"{self.shard_id}: SHARD_END was not checkpointed")
 

@@ -273,7 +273,7 @@ class ShardHost:
             pause = min(HANDBACK_RETRY_CAP_S, pause * 2)
 
     def _send(self, line: bytes) -> None:
-        with self._out_lock:
+        with self._out_lock, contextlib.suppress(BrokenPipeError):  # the daemon has gone
             self._out.write(line)
             self._out.flush()
 

@@ -87,6 +87,9 @@ def _tell_host(note: str) -> None:
 
 
 def to_raw_records(kcl_records: list[Any]) -> list[RawRecord]:
+    """amazon_kclpy Records as RawRecords; consumer/kcl/protocol.py delivers RawRecords."""
+    if kcl_records and isinstance(kcl_records[0], RawRecord):
+        return kcl_records
     return [
         RawRecord(
             data=base64.b64decode(r.data),
@@ -133,10 +136,11 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         snapshots = SnapshotStore(self._s3_client, s.s3.bucket, s.s3.state_prefix,
                                   s.stream.app_name, self.shard_id)
         routes = open_routes(s, self.shard_id, self._retriers, _now_ms, self._s3_client, token)
-        engine = self._restore_engine(snapshots, start) if s.windows.enabled else None
+        engine, generation = (self._restore_engine(snapshots, start) if s.windows.enabled
+                              else (None, 0))
         self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start,
                                        ownership=ownership, snapshots=snapshots,
-                                       retriers=self._retriers)
+                                       retriers=self._retriers, generation=generation)
         self._metrics.lease_acquired()
         log.info("initialized", extra={"start": str(start) if start else "none",
                                        "lease_counter": token.lease_counter,
@@ -154,6 +158,10 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                   "records": len(records)} if records else {})
         with log_context(batch=batch):  # every line logged for this batch names its range
             if records:
+                if pipeline.ticked:
+                    # Idle ticks decided what is late; make that durable before any record
+                    # is judged by it, so a replay decides the same (consumer/commit/state.py).
+                    pipeline.commit(process_records_input.checkpointer)
                 metrics.batch_received((r.position.sequence for r in records),
                                        (len(r.data) for r in records))
                 pipeline.ingest(records, now_ms)
@@ -205,14 +213,16 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             raise RuntimeError("record processor used before initialize")
         return self._metrics
 
-    def _restore_engine(self, snapshots: SnapshotStore, start: Position | None) -> WindowEngine:
-        data = self._retriers("s3-state").call(lambda: snapshots.load(start)) if start else None
-        if data is not None:
-            return WindowEngine.restore(data, _now_ms())
+    def _restore_engine(self, snapshots: SnapshotStore,
+                        start: Position | None) -> tuple[WindowEngine, int]:
+        found = self._retriers("s3-state").call(lambda: snapshots.load(start)) if start else None
+        if found is not None:
+            data, generation = found
+            return WindowEngine.restore(data, _now_ms()), generation
         if start is not None:
             log.warning("no window snapshot for the checkpoint; windows restart empty",
                         extra={"checkpoint": str(start)})
-        return WindowEngine(window_spec(self._settings), self.shard_id)
+        return WindowEngine(window_spec(self._settings), self.shard_id), 0
 
 
 def _now_ms() -> int:

@@ -20,11 +20,10 @@ SPAWNED_NS = int(os.environ.get("AETHERSTREAM_SPAWNED_NS") or time.time_ns())
 
 def main() -> int:
     protocol_out = guard_stdout()  # first: nothing may reach stdout before this
-    from amazon_kclpy import kcl
-
     from consumer.aws import client
     from consumer.config import load_settings
     from consumer.kcl.processor import ShardProcessor
+    from consumer.kcl.protocol import kcl_process
     from consumer.metrics.logs import configure_logging
     from consumer.metrics.registry import assert_multiprocess_mode
 
@@ -33,9 +32,7 @@ def main() -> int:
     assert_multiprocess_mode()
     processor = ShardProcessor(settings, client("s3"), client("dynamodb"), SPAWNED_NS)
     try:
-        kcl.KCLProcess(
-            processor, input_file=sys.stdin, output_file=protocol_out, error_file=sys.stderr
-        ).run()
+        kcl_process(processor, sys.stdin, protocol_out, sys.stderr).run()
     finally:
         logging.shutdown()
     return 0

@@ -476,7 +476,7 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> Columns 
     try:
         # Contract fields only, all scalars, keys non-empty: UTF-8 is validated, depth is 1.
         structs = list(map(plan.columns.decode, datas))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         return None
     kcols = plan.key_cols
     if len(kcols) == 1:

@@ -27,9 +27,9 @@ class Position(NamedTuple):
         return f"{self.sequence}/{self.sub_sequence}"
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One user record as KCL handed it to us (already deaggregated)."""
+class RawRecord(msgspec.Struct, frozen=True, gc=False):
+    """One user record as KCL handed it to us (already deaggregated). A frozen msgspec Struct
+    for the same reason as Event: one is built per record (a frozen dataclass cost ~1 us)."""
 
     data: bytes
     partition_key: str

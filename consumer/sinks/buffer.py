@@ -1,4 +1,4 @@
-"""Pure batching decisions for sink buffers: Firehose-style hints plus one shared byte budget.
+"""Pure batching decisions for sink buffers: Firehose-style hints, and the shard's byte budget.
 
 No I/O and no clock reads: the caller passes `now_ms`. Items wait in a buffer until a batch is
 taken; a batch is made durable by the committer, then `mark_durable` frees its bytes (an item
@@ -12,9 +12,10 @@ range promises (see consumer/sinks/layout.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import attrgetter
+from operator import itemgetter
 from typing import Generic, TypeVar
 
 from consumer.records.model import Position
@@ -43,11 +44,10 @@ class FlushReason(StrEnum):
 
 
 class ByteBudget:
-    """One memory budget shared by every sink buffer in a process.
-
-    Over budget, the caller must flush (and wait for durability) before adding more,
-    instead of growing memory while a sink is slow or down.
-    """
+    """The memory a shard's buffered records may hold, each record charged once (the pipeline
+    charges it at ingest for every route it is buffered in, and frees it when a commit has
+    drained everything). Over budget, the caller commits (and waits for durability) before
+    taking more, instead of growing memory while a sink is slow or down."""
 
     def __init__(self, limit_bytes: int) -> None:
         if limit_bytes < 1:
@@ -67,15 +67,9 @@ class ByteBudget:
         self.used_bytes -= size_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry(Generic[T]):
-    position: Position
-    item: T
-    size_bytes: int
-    added_ms: int
-
-
-_POSITION = attrgetter("position")
+# A buffered item: (position, item, size_bytes). Tuples, built in C for a whole KCL batch.
+_Entry = tuple[Position, T, int]
+_POSITION = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +89,9 @@ class Batch(Generic[T]):
 class SinkBuffer(Generic[T]):
     """The writer half of one sink: holds items until a batch is taken and made durable."""
 
-    def __init__(self, name: str, hints: FlushHints, budget: ByteBudget) -> None:
+    def __init__(self, name: str, hints: FlushHints) -> None:
         self.name = name
         self.hints = hints
-        self.budget = budget
         self._pending: list[_Entry[T]] = []
         self._in_order = True  # _pending is sorted by position
         self._pending_bytes = 0
@@ -114,16 +107,23 @@ class SinkBuffer(Generic[T]):
         return self._pending_bytes
 
     def add(self, item: T, position: Position, size_bytes: int, now_ms: int) -> None:
-        if size_bytes < 0:
+        self.add_many([item], [position], [size_bytes], now_ms)
+
+    def add_many(self, items: Sequence[T], positions: Sequence[Position],
+                 sizes: Sequence[int], now_ms: int) -> None:
+        """Buffer a batch of items at once (one KCL batch's worth)."""
+        if not items:
+            return
+        if min(sizes) < 0:
             raise ValueError("size_bytes must be >= 0")
         pending = self._pending
-        if pending and position < pending[-1].position:
+        if (pending and positions[0] < pending[-1][0]) or list(positions) != sorted(positions):
             self._in_order = False
-        pending.append(_Entry(position, item, size_bytes, now_ms))
-        self._pending_bytes += size_bytes
+        pending.extend(zip(positions, items, sizes, strict=True))
+        size = sum(sizes)
+        self._pending_bytes += size
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
-        self.budget.charge(size_bytes)
 
     def should_flush(self, now_ms: int) -> FlushReason | None:
         """Why a batch should be taken now, or None to keep buffering."""
@@ -135,8 +135,6 @@ class SinkBuffer(Generic[T]):
             return FlushReason.BYTES
         if self._oldest_ms is not None and now_ms - self._oldest_ms >= self.hints.max_age_ms:
             return FlushReason.AGE
-        if self.budget.over_budget():
-            return FlushReason.BUDGET
         return None
 
     def take_batch(self) -> Batch[T] | None:
@@ -148,23 +146,33 @@ class SinkBuffer(Generic[T]):
             self._pending.sort(key=_POSITION)  # stable: equal positions keep add order
             self._in_order = True
         n, size, hints = 0, 0, self.hints
-        for entry in self._pending:
-            if n == hints.max_records or (n and size + entry.size_bytes > hints.max_bytes):
+        for _, _, item_size in self._pending:
+            if n == hints.max_records or (n and size + item_size > hints.max_bytes):
                 break
             n += 1
-            size += entry.size_bytes
+            size += item_size
         taken, self._pending = self._pending[:n], self._pending[n:]
         self._pending_bytes -= size
-        self._oldest_ms = min((e.added_ms for e in self._pending), default=None)
-        batch = Batch(self._next_batch, tuple(e.item for e in taken),
-                      tuple(e.position for e in taken), size)
+        if not self._pending:
+            self._oldest_ms = None  # what is left is younger: flushing it early by age is fine
+        positions, items, _ = zip(*taken, strict=True)
+        batch = Batch(self._next_batch, items, positions, size)
         self._next_batch += 1
         self._taken.add(batch.batch_no)
         return batch
 
+    def take_all(self) -> Batch[T] | None:
+        """Everything pending as one batch, in shard order (the caller cuts it itself)."""
+        if not self._pending:
+            return None
+        hints, self.hints = self.hints, FlushHints(len(self._pending), 1 << 62, 0)
+        try:
+            return self.take_batch()
+        finally:
+            self.hints = hints
+
     def mark_durable(self, batch: Batch[T]) -> None:
-        """The committer made the batch durable: free its bytes."""
+        """The committer made the batch durable."""
         if batch.batch_no not in self._taken:
             raise KeyError(f"{self.name}: batch {batch.batch_no} is not taken")
         self._taken.discard(batch.batch_no)
-        self.budget.release(batch.size_bytes)

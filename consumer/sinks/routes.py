@@ -19,10 +19,11 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.model import Event, Position, Rejected
 from consumer.sinks import layout
-from consumer.sinks.buffer import ByteBudget, FlushHints, SinkBuffer
+from consumer.sinks.buffer import FlushHints, SinkBuffer
 from consumer.sinks.clients import opensearch_client, redshift_connect
 from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import FenceToken
+from consumer.sinks.manifest import ShardManifest
 from consumer.sinks.retry import Retrier, RetryEvent
 from consumer.sinks.rows import raw_row, rejected_by_sink, result_line, result_row
 from consumer.sinks.s3 import S3ObjectWriter
@@ -45,6 +46,9 @@ class Route(Generic[T]):
     buffer: SinkBuffer[T]
     # Makes a batch durable; the position is the batch's newest, for sink rejections.
     deliver: Callable[[Sequence[T], Position], Delivered]
+    # Objects reserved in the shard's manifest: everything buffered goes in one delivery (the
+    # writer cuts the objects), and only once the shard is past every reserved object.
+    manifest: ShardManifest | None = None
 
 
 class ShardRetriers:
@@ -82,6 +86,7 @@ class Routes:
     raw: list[Route[Event]]
     results: list[Route[WindowResult]]
     windows: list[Route[WindowGroup]]
+    manifest: ShardManifest | None = None
 
     def all(self) -> list[Route[Any]]:
         # Quarantine last: the other routes' deliveries may add sink rejections to it.
@@ -100,19 +105,22 @@ class RouteFactory:
         self.retriers = retriers
         self.now_ms = now_ms
         self.prov = layout.Provenance(settings.stream.name, shard_id)
-        self.writer = S3ObjectWriter(s3_client, settings.s3.bucket, settings.s3.format)
+        s3 = settings.s3
+        self.manifest = ShardManifest(
+            s3_client, s3.bucket, f"{s3.state_prefix}{settings.stream.app_name}/shard={shard_id}/"
+            "manifest.json", token)
+        self.writer = S3ObjectWriter(s3_client, s3.bucket, s3.format, self.manifest,
+                                     settings.flush.max_records)
         f = settings.flush
         self.hints = FlushHints(max_records=f.max_records, max_bytes=f.max_bytes,
                                 max_age_ms=f.max_age_ms)
-        # One budget for every buffer of the shard: over it, process_records flushes first.
-        self.budget = ByteBudget(4 * f.max_bytes)
 
     def buffer(self, name: str) -> SinkBuffer[Any]:
-        return SinkBuffer(name, self.hints, self.budget)
+        return SinkBuffer(name, self.hints)
 
     def _s3(self, sink: str, plans: list[layout.ObjectPlan]) -> int:
-        retry = self.retriers(sink)
-        return sum(retry.call(functools.partial(self.writer.write, p)) for p in plans)
+        # Idempotent as a whole: reservations merge by key, objects are If-None-Match.
+        return self.retriers(sink).call(functools.partial(self.writer.write, plans))
 
     def archive(self) -> Route[Event]:
         def deliver(events: Sequence[Event], _: Position) -> Delivered:
@@ -122,7 +130,7 @@ class RouteFactory:
                 self.shard_id)
             return Delivered(self._s3("s3-archive", plans))
 
-        return Route("s3-archive", self.buffer("s3-archive"), deliver)
+        return Route("s3-archive", self.buffer("s3-archive"), deliver, self.manifest)
 
     def quarantine(self) -> Route[Rejected]:
         def deliver(rejected: Sequence[Rejected], _: Position) -> Delivered:
@@ -140,7 +148,7 @@ class RouteFactory:
                 m.RECORDS_QUARANTINED.labels(self.shard_id, r.reason).inc()
             return Delivered(written)
 
-        return Route("s3-quarantine", self.buffer("s3-quarantine"), deliver)
+        return Route("s3-quarantine", self.buffer("s3-quarantine"), deliver, self.manifest)
 
     def _sink_rejections(self, rejected: Sequence[Rejected], now: int) -> int:
         """A document a sink refused has no shard position of its own (a window result is
@@ -258,4 +266,5 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
             results.append(results_route)
     if settings.opensearch.enabled and settings.windows.enabled:
         results.append(factory.opensearch(opensearch_for(settings)))
-    return Routes(factory.archive(), factory.quarantine(), raw, results, windows)
+    return Routes(factory.archive(), factory.quarantine(), raw, results, windows,
+                  factory.manifest)

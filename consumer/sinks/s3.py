@@ -1,11 +1,13 @@
 """Durable, replay-safe S3 objects: the thin boto3 shell around consumer/sinks/layout.py.
 
-Exactly-once for objects rests on two facts:
-- a key names the shard positions it holds, and is written with `If-None-Match: *`, so
-  an object is never replaced and a second writer of the same key gets 412;
-- before the first write to a partition, the writer lists it: a replay after a crash
-  skips every record an earlier attempt already made durable, instead of writing an
-  overlapping object. After that, the writer remembers what it wrote itself.
+Exactly-once for objects rests on three facts:
+- a key names the shard positions it holds, and is written with `If-None-Match: *`, so an
+  object is never replaced and a second writer of the same key gets 412;
+- every object is reserved in the shard's manifest (consumer/sinks/manifest.py) before it is
+  written, and a writer repeats the objects reserved there exactly, so a replay with other
+  batch boundaries, or an old owner's late PUT, writes the same object, never an overlap;
+- the manifest is taken with a fence token, so a writer that lost the shard is refused
+  before it reserves anything new.
 """
 
 from __future__ import annotations
@@ -15,38 +17,37 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from consumer.records.model import Position
-from consumer.sinks.layout import (
-    ObjectFormat,
-    ObjectPlan,
-    encode_body,
-    object_key,
-    parse_object_range,
-    uncovered,
-)
+from consumer.sinks.layout import ObjectFormat, ObjectPlan, Reserved, cut, encode_body
+from consumer.sinks.manifest import ShardManifest
 
 log = logging.getLogger(__name__)
 
-Range = tuple[Position, Position]
+CONTENT_TYPES: dict[str, str] = {"ndjson": "application/x-ndjson",
+                                 "parquet": "application/vnd.apache.parquet"}
 
 
 class S3ObjectWriter:
-    def __init__(self, client: Any, bucket: str, fmt: ObjectFormat = "ndjson") -> None:
+    def __init__(self, client: Any, bucket: str, fmt: ObjectFormat = "ndjson",
+                 manifest: ShardManifest | None = None, max_records: int | None = None) -> None:
         self._client = client
         self._bucket = bucket
         self.format = fmt
-        self._durable: dict[str, list[Range]] = {}
+        self.manifest = manifest
+        self._max_records = max_records
 
-    def write(self, plan: ObjectPlan) -> int:
-        """Make every record of the plan durable; returns how many this call wrote."""
-        remaining = uncovered(plan, self._durable_ranges(plan.partition_prefix))
-        if not remaining.positions:
-            return 0
-        first, last = remaining.positions[0], remaining.positions[-1]
-        key = object_key(plan.partition_prefix, first, last, self.format)
-        written = self.put_if_absent(key, encode_body(remaining.lines, self.format))
-        self._durable[plan.partition_prefix].append((first, last))
-        return len(remaining.positions) if written else 0
+    def write(self, plans: list[ObjectPlan]) -> int:
+        """Make every record of the plans durable; returns how many this call wrote."""
+        reserved = self.manifest.reserved if self.manifest else []
+        objects = [(key, obj) for plan in plans
+                   for key, obj in cut(plan, reserved, self.format, self._max_records)]
+        if self.manifest is not None:
+            self.manifest.reserve([Reserved(key, obj.positions[0], obj.positions[-1])
+                                   for key, obj in objects], self.manifest.checkpointed)
+        written = 0
+        for key, obj in objects:
+            if self.put_if_absent(key, encode_body(obj.lines, self.format)):
+                written += len(obj.positions)
+        return written
 
     def put_if_absent(self, key: str, body: bytes) -> bool:
         try:
@@ -55,7 +56,7 @@ class S3ObjectWriter:
                 Key=key,
                 Body=body,
                 IfNoneMatch="*",
-                ContentType="application/x-ndjson",
+                ContentType=CONTENT_TYPES[self.format],
             )
             return True
         except ClientError as exc:
@@ -64,18 +65,3 @@ class S3ObjectWriter:
                 log.info("object already durable, skipped", extra={"key": key})
                 return False
             raise
-
-    def _durable_ranges(self, partition_prefix: str) -> list[Range]:
-        if partition_prefix not in self._durable:
-            self._durable[partition_prefix] = list(self._list_ranges(partition_prefix))
-        return self._durable[partition_prefix]
-
-    def _list_ranges(self, partition_prefix: str) -> list[Range]:
-        ranges = []
-        paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self._bucket, Prefix=partition_prefix):
-            for obj in page.get("Contents", []):
-                parsed = parse_object_range(obj["Key"])
-                if parsed:
-                    ranges.append(parsed)
-        return ranges

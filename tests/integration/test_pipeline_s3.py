@@ -13,7 +13,7 @@ import pytest
 
 from consumer.config import load_settings, with_overrides
 from consumer.local.reconcile import ObjectCounter
-from consumer.pipeline import ShardPipeline
+from consumer.pipeline import RECORD_OVERHEAD, ShardPipeline, WindowStateTooLarge
 from consumer.records.model import Position, RawRecord
 from tests.support.checkpointer import RecordingCheckpointer
 from tests.support.pipelines import make_pipeline as build_pipeline
@@ -53,6 +53,7 @@ def make_pipeline(s3: S3Endpoint, prefix: str, start: Position | None = None,
             "archive_prefix": f"{prefix}/raw/",
             "quarantine_prefix": f"{prefix}/quarantine/",
             "results_prefix": f"{prefix}/results/",
+            "state_prefix": f"{prefix}/state/",  # each test its own manifest and snapshots
             "format": fmt,
         },
         flush={"max_records": 100_000, "max_age_ms": 10**9},
@@ -121,3 +122,55 @@ def test_checkpoint_only_after_everything_buffered_is_durable(s3: S3Endpoint) ->
     assert archive.distinct + quarantine.distinct == 20  # drained before the refused checkpoint
     assert p.commit(ckpt) and ckpt.last == recs[19].position
     assert not p.commit(ckpt)  # nothing new
+
+
+def test_buffered_records_count_once_against_the_budget(s3: S3Endpoint) -> None:
+    """Each record is charged once however many routes hold it; over the budget a commit is
+    due, and a commit that drained everything frees it."""
+    settings = with_overrides(
+        load_settings(None, env={}),
+        s3={"bucket": BUCKET, "archive_prefix": "budget/raw/", "quarantine_prefix": "budget/q/",
+            "results_prefix": "budget/results/", "state_prefix": "budget/state/"},
+        flush={"max_records": 100_000, "max_age_ms": 10**9, "max_buffer_bytes": 1 << 20},
+        windows={"enabled": False},
+    )
+    p = build_pipeline(settings, "shardId-000000000004", s3.client())
+    recs = records(1000)
+    p.ingest(recs[:500], now_ms=0)
+    held = sum(len(r.data) for r in recs[:500]) + RECORD_OVERHEAD * 500
+    assert p.budget.used_bytes == held and not p.flush_due(0)
+    big = [RawRecord(b"x" * 4000, "k", Position(99_000 + i, 0), T0) for i in range(300)]
+    p.ingest(big, now_ms=0)  # 1.2 MB more: over the 1 MiB budget
+    assert p.flush_due(0)
+    assert p.commit(RecordingCheckpointer()) and p.budget.used_bytes == 0
+
+
+def test_window_state_past_its_limit_fails_loudly(s3: S3Endpoint) -> None:
+    settings = with_overrides(
+        load_settings(None, env={}),
+        s3={"bucket": BUCKET, "archive_prefix": "state/raw/", "quarantine_prefix": "state/q/",
+            "results_prefix": "state/results/", "state_prefix": "state/state/"},
+        windows={"max_state_bytes": 1 << 20},
+    )
+    p = build_pipeline(settings, "shardId-000000000004", s3.client())
+    many = [RawRecord(orjson.dumps({"device_id": f"d{i}", "metric": "m", "value": 1,
+                                    "ts": T0}), "k", Position(1 + i, 0), T0)
+            for i in range(10_000)]  # 10,000 open groups, a few hundred bytes each
+    with pytest.raises(WindowStateTooLarge, match=r"windows\.max_state_bytes"):
+        for lo in range(0, len(many), 1000):
+            p.ingest(many[lo:lo + 1000], now_ms=0)
+
+
+def test_parquet_keeps_records_with_lone_surrogates(s3: S3Endpoint) -> None:
+    """A lone surrogate escape in a non-contract field is valid JSON that orjson and Arrow
+    refuse; in Parquet the record is still written (the field as its escaped JSON text),
+    never retried forever."""
+    p = make_pipeline(s3, "surrogate", fmt="parquet")
+    odd = RawRecord(b'{"device_id": "d", "metric": "m", "value": 1, "ts": 1795000000000, '
+                    b'"note": "\\ud800", "more": {"x": "\\udfff"}}', "d", Position(77, 0), T0)
+    p.ingest([odd, *records(3)], now_ms=0)
+    assert p.commit(RecordingCheckpointer())
+    archive, quarantine = counted(s3, "surrogate")
+    assert archive.distinct + quarantine.distinct == 4 and archive.duplicates == 0
+    row = next(r for r in archive.rows if r["sequence"] == "77")
+    assert "\\ud800" in row["payload"] and "\\udfff" in row["payload"]

@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
+from consumer.commit.state import SnapshotStore
 from consumer.config import Settings, load_settings, with_overrides
-from consumer.local.reconcile import s3_result_rows
+from consumer.local.reconcile import ObjectCounter, s3_result_rows
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
 from consumer.windows.engine import WindowEngine
@@ -39,7 +40,8 @@ def settings(prefix: str) -> Settings:
     return with_overrides(
         load_settings(None, env={}),
         s3={"bucket": BUCKET, "archive_prefix": f"{prefix}/raw/",
-            "quarantine_prefix": f"{prefix}/q/", "results_prefix": f"{prefix}/results/"},
+            "quarantine_prefix": f"{prefix}/q/", "results_prefix": f"{prefix}/results/",
+            "state_prefix": f"{prefix}/state/"},
         flush={"max_records": 100_000, "max_age_ms": 10**9},
         windows={"size_ms": 60_000, "out_of_orderness_ms": 2_000, "idle_timeout_ms": 0},
     )
@@ -93,3 +95,40 @@ def test_results_after_crash_and_restore_equal_one_clean_run(s3: S3Endpoint) -> 
     assert by_id == sorted(expected, key=lambda r: r["result_id"])
     assert sum(r["count"] for r in got) == 400
     assert all(r["is_final"] for r in got)
+
+
+def test_a_window_closed_by_an_idle_tick_stays_closed_after_a_crash(s3: S3Endpoint) -> None:
+    """Idle ticks are processing-time decisions a replay cannot repeat. A window an idle tick
+    closed is snapshotted closed before the next record is judged, so after a crash the new
+    owner judges a straggler late again: it is in quarantine once and in no window result."""
+    cfg = with_overrides(settings("tick"), windows={"idle_timeout_ms": 5_000},
+                         flush={"max_age_ms": 0})
+    snapshots = SnapshotStore(s3.client(), BUCKET, "tick/state/", cfg.stream.app_name, SHARD)
+    first = make_pipeline(cfg, SHARD, s3.client(), snapshots=snapshots)
+    window = [RawRecord(orjson.dumps({"device_id": "d", "metric": "t", "value": v,
+                                      "ts": T0 + 1_000 * v}), "d", Position(7000 + v, 0), T0)
+              for v in range(3)]
+    ckpt = RecordingCheckpointer()
+    first.ingest(window, now_ms=T0)
+    assert first.commit(ckpt)
+    first.tick(now_ms=T0 + 600_000)  # idle for 10 minutes: the watermark closes the window
+    assert first.ticked and first.commit(ckpt)  # results durable, state snapshotted again
+    assert ckpt.positions == [window[-1].position]  # no new record: the checkpoint stays
+    straggler = RawRecord(orjson.dumps({"device_id": "d", "metric": "t", "value": 9,
+                                        "ts": T0 + 500}), "d", Position(7100, 0), T0)
+    first.ingest([straggler], now_ms=T0 + 600_001)
+    first.flush()  # quarantined as late, then the worker dies before checkpointing
+
+    found = snapshots.load(window[-1].position)
+    assert found is not None and found[1] == 1  # the newest generation: after the tick
+    engine = WindowEngine.restore(found[0], T0 + 700_000)
+    second = make_pipeline(cfg, SHARD, s3.client(), start=window[-1].position, engine=engine,
+                           snapshots=snapshots)
+    second.ingest([straggler], now_ms=T0 + 700_000)
+    second.close(now_ms=T0 + 700_000)
+    second.flush()
+    got = results(s3, "tick")
+    assert [(r["count"], r["sum"]) for r in got] == [(3, 3.0)]
+    late = ObjectCounter(s3.client(), BUCKET, "tick/q/")
+    late.refresh()
+    assert late.distinct == 1 and late.duplicates == 0

@@ -88,8 +88,8 @@ class Scene:
             "leaseKey": {"S": SHARD}, "leaseOwner": {"S": worker},
             "leaseCounter": {"N": str(self.counter)}, "checkpoint": {"S": "TRIM_HORIZON"}})
 
-    def processor(self, worker: str, **clients: str) -> ShardProcessor:
-        return ShardProcessor(self.settings_for(worker, **clients), self.s3, self.ddb,
+    def processor(self, worker: str, s3: Any = None, **clients: str) -> ShardProcessor:
+        return ShardProcessor(self.settings_for(worker, **clients), s3 or self.s3, self.ddb,
                               time.time_ns())
 
     def state(self) -> dict[str, Any]:
@@ -205,22 +205,28 @@ def test_checkpoint_throttling_is_retried_and_refusal_keeps_records(servers: Any
     assert lost.positions == [] and a.fenced  # the lease is gone: stop, never checkpoint
 
 
-@pytest.mark.parametrize("held", ["redshift", "opensearch"])
+@pytest.mark.parametrize("held", ["s3", "redshift", "opensearch"])
 def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
         servers: Any, held: str) -> None:
     """The old owner's write is held on the wire while the lease moves and the new owner
-    replays from the checkpoint; then it is released. Every sink holds each record and each
-    result once, with the new owner's content."""
+    replays from the checkpoint with other batch boundaries; then it is released. Every sink
+    holds each record and each result once, with the same content as one owner would write."""
     sc = Scene(servers, f"proc-two-{held}")
-    _, dsn, os_url = servers
-    pg_port = int(psycopg2.extensions.parse_dsn(dsn)["port"])
-    os_port = int(os_url.rsplit(":", 1)[1])
-    with Gate("127.0.0.1", pg_port if held == "redshift" else os_port) as gate:
+    s3_endpoint, dsn, os_url = servers
+    port = {"s3": int(s3_endpoint.url.rsplit(":", 1)[1]),
+            "redshift": int(psycopg2.extensions.parse_dsn(dsn)["port"]),
+            "opensearch": int(os_url.rsplit(":", 1)[1])}[held]
+    # For S3, only the archive objects' PUTs wait (the manifest reservation before them goes).
+    archive_put = f"PUT /{sc.name}/raw/".encode()
+    holds = (lambda chunk: chunk.startswith(archive_put)) if held == "s3" else (lambda _: True)
+    with Gate("127.0.0.1", port, holds) as gate:
         via = f"127.0.0.1:{gate.port}"
-        clients = ({"dsn": dsn.replace(f"127.0.0.1:{pg_port}", via)} if held == "redshift"
-                   else {"os_url": f"http://{via}"})
+        old_clients: dict[str, Any] = {
+            "s3": {"s3": S3Endpoint(f"http://{via}").client()},
+            "redshift": {"dsn": dsn.replace(f"127.0.0.1:{port}", via)},
+            "opensearch": {"os_url": f"http://{via}"}}[held]
         sc.lease_to("worker-a")
-        old, ckpt_old = sc.processor("worker-a", **clients), RecordingCheckpointer()
+        old, ckpt_old = sc.processor("worker-a", **old_clients), RecordingCheckpointer()
         start(old)
         feed(old, records(range(0, 30)), ckpt_old)
         checkpoint = ckpt_old.last
@@ -232,9 +238,10 @@ def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
         sc.lease_to("worker-b")  # the lease moves while the old owner's write waits
         new, ckpt_new = sc.processor("worker-b"), RecordingCheckpointer()
         start(new, str(checkpoint.sequence))
-        feed(new, records(range(30, 66)), ckpt_new)
+        feed(new, records(range(30, 50)), ckpt_new)  # other boundaries than the old owner's
+        feed(new, records(range(50, 70)), ckpt_new)
         # A straggler updates a window the old owner's held write has an older version of.
-        feed(new, records(range(66, 80), straggler_of=55), ckpt_new)
+        feed(new, records(range(70, 80), straggler_of=55), ckpt_new)
         gate.open()
         blocked.join(60)
         assert not blocked.is_alive()
@@ -249,8 +256,8 @@ def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
     clean.lease_to("worker-a")
     only, ckpt = clean.processor("worker-a"), RecordingCheckpointer()
     start(only)
-    for batch in (records(range(0, 30)), records(range(30, 66)),
-                  records(range(66, 80), straggler_of=55)):
+    for batch in (records(range(0, 30)), records(range(30, 50)), records(range(50, 70)),
+                  records(range(70, 80), straggler_of=55)):
         feed(only, batch, ckpt)
     want = clean.state()
     # The straggler (record 80, device d2, event time of record 55) joined its window late:
@@ -261,3 +268,19 @@ def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
     assert state["os_results"] == want["os_results"] == {
         rid: n for rid, (n, _, _) in want["rs_results"].items()}
     assert state["s3_results"] == want["s3_results"]
+
+
+def test_shard_end_closes_the_windows_and_checkpoints_shard_end(servers: Any) -> None:
+    sc = Scene(servers, "proc-end")
+    sc.lease_to("worker-a")
+    p, ckpt = sc.processor("worker-a"), RecordingCheckpointer()
+    start(p)
+    feed(p, records(range(0, 25)), ckpt)
+    message("shardEnded").dispatch(ckpt, p)
+    assert ckpt.positions[-1] is None  # KCL's SHARD_END: no position
+    state = sc.state()
+    assert state["archived"] == [10**20 + i for i in range(25)]
+    # Every window of the parent is final now, and holds its records once.
+    assert sum(state["s3_results"].values()) == 25
+    assert {rid: (n, True) for rid, n in state["s3_results"].items()} == {
+        rid: (n, final) for rid, (n, _, final) in state["rs_results"].items()}

@@ -10,12 +10,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 
 class Gate:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    """`holds(chunk)` picks which bytes wait while the gate is closed (default: all), e.g.
+    only an HTTP request line that names a path."""
+
+    def __init__(self, upstream_host: str, upstream_port: int,
+                 holds: Callable[[bytes], bool] = lambda _: True) -> None:
         self._upstream = (upstream_host, upstream_port)
+        self._holds = holds
         self._open = threading.Event()
         self._open.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -59,7 +65,7 @@ class Gate:
     def _pump(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
         try:
             while data := src.recv(65536):
-                if gated and not self._open.is_set():
+                if gated and not self._open.is_set() and self._holds(data):
                     self.held.set()
                     self._open.wait()
                 dst.sendall(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
 from consumer.pipeline import ShardPipeline, window_spec
 from consumer.records.model import Position
@@ -14,9 +15,9 @@ from consumer.windows.engine import WindowEngine
 
 def make_pipeline(settings: Settings, shard_id: str, s3_client: Any,
                   start: Position | None = None, engine: WindowEngine | None = None,
-                  ) -> ShardPipeline:
+                  snapshots: SnapshotStore | None = None) -> ShardPipeline:
     routes = open_routes(settings, shard_id, ShardRetriers(), lambda: int(time.time() * 1000),
                          s3_client)
     if engine is None and settings.windows.enabled:
         engine = WindowEngine(window_spec(settings), shard_id)
-    return ShardPipeline(settings, shard_id, routes, engine, start)
+    return ShardPipeline(settings, shard_id, routes, engine, start, snapshots=snapshots)

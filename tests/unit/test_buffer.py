@@ -41,8 +41,7 @@ def test_batches_cut_in_shard_order_lose_and_repeat_nothing(
     """Items are added in any order (rejects before late records of the same KCL batch);
     every batch holds the smallest pending positions, so it holds every pending item between
     its first and last position; nothing is lost or taken twice; bytes are freed when durable."""
-    budget = ByteBudget(10**9)
-    buf: SinkBuffer[int] = SinkBuffer("s", hints, budget)
+    buf: SinkBuffer[int] = SinkBuffer("s", hints)
     now = 0
     pending: set[int] = set()
     taken: list[Batch[int]] = []
@@ -79,12 +78,11 @@ def test_batches_cut_in_shard_order_lose_and_repeat_nothing(
     for batch in taken:
         buf.mark_durable(batch)
     assert sorted(seen) == list(range(next_id)) and len(seen) == len(set(seen))
-    assert budget.used_bytes == 0 and len(buf) == 0
+    assert len(buf) == 0
 
 
 def test_flush_reasons() -> None:
-    budget = ByteBudget(1_000)
-    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints(3, 100, 50), budget)
+    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints(3, 100, 50))
     assert buf.should_flush(10**9) is None  # empty never flushes
     buf.add(0, _pos(0), 10, now_ms=0)
     assert buf.should_flush(49) is None
@@ -95,26 +93,20 @@ def test_flush_reasons() -> None:
     assert buf.should_flush(0) is FlushReason.RECORDS
 
 
-def test_shared_budget_makes_other_sinks_flush() -> None:
+def test_budget_charges_and_releases() -> None:
     budget = ByteBudget(100)
-    a: SinkBuffer[int] = SinkBuffer("a", FlushHints(1000, 10_000, 10**9), budget)
-    b: SinkBuffer[int] = SinkBuffer("b", FlushHints(1000, 10_000, 10**9), budget)
-    a.add(0, _pos(0), 60, 0)
-    assert b.should_flush(0) is None
-    b.add(1, _pos(1), 40, 0)
+    budget.charge(60)
+    assert not budget.over_budget()
+    budget.charge(40)
     assert budget.over_budget()
-    assert a.should_flush(0) is FlushReason.BUDGET
-    assert b.should_flush(0) is FlushReason.BUDGET
-    batch = a.take_batch()
-    assert batch is not None
-    assert budget.over_budget()  # a batch taken but not durable still holds its bytes
-    a.mark_durable(batch)
-    assert not budget.over_budget() and budget.used_bytes == 40
+    budget.release(100)
+    assert not budget.over_budget() and budget.used_bytes == 0
+    with pytest.raises(ValueError):
+        budget.release(1)
 
 
 def test_oversized_item_forms_a_batch_of_one() -> None:
-    budget = ByteBudget(10)
-    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints(max_bytes=5), budget)
+    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints(max_bytes=5))
     buf.add(0, _pos(0), 50, 0)
     buf.add(1, _pos(1), 1, 0)
     batch = buf.take_batch()
@@ -126,7 +118,7 @@ def test_misuse_is_loud() -> None:
         FlushHints(max_records=0)
     with pytest.raises(ValueError):
         ByteBudget(0)
-    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints(), ByteBudget(10))
+    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints())
     buf.add(0, _pos(0), 1, 0)
     batch = buf.take_batch()
     assert batch is not None

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.records.decode import TimestampError, _iso_general, _iso_swar
+from consumer.records.contract import Contract
+from consumer.records.decode import (
+    TimestampError,
+    _iso_general,
+    _iso_swar,
+    decode_batch,
+    decode_columns,
+)
+from consumer.records.model import Position, RawRecord
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Month ends (and a leap day), where a batch spans two months or a day does not exist.
@@ -73,3 +81,14 @@ def test_swar_takes_a_clean_batch() -> None:
     assert _iso_swar(["2026-11-26T23:60:00.000Z"]) is None
     assert _iso_swar(["2026-11-26T23:00:60.000Z"]) is None
     assert _iso_swar(["2026-11-26T23:00:00.000z"]) is None  # valid, but for the slow path
+
+
+def test_invalid_utf8_in_a_key_sends_the_batch_to_the_classifier() -> None:
+    """msgspec raises UnicodeDecodeError (not a DecodeError) for bad UTF-8 in a string: the
+    columnar path must hand the batch to decode_batch, which rejects that one record."""
+    contract = Contract()
+    bad = RawRecord(b'{"device_id": "\xff\xfe", "metric": "m", "value": 1, "ts": 1}', "k",
+                    Position(1, 0), 0)
+    assert decode_columns([bad], contract) is None
+    events, rejected = decode_batch([bad], contract)
+    assert events == [] and [(r.stage, r.reason) for r in rejected] == [("decode", "invalid_utf8")]

@@ -8,15 +8,17 @@ from hypothesis import strategies as st
 
 from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.sinks.layout import (
+    ObjectPlan,
     Provenance,
+    Reserved,
     archive_line,
+    cut,
     gzip_body,
     hour_partition,
     object_key,
     parse_object_range,
     plan_objects,
     quarantine_line,
-    uncovered,
 )
 
 PROV = Provenance("events", "shardId-000000000001")
@@ -87,19 +89,35 @@ def test_plans_partition_every_event_once_in_order(items: list[tuple[int, int]])
         assert plan.partition_prefix.endswith(f"shard={PROV.shard_id}/")
 
 
-def test_uncovered_skips_what_an_earlier_object_holds() -> None:
-    events = [event(s, 0, 0) for s in (10, 20, 30, 40)]
-    [plan] = plan_objects(
-        events,
-        lambda e: e.record.position,
-        lambda e: e.ts_ms,
-        lambda e: archive_line(PROV, e),
-        "raw/",
-        PROV.shard_id,
-    )
-    rest = uncovered(plan, [(Position(5, 0), Position(20, 0))])
-    assert rest.positions == (Position(30, 0), Position(40, 0))
-    assert len(rest.lines) == 2
+@given(st.lists(st.integers(0, 60), unique=True, min_size=1, max_size=40),
+       st.lists(st.tuples(st.integers(0, 60), st.integers(0, 8)), max_size=6),
+       st.integers(1, 7))
+def test_cut_repeats_reserved_objects_and_cuts_the_rest_between_them(
+        seqs: list[int], spans: list[tuple[int, int]], max_records: int) -> None:
+    """Every record lands in exactly one object; a reserved object is repeated with exactly the
+    records of its range; no new object's range overlaps a reserved one or holds a position
+    its key does not name."""
+    seqs.sort()
+    plan = ObjectPlan("raw/p/", tuple(Position(s, 0) for s in seqs),
+                      tuple(str(s).encode() for s in seqs))
+    reserved: list[Reserved] = []
+    for lo, width in sorted(spans):  # disjoint ranges, as one writer reserves them
+        first, last = Position(lo, 0), Position(lo + width, 0)
+        if all(last < r.first or first > r.last for r in reserved):
+            reserved.append(Reserved(f"raw/p/r{lo}", first, last))
+    objects = cut(plan, reserved, max_records=max_records)
+    held = [p for _, obj in objects for p in obj.positions]
+    assert sorted(held) == list(plan.positions) and len(held) == len(set(held))
+    by_key = {r.key: r for r in reserved}
+    for key, obj in objects:
+        assert list(obj.positions) == sorted(obj.positions)
+        if key in by_key:
+            r = by_key[key]
+            assert list(obj.positions) == [p for p in plan.positions if r.first <= p <= r.last]
+        else:
+            first, last = obj.positions[0], obj.positions[-1]
+            assert key == object_key("raw/p/", first, last) and len(obj.positions) <= max_records
+            assert all(last < r.first or first > r.last for r in reserved)
 
 
 def test_gzip_body_is_deterministic() -> None:

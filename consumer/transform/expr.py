@@ -1,0 +1,110 @@
+"""Expressions for `derive`, `filter` and `route`: CEL, through common-expression-language
+(Rust bindings of the cel-interpreter crate). See the package docstring for why CEL.
+
+A record's fields are the expression's variables (`temp_f`, `payload.device`). They are
+passed as CEL sees JSON (google.protobuf.Value): every number is a double. So the same
+expression works whether a producer wrote `50` or `50.0`, and CEL's rule that int and double
+do not mix in arithmetic becomes one rule for the user: write number literals with a point
+(`(temp_f - 32.0) * 5.0 / 9.0`); `int(x)` gives an integer back. Comparisons mix freely
+(`status == 200`). An integer above 2**53 loses precision inside an expression only; the
+field itself is not changed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from consumer.transform.model import Reject
+
+_UNDEFINED = re.compile(r"Undefined variable or function: '([^']*)'")
+MAX_MESSAGE = 240
+
+
+class ExprSyntaxError(ValueError):
+    """An expression that does not compile; the message is CEL's, with the position."""
+
+
+def _cel() -> Any:
+    # Imported on first use: `import cel` also loads its REPL's libraries (~0.13 s), which a
+    # processor without expressions should not pay.
+    import cel  # type: ignore[import-untyped,unused-ignore]
+
+    return cel
+
+
+def as_cel(value: Any) -> Any:
+    """A JSON value as CEL's JSON mapping has it: numbers are doubles."""
+    kind = type(value)
+    if kind is int:
+        return float(value)
+    if kind is dict:
+        return {k: as_cel(v) for k, v in value.items()}
+    if kind is list:
+        return [as_cel(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    source: str
+    program: Any  # cel.Program
+    names: tuple[str, ...]  # top-level identifiers (with comprehension variables)
+
+    def evaluate(self, fields: Mapping[str, Any]) -> Any | Reject:
+        """The value, or a Reject (missing_field, expr_error, non_finite). Never raises."""
+        env = {}
+        for n in self.names:  # only the fields it names: passing a whole record costs 5x
+            if n in fields:
+                v = fields[n]
+                kind = v.__class__
+                env[n] = v if kind is float or kind is str else float(v) if kind is int \
+                    else as_cel(v)
+        try:
+            value = self.program.execute(env)
+        except Exception as exc:  # the library raises several types; all mean "this record"
+            return _why(exc)
+        kind = value.__class__
+        if kind is float:
+            return value if math.isfinite(value) else Reject(
+                "non_finite", f"{self.source!r} gave {value}, not a JSON number")
+        if kind is str or kind is bool or kind is int or value is None or is_json(value):
+            return value
+        return Reject("not_json", f"{self.source!r} gave {kind.__name__} {value!r:.60}, which "
+                      "JSON cannot hold (string(...) turns timestamps and durations into text)")
+
+
+def is_json(value: Any) -> bool:
+    """A value the archive and the sinks can write: JSON's types, string keys, finite."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_json(v) for k, v in value.items())
+    return False
+
+
+def _why(exc: Exception) -> Reject:
+    text = " ".join(str(exc).split())
+    missing = _UNDEFINED.search(text)
+    if missing:
+        return Reject("missing_field", f"no field {missing.group(1)!r}")
+    if isinstance(exc, KeyError):
+        return Reject("missing_field", f"no field {text}")
+    return Reject("expr_error", text[:MAX_MESSAGE])
+
+
+def compile_expr(source: str) -> Expr:
+    """Compile once, at settings load. Raises ExprSyntaxError with CEL's message."""
+    cel = _cel()
+    try:
+        program = cel.compile(source)
+    except ValueError as exc:
+        raise ExprSyntaxError(" ".join(str(exc).split())[:MAX_MESSAGE]) from None
+    return Expr(source, program, tuple(program.variables()))

@@ -1,0 +1,271 @@
+"""The steps of a chain. Each is pure: given a batch of records' fields it returns, aligned
+with the batch, one outcome per record: the record's new fields, None (a filter removed it), or a
+Reject. No step changes the dicts it is given.
+
+Missing fields, by step: rename, convert and lookup leave a record without the field as it
+is unless the step says `required = true` (then: Reject missing_field); derive, filter and
+route reject a record whose expression names a field it lacks (missing_field). A null is a
+value, except that convert treats it as missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from consumer.transform import fields as f
+from consumer.transform.expr import Expr
+from consumer.transform.lookup import LookupTable, key_text
+from consumer.transform.model import ROUTE_FIELD, Reject
+
+Outcome = Mapping[str, Any] | Reject | None
+Path = tuple[str, ...]
+
+
+class Step(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]: ...
+
+
+class RecordStep:
+    """A step defined record by record (all but the plug-in)."""
+
+    name: str
+    kind: str
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        raise NotImplementedError
+
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        one = self.one
+        return [one(fields) for fields in batch]
+
+
+def _put(fields: Mapping[str, Any], path: Path, value: Any) -> Mapping[str, Any] | Reject:
+    try:
+        return f.put(fields, path, value)
+    except f.PathConflict as exc:
+        return Reject("path_conflict", str(exc))
+
+
+def _missing(path: Path) -> Reject:
+    return Reject("missing_field", f"no field {'.'.join(path)!r}")
+
+
+@dataclass(frozen=True)
+class Rename(RecordStep):
+    name: str
+    pairs: tuple[tuple[Path, Path], ...]  # (from, to)
+    required: bool = False
+    kind: str = "rename"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        out = fields
+        for src, dst in self.pairs:
+            value = f.get(out, src)
+            if value is f.MISSING:
+                if self.required:
+                    return _missing(src)
+                continue
+            moved = _put(f.delete(out, src), dst, value)
+            if isinstance(moved, Reject):
+                return moved
+            out = moved
+        return out
+
+
+@dataclass(frozen=True)
+class Drop(RecordStep):
+    name: str
+    paths: tuple[Path, ...]
+    kind: str = "drop"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        out = fields
+        for path in self.paths:
+            out = f.delete(out, path)
+        return out
+
+
+@dataclass(frozen=True)
+class SetValues(RecordStep):
+    name: str
+    values: tuple[tuple[Path, Any], ...]
+    kind: str = "set"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        out = fields
+        for path, value in self.values:
+            new = _put(out, path, value)
+            if isinstance(new, Reject):
+                return new
+            out = new
+        return out
+
+
+@dataclass(frozen=True)
+class Derive(RecordStep):
+    name: str
+    path: Path
+    expr: Expr
+    kind: str = "derive"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        value = self.expr.evaluate(fields)
+        if value.__class__ is Reject:
+            return value
+        if len(self.path) == 1:
+            return {**fields, self.path[0]: value}
+        return _put(fields, self.path, value)
+
+
+@dataclass(frozen=True)
+class Convert(RecordStep):
+    name: str
+    path: Path
+    into: Path
+    convert: Callable[[Any], Any]  # value -> value | Reject
+    required: bool = False
+    kind: str = "convert"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        value = f.get(fields, self.path)
+        if value is f.MISSING or value is None:
+            return _missing(self.path) if self.required else fields
+        out = self.convert(value)
+        if isinstance(out, Reject):
+            return Reject(out.reason, f"field {'.'.join(self.path)!r}: {out.message}")
+        return _put(fields, self.into, out)
+
+
+def _truth(expr: Expr, fields: Mapping[str, Any]) -> bool | Reject:
+    value = expr.evaluate(fields)
+    if isinstance(value, Reject | bool):
+        return value
+    return Reject("not_a_bool", f"{expr.source!r} gave {type(value).__name__} {value!r:.60}, "
+                  "not true or false")
+
+
+@dataclass(frozen=True)
+class Filter(RecordStep):
+    """Keeps the records for which `expr` is true; the others are counted under its name."""
+
+    name: str
+    expr: Expr
+    kind: str = "filter"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        keep = _truth(self.expr, fields)
+        if isinstance(keep, Reject):
+            return keep
+        return fields if keep else None
+
+
+@dataclass(frozen=True)
+class Lookup(RecordStep):
+    """Adds a table row's columns (all but the key, or `columns`) under `prefix`.
+
+    A miss (no row, or a key field that is missing, null or not a string/integer/bool):
+    on_miss "keep" passes the record unchanged, "default" adds `defaults`, "reject"
+    rejects it with reason lookup_miss."""
+
+    name: str
+    key: Path
+    table: LookupTable
+    columns: tuple[str, ...] | None = None
+    prefix: str = ""
+    on_miss: str = "keep"  # keep, default, reject
+    defaults: tuple[tuple[str, Any], ...] = ()
+    kind: str = "lookup"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        text = key_text(f.get(fields, self.key))
+        row = self.table.rows.get(text) if text is not None else None
+        if row is None:
+            return self._miss(fields, text)
+        out = dict(fields)
+        for col in self.columns if self.columns is not None else tuple(row):
+            if col in row:
+                out[self.prefix + col] = row[col]
+        return out
+
+    def _miss(self, fields: Mapping[str, Any], text: str | None) -> Outcome:
+        if self.on_miss == "keep":
+            return fields
+        if self.on_miss == "default":
+            return {**fields, **{self.prefix + k: v for k, v in self.defaults}}
+        shown = "no usable key" if text is None else f"key {text!r}"
+        return Reject("lookup_miss", f"{shown} in {'.'.join(self.key)!r} is not in "
+                      f"{self.table.source}")
+
+    def with_table(self, table: LookupTable) -> Lookup:
+        return replace(self, table=table)
+
+
+@dataclass(frozen=True)
+class Route(RecordStep):
+    """Adds `to` to the record's `_aggregations` (in order, once each), when `when` holds."""
+
+    name: str
+    to: tuple[str, ...]
+    when: Expr | None = None
+    kind: str = "route"
+
+    def one(self, fields: Mapping[str, Any]) -> Outcome:
+        if self.when is not None:
+            hit = _truth(self.when, fields)
+            if isinstance(hit, Reject) or not hit:
+                return hit if isinstance(hit, Reject) else fields
+        current = fields.get(ROUTE_FIELD, [])
+        if not isinstance(current, list) or not all(isinstance(n, str) for n in current):
+            return Reject("bad_route_field", f"{ROUTE_FIELD} must be a list of names, "
+                          f"got {current!r:.60}")
+        names = current + [n for n in self.to if n not in current]
+        return {**fields, ROUTE_FIELD: names}
+
+
+PluginFn = Callable[[list[dict[str, Any]]], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A user callable: a list of field dicts in, a list as long out, each a dict (the new
+    fields), None (filtered, counted under the step's name) or a Reject. If the batch call
+    raises or breaks that contract, each record is tried alone, so one bad record is
+    rejected (plugin_error / plugin_contract) and the others are not."""
+
+    name: str
+    target: str  # module:function, for messages
+    fn: PluginFn
+    kind: str = "plugin"
+
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        whole = self._call([dict(fields) for fields in batch])
+        if not isinstance(whole, Reject):
+            return whole
+        return [self._one(fields) for fields in batch]
+
+    def _one(self, fields: Mapping[str, Any]) -> Outcome:
+        out = self._call([dict(fields)])
+        return out if isinstance(out, Reject) else out[0]
+
+    def _call(self, dicts: list[dict[str, Any]]) -> list[Outcome] | Reject:
+        try:
+            out = list(self.fn(dicts))
+        except Exception as exc:  # a plug-in's bug is this batch's problem, not the shard's
+            return Reject("plugin_error", f"{self.target} raised {type(exc).__name__}: "
+                          f"{exc}"[:240])
+        if len(out) != len(dicts) or not all(_outcome(o) for o in out):
+            return Reject("plugin_contract", f"{self.target} must return a list as long as "
+                          "its input, of dicts, None or Reject")
+        return out
+
+
+def _outcome(o: Any) -> bool:
+    return o is None or isinstance(o, Reject) or (
+        isinstance(o, Mapping) and all(isinstance(k, str) for k in o))
