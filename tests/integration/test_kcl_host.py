@@ -10,6 +10,7 @@ AccessDenied; the host and its hand-back are what is under test.
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 import textwrap
@@ -235,3 +236,27 @@ def test_a_repeated_failure_holds_the_lease_for_the_backoff(tmp_path: Path) -> N
     to_host.close()
     thread.join(20)
     assert codes == [0]
+
+
+def test_the_real_record_processor_runs_behind_the_host(
+        tmp_path: Path, moto: S3Endpoint, lease: Any) -> None:
+    """`python -m consumer.kcl` as the daemon runs it (the default child, our processor),
+    against moto's S3 and lease table: every record archived, the checkpoint at the last."""
+    s3 = moto.client()
+    s3.create_bucket(Bucket="host-test-archive")
+    n = 2_000
+    payloads = [(f"dev-{i % 7}", b'{"device_id": "dev-%d", "metric": "t", "value": %d, '
+                 b'"ts": 1795000000%03d}' % (i % 7, i, i % 1000), False) for i in range(n)]
+    recs = km.kinesis_records(payloads, 1_795_000_000_000, 10, 1)
+    f = Feed(km.initialize_line(), [(km.process_records_line(b, 0), b[-1].position)
+                                    for b in km.batches(recs, 500)], n)
+    env = {**_env(moto, tmp_path / "mp"), "AWS_ENDPOINT_URL_S3": moto.url,
+           "AETHERSTREAM_S3_BUCKET": "host-test-archive", "AETHERSTREAM_WINDOWS_ENABLED": "false"}
+    result = drive("ours", [sys.executable, "-m", "consumer.kcl"], env, f,
+                   tmp_path / "ours.log", 120, lambda p: None)
+    assert result.checkpoint_ok, (tmp_path / "ours.log").read_text()[-3000:]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="host-test-archive")["Contents"]]
+    archived = sum(len(gzip.decompress(s3.get_object(Bucket="host-test-archive", Key=k)[
+        "Body"].read()).splitlines()) for k in keys if k.startswith("raw/"))
+    assert archived == n and _failures(tmp_path / "mp") == {}
+    assert _lease_item(lease)["leaseOwner"]["S"] == WORKER
