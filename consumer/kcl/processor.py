@@ -10,12 +10,14 @@ decides WHEN to commit and what each callback means:
   owner changed within failover_time / 3, so this is bounded; the new owner is already working);
 - lease_lost stops all writes at once; shard_ended and shutdown_requested commit;
 - an unexpected error exits the process: amazon_kclpy would otherwise log it and acknowledge
-  the batch, and KCL would move on past records we never stored.
+  the batch, and KCL would move on past records we never stored. The shard host answers for
+  the dead process and hands the lease back, so only this shard restarts, from its checkpoint.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import logging
 import os
@@ -34,6 +36,7 @@ from consumer.metrics import registry as m
 from consumer.metrics.logs import bind_context, log_context
 from consumer.pipeline import ShardPipeline, window_spec
 from consumer.records.model import Position, RawRecord
+from consumer.sinks.errors import classify, describe, error_code
 from consumer.sinks.fence import Fenced
 from consumer.sinks.retry import StopRetrying
 from consumer.sinks.routes import ShardRetriers, open_routes
@@ -45,8 +48,10 @@ F = TypeVar("F", bound=Callable[..., None])
 
 def exit_on_error(callback: F) -> F:
     """amazon_kclpy logs a callback's exception and acknowledges the message anyway, which
-    would let KCL move past records we never stored. Exit instead: the daemon restarts the
-    shard from its last checkpoint. A fence is not an error: the processor stops writing."""
+    would let KCL move past records we never stored. Exit instead, non-zero, like any crash:
+    the shard host (consumer/kcl/host.py) answers for the dead processor, hands the lease back,
+    and KCL resumes the shard from its last checkpoint. A fence is not an error: the processor
+    stops writing."""
 
     @functools.wraps(callback)
     def wrapper(self: ShardProcessor, *args: Any, **kwargs: Any) -> None:
@@ -56,12 +61,30 @@ def exit_on_error(callback: F) -> F:
             self.fence(str(exc))
         except StopRetrying:
             log.warning("write abandoned: lease lost")
-        except Exception:
-            log.exception("record processor failed; exiting so KCL replays from the checkpoint")
+        except Exception as exc:
+            log.exception("record processor failed; exiting so KCL replays from the checkpoint",
+                          extra={"error": describe(exc)})
+            _tell_host(failure_note(exc))
             logging.shutdown()
-            os._exit(70)
+            os._exit(FATAL_EXIT)
 
     return wrapper  # type: ignore[return-value]
+
+
+FATAL_EXIT = 70  # EX_SOFTWARE
+
+
+def failure_note(exc: BaseException) -> str:
+    """A short, bounded label of a fatal error for the host's metrics: its kind and code
+    (`auth:AccessDenied`), or its class when it has no code."""
+    return f"{classify(exc)}:{error_code(exc) or type(exc).__name__}"[:120]
+
+
+def _tell_host(note: str) -> None:
+    fd = os.environ.get("AETHERSTREAM_FAILURE_FD")  # the host's pipe; absent when run alone
+    if fd and fd.isdigit():
+        with contextlib.suppress(OSError):
+            os.write(int(fd), note.encode("utf-8", "replace") + b"\n")
 
 
 def to_raw_records(kcl_records: list[Any]) -> list[RawRecord]:

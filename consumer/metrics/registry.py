@@ -176,6 +176,19 @@ PROCESSOR_HEARTBEAT = Gauge(
     "Unix time of the processor's last sign of life.",
     _SHARD, multiprocess_mode="livemax", registry=REGISTRY,
 )
+# Written by the shard host (consumer/kcl/host.py) when its record processor dies. Not live*:
+# the host exits once KCL takes the lease away, and the failure must outlast it. The gauge
+# keeps the newest failure time per shard and reason, which /readyz reads.
+PROCESSOR_FAILURES = Counter(
+    "aetherstream_processor_failures_total",
+    "Record processors that died (crash, signal, fatal error), by shard and reason.",
+    ("shard", "reason"), registry=REGISTRY,
+)
+PROCESSOR_LAST_FAILURE = Gauge(
+    "aetherstream_processor_last_failure_timestamp_seconds",
+    "Unix time of the shard's last processor failure, by reason.",
+    ("shard", "reason"), multiprocess_mode="mostrecent", registry=REGISTRY,
+)
 
 METRIC_NAMES: tuple[str, ...] = (
     "aetherstream_kinesis_records_received_total",
@@ -200,6 +213,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "aetherstream_leases_held",
     "aetherstream_process_records_duration_seconds",
     "aetherstream_processor_heartbeat_timestamp_seconds",
+    "aetherstream_processor_failures_total",
+    "aetherstream_processor_last_failure_timestamp_seconds",
 )
 """Names as they appear in the exposition (counters with ``_total``; histograms by base name)."""
 
@@ -312,6 +327,11 @@ def merged_registry(directory: str | os.PathLike[str]) -> CollectorRegistry:
     merged = CollectorRegistry()
     merged.register(_MergingCollector(str(directory)))
     return merged
+
+
+def record_processor_failure(shard: str, reason: str, when: float) -> None:
+    PROCESSOR_FAILURES.labels(shard, reason).inc()
+    PROCESSOR_LAST_FAILURE.labels(shard, reason).set(when)
 
 
 # --- per-shard facade -------------------------------------------------------------------------

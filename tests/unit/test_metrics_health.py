@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from consumer.metrics.health import HealthChecks
 
@@ -62,3 +62,43 @@ def test_liveness_follows_ticks() -> None:
     assert checks.liveness().ok
     checks.stopped()
     assert checks.liveness().as_json()["failed"] == ["loop"]
+
+
+def _with_failures(failures: list[tuple[str, str, float, int]]) -> CollectorRegistry:
+    """(shard, reason, newest time, count): what shard hosts write when a processor dies."""
+    reg = _registry(4, {"a": NOW})
+    last = Gauge("aetherstream_processor_last_failure_timestamp_seconds", "x",
+                 ["shard", "reason"], registry=reg)
+    count = Counter("aetherstream_processor_failures_total", "x", ["shard", "reason"],
+                    registry=reg)
+    for shard, reason, at, n in failures:
+        last.labels(shard, reason).set(at)
+        count.labels(shard, reason).inc(n)
+    return reg
+
+
+def test_a_shard_whose_processor_died_recently_fails_readiness_by_name() -> None:
+    checks = HealthChecks(lambda: True, 30, failure_window_s=300, clock=lambda: NOW)
+    reg = _with_failures([("shardId-1", "signal:SIGKILL", NOW - 400, 1),
+                          ("shardId-1", "auth:AccessDenied", NOW - 12, 2),
+                          ("shardId-2", "exit:1", NOW - 301, 1)])
+    verdict = checks.readiness(reg)
+    assert _failed(checks, reg) == ["processors"]
+    detail = next(c.detail for c in verdict.checks if c.name == "processors")
+    # the newest reason, every failure of the shard, and not the shard that failed long ago
+    assert detail == "shardId-1 failed 3 time(s), last 12s ago (auth:AccessDenied)"
+
+
+def test_failures_older_than_the_window_no_longer_fail_readiness() -> None:
+    now = [NOW]
+    checks = HealthChecks(lambda: True, 30, failure_window_s=300, clock=lambda: now[0])
+    reg = _with_failures([("shardId-3", "signal:SIGKILL", NOW, 1)])
+
+    def processors_ok() -> bool:
+        return next(c.ok for c in checks.readiness(reg).checks if c.name == "processors")
+
+    assert not processors_ok()
+    now[0] += 300
+    assert not processors_ok()
+    now[0] += 1
+    assert processors_ok()
