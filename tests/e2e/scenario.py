@@ -184,6 +184,21 @@ class Scenario:
                    lambda: f"{failure}: owners {self.lease_owners()}")
         return time.monotonic() - started
 
+    def first_writes_after(self, since: float, shards: Iterable[str]) -> dict[str, float]:
+        """Per shard, seconds from `since` (time.time()) to the first archive object written
+        after it: with the old owner dead, the new owner's first durable batch."""
+        s3 = boto3_client("s3", self.stack.endpoints)
+        first: dict[str, float] = {}
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=self.settings.s3.archive_prefix)
+        for obj in (o for page in pages for o in page.get("Contents", [])):
+            shard = next((part[len("shard="):] for part in obj["Key"].split("/")
+                          if part.startswith("shard=")), None)
+            written = obj["LastModified"].timestamp() - since
+            if shard in set(shards) and written > 0:
+                first[shard] = min(first.get(shard, written), written)
+        return first
+
     # --- reconciliation ----------------------------------------------------------------
 
     def contents(self) -> Contents:

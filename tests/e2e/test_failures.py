@@ -156,6 +156,8 @@ def test_rolling_deployment_while_records_flow(stack: LocalStack, tmp_path: Path
         moved = sc.wait_owners(lambda o: set(o.values()) == {b_id, c_id},
                                "a's leases were not taken by b and c")
         sent.append(producer.sent_count)
+        b_shards = {s for s, owner in sc.lease_owners().items() if owner == b_id}
+        killed_at = time.time()
         sc.crash(b)
         took = sc.wait_owners(lambda o: set(o.values()) == {c_id}, "c never took every shard")
         sent.append(producer.sent_count)
@@ -163,9 +165,13 @@ def test_rolling_deployment_while_records_flow(stack: LocalStack, tmp_path: Path
         sc.finish_producers()
         sent.append(len(sc.sent))
         assert sent == sorted(set(sent)), f"production paused: {sent}"
-        print(f"rolling: steal {stolen:.1f} s, SIGTERM handover {moved:.1f} s, "
-              f"SIGKILL takeover {took:.1f} s, records sent at each step {sent}")
         sc.reconcile()
+        first = sc.first_writes_after(killed_at, b_shards)
+        assert set(first) == b_shards  # c wrote each of b's shards after b died
+        print(f"rolling: steal {stolen:.1f} s, SIGTERM handover {moved:.1f} s, SIGKILL to "
+              f"every lease at c {took:.1f} s (1 s polls), SIGKILL to c's first archive "
+              f"write per shard { {k[-2:]: round(v, 1) for k, v in first.items()} } s, "
+              f"records sent at each step {sent}")
     finally:
         sc.stop_all()
 
