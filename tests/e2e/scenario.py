@@ -234,8 +234,12 @@ class Scenario:
                        if valid.get(r["payload"]["seq"], r["payload"]) != r["payload"]]:
             out.append(f"{len(changed)} archived payloads differ from the sent ones: "
                        f"{changed[:10]}")
-        rejected = Counter(base64.b64decode(r["data_b64"])
-                           for r in c.quarantine.rows if r.get("stage") != "window")
+        stages = Counter(str(r.get("stage")) for r in c.quarantine.rows)
+        if refused := {st: n for st, n in stages.items() if st.startswith("sink:")}:
+            out.append(f"sinks refused documents: {refused}")
+        rejected = Counter(base64.b64decode(r["data_b64"]) for r in c.quarantine.rows
+                           if r.get("stage") != "window"
+                           and not str(r.get("stage")).startswith("sink:"))
         if rejected != poison:
             out.append(f"quarantine holds {sum(rejected.values())} rejected records, "
                        f"{len(rejected - poison)} not sent as poison, "
