@@ -115,3 +115,134 @@ def s3_result_rows(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
             body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
             rows += decode_body(obj["Key"], body)
     return rows
+
+
+# ---------------------------------------------------------------- content, not counts
+
+
+@dataclass(frozen=True)
+class ResultContent:
+    """What one sink says about one window result: where it is and what it counts."""
+
+    shard: str
+    start_ms: int
+    key: tuple[str, ...]
+    count: int
+    sum: float
+    min: float
+    max: float
+    is_final: bool
+
+
+def s3_results_by_id(rows: list[dict[str, Any]]) -> dict[str, list[ResultContent]]:
+    """The lines of the S3 results objects, grouped by result id (a list: duplicates show)."""
+    out: dict[str, list[ResultContent]] = {}
+    for r in rows:
+        out.setdefault(r["result_id"], []).append(ResultContent(
+            r["shard"], int(r["window_start_ms"]), tuple(r["key"]), int(r["count"]),
+            float(r["sum"]), float(r["min"]), float(r["max"]), bool(r["is_final"])))
+    return out
+
+
+def redshift_results_by_id(dsn: str, schema: str) -> dict[str, list[ResultContent]]:
+    import orjson
+    import psycopg2
+
+    from consumer.sinks.redshift import RESULTS_TABLE, ident
+
+    out: dict[str, list[ResultContent]] = {}
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT result_id, shard_id, window_start_ms, window_key, value_count, value_sum, "
+            f"value_min, value_max, is_final FROM {ident(schema)}.{ident(RESULTS_TABLE.name)}")
+        for rid, shard, start, key, count, total, lo, hi, final in cur.fetchall():
+            out.setdefault(rid, []).append(ResultContent(
+                shard, int(start), tuple(orjson.loads(key)), int(count), float(total),
+                float(lo), float(hi), bool(final)))
+    conn.close()
+    return out
+
+
+def opensearch_results_by_id(url: str, prefix: str) -> dict[str, list[ResultContent]]:
+    """Every document behind the results alias (after a refresh), paged by search_after on
+    the result id, so no result hides past a page limit."""
+    from opensearchpy import OpenSearch
+
+    from consumer.sinks.opensearch import RESULTS, alias_name
+
+    client = OpenSearch(hosts=[url], timeout=30)
+    alias = alias_name(prefix, RESULTS)
+    out: dict[str, list[ResultContent]] = {}
+    if not client.indices.exists_alias(name=alias):
+        return out
+    client.indices.refresh(index=alias)
+    after: list[Any] | None = None
+    while True:
+        body: dict[str, Any] = {"query": {"match_all": {}}, "size": 1000,
+                                "sort": [{"result_id": "asc"}]}
+        if after is not None:
+            body["search_after"] = after
+        hits = client.search(index=alias, body=body)["hits"]["hits"]
+        for hit in hits:
+            s = hit["_source"]
+            out.setdefault(s["result_id"], []).append(ResultContent(
+                s["shard_id"], int(s["window_start"]), tuple(s["key"]), int(s["count"]),
+                float(s["sum"]), float(s["min"]), float(s["max"]), bool(s["is_final"])))
+        if len(hits) < 1000:
+            return out
+        after = hits[-1]["sort"]
+
+
+def redshift_raw_identities(dsn: str, schema: str) -> Counter[Identity]:
+    """Raw records in Redshift by (shard, sequence, sub-sequence), counted: duplicates show."""
+    import psycopg2
+
+    from consumer.sinks.redshift import RAW_TABLE, ident
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT shard, sequence_number, sub_sequence_number "
+                    f"FROM {ident(schema)}.{ident(RAW_TABLE.name)}")
+        found: Counter[Identity] = Counter(
+            (shard, seq, int(sub)) for shard, seq, sub in cur.fetchall())
+    conn.close()
+    return found
+
+
+def result_differences(by_sink: dict[str, dict[str, list[ResultContent]]]) -> list[str]:
+    """Every way the sinks disagree on window results: a result id missing from a sink,
+    held twice by one, or with different content. Empty when they all hold the same."""
+    problems: list[str] = []
+    ids = set().union(*by_sink.values()) if by_sink else set()
+    for rid in sorted(ids):
+        seen = {sink: results.get(rid, []) for sink, results in by_sink.items()}
+        for sink, contents in seen.items():
+            if len(contents) != 1:
+                problems.append(f"{rid}: {len(contents)} copies in {sink}")
+        distinct = {c for contents in seen.values() for c in contents}
+        if len(distinct) > 1:
+            problems.append(f"{rid}: sinks disagree: {seen}")
+    return problems
+
+
+def shard_order(row: dict[str, Any]) -> tuple[str, int, int]:
+    return row["shard"], int(row["sequence"]), int(row["sub_sequence"])
+
+
+def expected_results(archive_rows: list[dict[str, Any]], late: set[Identity], size_ms: int,
+                     key_fields: tuple[str, ...], value_field: str = "value",
+                     ) -> dict[tuple[str, int, tuple[str, ...]], ResultContent]:
+    """The final tumbling-window results the archive implies: every archived record that was
+    not quarantined as late, in its shard's window, folded in shard order (as the engine
+    does). Keyed by (shard, window start, key)."""
+    acc: dict[tuple[str, int, tuple[str, ...]], list[float]] = {}
+    for row in sorted(archive_rows, key=shard_order):
+        if (row["shard"], row["sequence"], row["sub_sequence"]) in late:
+            continue
+        start = row["event_ts_ms"] // size_ms * size_ms
+        key = tuple(str(row["payload"][f]) for f in key_fields)
+        acc.setdefault((row["shard"], start, key), []).append(float(row["payload"][value_field]))
+    return {
+        (shard, start, key): ResultContent(shard, start, key, len(v), sum(v), min(v), max(v),
+                                           True)
+        for (shard, start, key), v in acc.items()
+    }
