@@ -151,6 +151,12 @@ class Scenario:
 
     # --- waiting -----------------------------------------------------------------------
 
+    def counters(self) -> tuple[ObjectCounter, ObjectCounter]:
+        """The archive and the quarantine as they are now."""
+        self._archive.refresh()
+        self._quarantine.refresh()
+        return self._archive, self._quarantine
+
     def archived(self) -> int:
         self._archive.refresh()
         return self._archive.distinct
