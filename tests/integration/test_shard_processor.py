@@ -26,7 +26,6 @@ from opensearchpy import NotFoundError, OpenSearch
 from consumer.config import Settings, load_settings, with_overrides
 from consumer.kcl.processor import ShardProcessor
 from consumer.local.reconcile import ObjectCounter, redshift_counts, s3_result_rows
-from consumer.metrics.logs import bind_context, reset_context
 from consumer.sinks.migrate import migrate_all
 from consumer.windows.model import result_id
 from tests.support.checkpointer import RecordingCheckpointer
@@ -36,14 +35,6 @@ from tests.support.servers import S3Endpoint, moto_s3, osmem, tcp_postgres
 pytestmark = pytest.mark.integration
 SHARD = "shardId-000000000000"
 T0 = 1_795_000_000_000
-
-
-@pytest.fixture(autouse=True)
-def _own_log_context() -> Iterator[None]:
-    """initialize binds the shard to this thread's log context: undo it after each test."""
-    token = bind_context()
-    yield
-    reset_context(token)
 
 
 @pytest.fixture(scope="module")
