@@ -28,7 +28,6 @@ from consumer.records.model import Event, Position, RawRecord, Rejected
 
 ObjectFormat = Literal["ndjson", "parquet"]
 SUFFIXES: dict[str, str] = {"ndjson": ".ndjson.gz", "parquet": ".parquet"}
-SUFFIX = SUFFIXES["ndjson"]
 T = TypeVar("T")
 
 
