@@ -31,6 +31,7 @@ from consumer.sinks.redshift import (
     PostgresDialect,
     RedshiftLoader,
     migrate,
+    table_rows,
 )
 
 T0 = 1_700_000_000_000
@@ -46,8 +47,7 @@ def make_raw_rows(n: int) -> list[RawRow]:
             partition_key=f"device-{i % 97}",
             arrival_ms=T0 + i,
             event_ts_ms=T0 + i - 50,
-            device_id=f"device-{i % 97}",
-            metric="temperature",
+            key=(f"device-{i % 97}", "temperature"),
             value=20.0 + (i % 13) / 10,
             payload=f'{{"device_id":"device-{i % 97}","metric":"temperature","v":{i}}}',
         )
@@ -131,7 +131,8 @@ def bench_redshift(dsn: str, n_rows: int, batch: int, repeat: int = 3,
     def row_inserts() -> None:  # execute_values with its default page size (100 rows)
         for chunk in _chunks(rows, batch):
             with conn, conn.cursor() as cur:
-                execute_values(cur, insert, [RAW_BINDING.values(r) for r in chunk])
+                execute_values(cur, insert,
+                               table_rows(RAW_BINDING.fields, RAW_BINDING.columns(chunk)))
 
     try:
         t_rows, t_staged = _best_of(repeat, fresh_schemas, row_inserts, staged)
@@ -163,7 +164,7 @@ def bench_opensearch(url: str, n_docs: int, batch: int, repeat: int = 3) -> floa
 
     single_docs = [result_doc("bench-single", r) for r in make_results(n_docs)]
     bulk_docs = [result_doc("bench-bulk", r) for r in make_results(n_docs)]
-    sink: OpenSearchSink[IndexDoc] = OpenSearchSink("bench", client, lambda d: d)
+    sink: OpenSearchSink[IndexDoc] = OpenSearchSink("bench", client, list)
 
     def single() -> None:
         for d in single_docs:

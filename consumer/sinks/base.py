@@ -1,7 +1,8 @@
 """What every sink takes and returns: typed input rows, per-item rejections, a small protocol.
 
 The rows are our own values, not the windowing engine's or the decoder's classes, so the
-sinks do not import those layers; the processor adapts WindowResult / Event into these.
+sinks do not import those layers (consumer/sinks/rows.py adapts WindowResult / Event into
+these, or straight into columns); their fields are the sources of consumer/sinks/schema.py.
 Both row types carry their deterministic identity, which is what makes a replay overwrite
 instead of duplicate.
 """
@@ -24,8 +25,7 @@ class RawRow:
     partition_key: str
     arrival_ms: int
     event_ts_ms: int | None
-    device_id: str | None
-    metric: str | None
+    key: tuple[str | None, ...]  # one value per contract key field, in the contract's order
     value: float | None
     payload: str  # the record body as text (JSON for valid records)
 

@@ -3,6 +3,7 @@
 - Redshift: the schema, the raw-records and window-results tables (no primary keys: Redshift
   would not enforce them) and the view that merges partial results from several shards.
 - OpenSearch: the index templates behind the daily indices and their aliases.
+Both as consumer/sinks/schema.py derives them from the settings' contract.
 Fencing needs no table of ours: processors read KCL's own lease table, and the Redshift
 fence rows are created with the schema.
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 import logging
 
 from consumer.config import Settings
+from consumer.sinks.schema import output_schema
 
 log = logging.getLogger(__name__)
 
 
 def migrate_all(settings: Settings) -> list[str]:
+    schema = output_schema(settings.contract.key_fields)  # the same tables the sinks write
     done = []
     if settings.redshift.enabled:
         import psycopg2
@@ -25,7 +28,7 @@ def migrate_all(settings: Settings) -> list[str]:
 
         conn = psycopg2.connect(settings.redshift.connect_dsn())
         try:
-            migrate(conn, settings.redshift.schema)
+            migrate(conn, settings.redshift.schema, schema)
         finally:
             conn.close()
         done.append(f"redshift schema {settings.redshift.schema}")
@@ -33,7 +36,8 @@ def migrate_all(settings: Settings) -> list[str]:
         from consumer.sinks.opensearch import install_templates
         from consumer.sinks.routes import opensearch_for
 
-        install_templates(opensearch_for(settings), settings.opensearch.index_prefix)
+        install_templates(opensearch_for(settings), settings.opensearch.index_prefix,
+                          schema=schema)
         done.append(f"opensearch templates {settings.opensearch.index_prefix}-*")
     for item in done:
         log.info("migrated", extra={"what": item})

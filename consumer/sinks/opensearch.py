@@ -21,53 +21,54 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import orjson
 
 from consumer.sinks.base import RawRow, RejectedItem, ResultRow, WriteOutcome
 from consumer.sinks.errors import RETRYABLE_KINDS, is_retryable, opensearch_item_kind
 from consumer.sinks.retry import Retrier, StopRetrying
+from consumer.sinks.rows import Columns, columns_of, part_column, result_columns
+from consumer.sinks.schema import (
+    DEFAULT_SCHEMA,
+    RAW_IDENTITY,
+    RESULT_FIELDS,
+    RESULT_VERSION,
+    TEXT_SUFFIX,
+    Field,
+    OutputSchema,
+)
+from consumer.windows.model import WindowResult
 
 RowT = TypeVar("RowT")
 
 RESULTS = "results"
 RAW = "raw"
+DAY_MS = 86_400_000
 
 _DATE = {"type": "date", "format": "epoch_millis"}
 _KW = {"type": "keyword"}
-
-_MAPPINGS: dict[str, dict[str, Any]] = {
-    RESULTS: {
-        "result_id": _KW,
-        "kind": _KW,
-        "window_start": _DATE,
-        "window_end": _DATE,
-        "key": _KW,  # array of strings: every key part is searchable
-        "key_text": _KW,  # the whole key, for terms aggregations that merge shards
-        "shard_id": _KW,
-        "count": {"type": "long"},
-        "sum": {"type": "double"},
-        "min": {"type": "double"},
-        "max": {"type": "double"},
-        "mean": {"type": "double"},
-        "first_ts": _DATE,
-        "last_ts": _DATE,
-        "is_final": {"type": "boolean"},
-        "quantiles": {"type": "object", "dynamic": True},
-    },
-    RAW: {
-        "stream": _KW,
-        "shard": _KW,
-        "sequence": _KW,  # up to 56 digits: longer than a long
-        "sub_sequence": {"type": "long"},
-        "partition_key": _KW,
-        "arrival": _DATE,
-        "event_ts": _DATE,
-        "device_id": _KW,
-        "metric": _KW,
-        "value": {"type": "double"},
-        "payload": {"type": "text", "index": False},
-    },
+_TYPES: dict[str, dict[str, Any]] = {
+    "text": _KW,
+    "sequence": _KW,  # up to 56 digits: longer than a long
+    "long": {"type": "long"},
+    "double": {"type": "double"},
+    "bool": {"type": "boolean"},
+    "time": _DATE,
+    "key": _KW,  # an array of strings: every key part is searchable
+    "object": {"type": "object", "dynamic": True},
+    "payload": {"type": "text", "index": False},
 }
+
+
+def mapping_properties(fields: tuple[Field, ...]) -> dict[str, Any]:
+    """The mapping of the fields OpenSearch holds (see consumer/sinks/schema.py)."""
+    props: dict[str, Any] = {}
+    for f in fields:
+        if f.opensearch:
+            props[f.opensearch] = _TYPES[f.type]
+            if f.type == "key":  # the whole key, for terms aggregations that merge shards
+                props[f.opensearch + TEXT_SUFFIX] = _KW
+    return props
 
 
 # ---------------------------------------------------------------- pure core
@@ -83,27 +84,44 @@ def daily_index(prefix: str, kind: str, ts_ms: int) -> str:
     return f"{prefix}-{kind}-{day:%Y.%m.%d}"
 
 
-def index_templates(prefix: str, shards: int = 1, replicas: int = 0) -> dict[str, Any]:
+def daily_indices(prefix: str, kind: str, ts_ms: Sequence[int]) -> list[str]:
+    """daily_index of each time, formatted once per day."""
+    by_day: dict[int, str] = {}
+    out = []
+    for ts in ts_ms:
+        day = ts // DAY_MS
+        index = by_day.get(day)
+        if index is None:
+            index = by_day[day] = daily_index(prefix, kind, ts)
+        out.append(index)
+    return out
+
+
+def index_templates(prefix: str, shards: int = 1, replicas: int = 0,
+                    schema: OutputSchema = DEFAULT_SCHEMA) -> dict[str, Any]:
     """Composable templates: every daily index gets the mapping and joins the alias.
 
     dynamic=strict: an unexpected field is rejected (and quarantined) instead of silently
     growing the mapping.
     """
+    mappings = {RESULTS: schema.results, RAW: schema.raw}
     return {
         f"{prefix}-{kind}": {
             "index_patterns": [f"{prefix}-{kind}-*"],
             "template": {
                 "settings": {"number_of_shards": shards, "number_of_replicas": replicas},
                 "aliases": {alias_name(prefix, kind): {}},
-                "mappings": {"dynamic": "strict", "properties": props},
+                "mappings": {"dynamic": "strict", "properties": mapping_properties(fields)},
             },
         }
-        for kind, props in _MAPPINGS.items()
+        for kind, fields in mappings.items()
     }
 
 
-@dataclass(frozen=True, slots=True)
-class IndexDoc:
+class IndexDoc(msgspec.Struct, frozen=True, gc=False):
+    """One document to index. A frozen msgspec Struct: one is built per document, and it
+    costs a fraction of a frozen dataclass."""
+
     index: str
     doc_id: str
     source: Mapping[str, Any]
@@ -112,50 +130,51 @@ class IndexDoc:
     version: int | None = None
 
 
-def key_text(key: Sequence[str]) -> str:
+def key_text(key: Sequence[str | None]) -> str:
     """The key as one JSON array string, the same text the Redshift table stores."""
     return orjson.dumps(list(key)).decode()
 
 
+def sources_of(fields: tuple[Field, ...], batch: Columns) -> list[dict[str, Any]]:
+    """The documents' bodies, from the batch's columns (orjson writes a key tuple as an
+    array and quantiles as an object, as the mapping wants)."""
+    names: list[str] = []
+    cols: list[list[Any]] = []
+    for f in fields:
+        if not f.opensearch:
+            continue
+        values = batch[f.source]
+        if f.part is not None:
+            values = part_column(values, f.part)
+        elif f.type == "sequence":
+            values = list(map(str, values))
+        names.append(f.opensearch)
+        cols.append(values)
+        if f.type == "key":
+            names.append(f.opensearch + TEXT_SUFFIX)
+            cols.append([orjson.dumps(k).decode() for k in values])
+    return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
+
+
+def result_docs(prefix: str, batch: Columns) -> list[IndexDoc]:
+    """Window results' documents: _id the result id, in the daily index of the window start."""
+    indices = daily_indices(prefix, RESULTS, batch["start_ms"])
+    return list(map(IndexDoc, indices, batch["result_id"], sources_of(RESULT_FIELDS, batch),
+                    batch[RESULT_VERSION]))
+
+
+def raw_docs(prefix: str, fields: tuple[Field, ...], batch: Columns) -> list[IndexDoc]:
+    """Raw records' documents: _id the record identity, in the daily index of the event time
+    (of the arrival time when there is none)."""
+    times = [a if t is None else t for t, a in zip(batch["event_ts_ms"], batch["arrival_ms"],
+                                                   strict=True)]
+    ids = [":".join(map(str, i)) for i in zip(*(batch[s] for s in RAW_IDENTITY), strict=True)]
+    return list(map(IndexDoc, daily_indices(prefix, RAW, times), ids,
+                    sources_of(fields, batch)))
+
+
 def result_doc(prefix: str, row: ResultRow) -> IndexDoc:
-    source = {
-        "result_id": row.result_id,
-        "kind": row.kind,
-        "window_start": row.start_ms,
-        "window_end": row.end_ms,
-        "key": list(row.key),
-        "key_text": key_text(row.key),
-        "shard_id": row.shard_id,
-        "count": row.count,
-        "sum": row.sum,
-        "min": row.min,
-        "max": row.max,
-        "mean": row.mean,
-        "first_ts": row.first_ts_ms,
-        "last_ts": row.last_ts_ms,
-        "is_final": row.is_final,
-        "quantiles": dict(row.quantiles),
-    }
-    return IndexDoc(daily_index(prefix, RESULTS, row.start_ms), row.result_id, source,
-                    row.version)
-
-
-def raw_doc(prefix: str, row: RawRow) -> IndexDoc:
-    source = {
-        "stream": row.stream,
-        "shard": row.shard,
-        "sequence": str(row.sequence),
-        "sub_sequence": row.sub_sequence,
-        "partition_key": row.partition_key,
-        "arrival": row.arrival_ms,
-        "event_ts": row.event_ts_ms,
-        "device_id": row.device_id,
-        "metric": row.metric,
-        "value": row.value,
-        "payload": row.payload,
-    }
-    ts = row.event_ts_ms if row.event_ts_ms is not None else row.arrival_ms
-    return IndexDoc(daily_index(prefix, RAW, ts), row.doc_id, source)
+    return result_docs(prefix, columns_of([row], RESULT_FIELDS))[0]
 
 
 def dedupe_docs(docs: Sequence[IndexDoc]) -> list[IndexDoc]:
@@ -224,9 +243,10 @@ def classify_items(docs: Sequence[IndexDoc], response: Mapping[str, Any]) -> Bul
 # ---------------------------------------------------------------- I/O shell
 
 
-def install_templates(client: Any, prefix: str, shards: int = 1, replicas: int = 0) -> None:
+def install_templates(client: Any, prefix: str, shards: int = 1, replicas: int = 0,
+                      schema: OutputSchema = DEFAULT_SCHEMA) -> None:
     """Idempotent: PUT replaces a template with the same body."""
-    for name, body in index_templates(prefix, shards, replicas).items():
+    for name, body in index_templates(prefix, shards, replicas, schema).items():
         client.indices.put_index_template(name=name, body=body)
 
 
@@ -247,12 +267,12 @@ class OpenSearchSink(Generic[RowT]):
         self,
         name: str,
         client: Any,
-        to_doc: Callable[[RowT], IndexDoc],
+        to_docs: Callable[[Sequence[RowT]], Sequence[IndexDoc]],
         retrier: Retrier | None = None,
     ) -> None:
         self.name = name
         self.client = client
-        self.to_doc = to_doc
+        self.to_docs = to_docs  # a whole batch at once: no per-row call
         # A given retrier keeps its own classifier (fixed when it was made).
         self.retrier = retrier or Retrier(name, retryable=retryable)
 
@@ -295,14 +315,27 @@ class OpenSearchSink(Generic[RowT]):
         return WriteOutcome(written, tuple(rejected))
 
     def write_batch(self, rows: Sequence[RowT], batch_key: str = "") -> WriteOutcome:
-        return self.write_docs([self.to_doc(r) for r in rows])
+        return self.write_docs(self.to_docs(rows))
 
 
 def results_sink(
     client: Any, prefix: str, retrier: Retrier | None = None
 ) -> OpenSearchSink[ResultRow]:
-    return OpenSearchSink("opensearch-results", client, lambda r: result_doc(prefix, r), retrier)
+    return OpenSearchSink("opensearch-results", client,
+                          lambda rows: result_docs(prefix, columns_of(rows, RESULT_FIELDS)),
+                          retrier)
 
 
-def raw_sink(client: Any, prefix: str, retrier: Retrier | None = None) -> OpenSearchSink[RawRow]:
-    return OpenSearchSink("opensearch-raw", client, lambda r: raw_doc(prefix, r), retrier)
+def window_results_sink(
+    client: Any, prefix: str, retrier: Retrier | None = None
+) -> OpenSearchSink[WindowResult]:
+    """The pipeline's results sink: documents straight from its WindowResults."""
+    return OpenSearchSink("opensearch-results", client,
+                          lambda results: result_docs(prefix, result_columns(results)), retrier)
+
+
+def raw_sink(client: Any, prefix: str, retrier: Retrier | None = None,
+             schema: OutputSchema = DEFAULT_SCHEMA) -> OpenSearchSink[RawRow]:
+    return OpenSearchSink("opensearch-raw", client,
+                          lambda rows: raw_docs(prefix, schema.raw, columns_of(rows, schema.raw)),
+                          retrier)

@@ -27,17 +27,31 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import orjson
 
 from consumer.metrics import registry as m
+from consumer.records.model import Event
 from consumer.sinks.base import RawRow, ResultRow, WriteOutcome
 from consumer.sinks.errors import describe, is_retryable
 from consumer.sinks.fence import Fenced, FenceToken
 from consumer.sinks.retry import Retrier
+from consumer.sinks.rows import Columns, columns_of, part_column, raw_columns, result_columns
+from consumer.sinks.schema import (
+    DEFAULT_SCHEMA,
+    MERGED_MEASURES,
+    RAW_IDENTITY,
+    RESULT_FIELDS,
+    RESULT_IDENTITY,
+    RESULT_VERSION,
+    TRUNCATED_SUFFIX,
+    Field,
+    OutputSchema,
+)
+from consumer.windows.model import WindowResult
 
 log = logging.getLogger(__name__)
 RowT = TypeVar("RowT")
@@ -64,10 +78,6 @@ class Column:
     varchar_bytes: int | None = None  # Redshift VARCHAR(n) counts bytes: values are cut to fit
 
 
-def _vc(name: str, n: int) -> Column:
-    return Column(name, f"VARCHAR({n})", n)
-
-
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     name: str
@@ -82,48 +92,45 @@ class TableSpec:
         return tuple(c.name for c in self.columns)
 
 
-RAW_TABLE = TableSpec(
-    "raw_records",
-    (
-        _vc("stream", 256),
-        _vc("shard", 256),
-        _vc("sequence_number", 64),  # up to 56 decimal digits: beyond DECIMAL(38)
-        Column("sub_sequence_number", "BIGINT"),
-        _vc("partition_key", 1024),
-        Column("arrival_ms", "BIGINT"),
-        Column("event_ts_ms", "BIGINT"),
-        _vc("device_id", 256),
-        _vc("metric", 256),
-        Column("value", "DOUBLE PRECISION"),
-        _vc("payload", 65535),
-        Column("payload_truncated", "BOOLEAN"),
-    ),
-    ("stream", "shard", "sequence_number", "sub_sequence_number"),
-)
+_SQL_TYPES = {"long": "BIGINT", "time": "BIGINT", "double": "DOUBLE PRECISION",
+              "bool": "BOOLEAN"}
 
-RESULTS_TABLE = TableSpec(
-    "window_results",
-    (
-        _vc("result_id", 128),
-        _vc("window_kind", 64),
-        Column("window_start_ms", "BIGINT"),
-        Column("window_end_ms", "BIGINT"),
-        _vc("window_key", 4096),
-        _vc("shard_id", 256),
-        Column("value_count", "BIGINT"),
-        Column("value_sum", "DOUBLE PRECISION"),
-        Column("value_min", "DOUBLE PRECISION"),
-        Column("value_max", "DOUBLE PRECISION"),
-        Column("value_mean", "DOUBLE PRECISION"),
-        Column("first_ts_ms", "BIGINT"),
-        Column("last_ts_ms", "BIGINT"),
-        Column("is_final", "BOOLEAN"),
-        _vc("quantiles_json", 4096),
-        Column("version", "BIGINT"),
-    ),
-    ("result_id",),
-    version="version",
-)
+
+def columns_for(field: Field) -> tuple[Column, ...]:
+    """The column(s) a field is stored in (see consumer/sinks/schema.py for the types)."""
+    assert field.redshift is not None
+    name = field.redshift
+    if field.type in _SQL_TYPES:
+        return (Column(name, _SQL_TYPES[field.type]),)
+    text = Column(name, f"VARCHAR({field.max_bytes})", field.max_bytes)
+    if field.type == "payload":
+        return (text, Column(name + TRUNCATED_SUFFIX, "BOOLEAN"))
+    return (text,)
+
+
+def table_spec(name: str, fields: tuple[Field, ...], identity: tuple[str, ...],
+               version: str | None = None) -> TableSpec:
+    """The table of the fields Redshift holds; identity and version name field sources."""
+    by_source = {f.source: f.redshift for f in fields if f.part is None}
+
+    def column(source: str) -> str:
+        col = by_source[source]
+        assert col is not None
+        return col
+
+    return TableSpec(name, tuple(c for f in fields if f.redshift for c in columns_for(f)),
+                     tuple(map(column, identity)), column(version) if version else None)
+
+
+RAW_TABLE_NAME = "raw_records"
+RESULTS_TABLE = table_spec("window_results", RESULT_FIELDS, RESULT_IDENTITY, RESULT_VERSION)
+
+
+def raw_table(schema: OutputSchema) -> TableSpec:
+    return table_spec(RAW_TABLE_NAME, schema.raw, RAW_IDENTITY)
+
+
+RAW_TABLE = raw_table(DEFAULT_SCHEMA)
 
 # Who may load a shard's rows: the fence token of the newest tenure (consumer/sinks/fence.py),
 # checked and bumped inside every load transaction. A primary key is informational in Redshift
@@ -156,66 +163,79 @@ def fit_varchar(text: str, max_bytes: int) -> str:
     return raw[:max_bytes].decode(errors="ignore")
 
 
-def raw_values(row: RawRow) -> tuple[Value, ...]:
-    payload = fit_varchar(row.payload, 65535)
-    return (
-        row.stream,
-        row.shard,
-        str(row.sequence),
-        row.sub_sequence,
-        row.partition_key,
-        row.arrival_ms,
-        row.event_ts_ms,
-        row.device_id,
-        row.metric,
-        row.value,
-        payload,
-        len(payload) != len(row.payload),
-    )
+def _fits(texts: list[str], max_bytes: int) -> bool:
+    """True when no text needs a cut or a NUL replaced (checked at C speed)."""
+    return not texts or (max(map(len, texts)) * 4 <= max_bytes and "\x00" not in "".join(texts))
 
 
-def result_values(row: ResultRow) -> tuple[Value, ...]:
-    return (
-        row.result_id,
-        row.kind,
-        row.start_ms,
-        row.end_ms,
-        orjson.dumps(list(row.key)).decode(),  # deterministic text, so the view can group
-        row.shard_id,
-        row.count,
-        row.sum,
-        row.min,
-        row.max,
-        row.mean,
-        row.first_ts_ms,
-        row.last_ts_ms,
-        row.is_final,
-        orjson.dumps(row.quantiles, option=orjson.OPT_SORT_KEYS).decode(),
-        row.version,
-    )
+def field_columns(field: Field, batch: Columns) -> list[Sequence[Value]]:
+    """A field's column(s) of table values, from the batch column it reads."""
+    values = batch[field.source]
+    if field.part is not None:
+        return [part_column(values, field.part)]
+    if field.type == "sequence":
+        return [list(map(str, values))]  # up to 56 digits: beyond DECIMAL(38)
+    if field.type == "key":
+        return [[orjson.dumps(k).decode() for k in values]]  # the view groups by this text
+    if field.type == "object":
+        return [[orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode() for v in values]]
+    if field.type == "payload":
+        if _fits(values, field.max_bytes):
+            return [values, [False] * len(values)]
+        cut = [fit_varchar(t, field.max_bytes) for t in values]
+        return [cut, [len(c) != len(t) for c, t in zip(cut, values, strict=True)]]
+    return [values]
+
+
+def table_columns(fields: tuple[Field, ...], batch: Columns) -> list[Sequence[Value]]:
+    """The batch as the table's columns, in the table's column order."""
+    return [col for f in fields if f.redshift for col in field_columns(f, batch)]
+
+
+def table_rows(fields: tuple[Field, ...], batch: Columns) -> list[tuple[Value, ...]]:
+    return list(zip(*table_columns(fields, batch), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
 class TableBinding(Generic[RowT]):
-    """How one row type maps onto one table."""
+    """How a batch of one item type maps onto one table: as columns, read by the fields."""
 
     spec: TableSpec
-    values: Callable[[RowT], tuple[Value, ...]]
-    identity: Callable[[RowT], Any]
+    fields: tuple[Field, ...]
+    columns: Callable[[Sequence[RowT]], Columns]
+    identity: tuple[str, ...]  # field sources
 
 
-RAW_BINDING: TableBinding[RawRow] = TableBinding(RAW_TABLE, raw_values, lambda r: r.identity)
+def raw_binding(schema: OutputSchema) -> TableBinding[RawRow]:
+    return TableBinding(raw_table(schema), schema.raw, lambda rows: columns_of(rows, schema.raw),
+                        RAW_IDENTITY)
+
+
+def event_binding(schema: OutputSchema, stream: str, shard_id: str) -> TableBinding[Event]:
+    """The pipeline's raw records, straight from its Events."""
+    return TableBinding(raw_table(schema), schema.raw,
+                        lambda events: raw_columns(stream, shard_id, events), RAW_IDENTITY)
+
+
+RAW_BINDING = raw_binding(DEFAULT_SCHEMA)
 RESULTS_BINDING: TableBinding[ResultRow] = TableBinding(
-    RESULTS_TABLE, result_values, lambda r: r.identity
-)
+    RESULTS_TABLE, RESULT_FIELDS, lambda rows: columns_of(rows, RESULT_FIELDS), RESULT_IDENTITY)
+WINDOW_BINDING: TableBinding[WindowResult] = TableBinding(
+    RESULTS_TABLE, RESULT_FIELDS, result_columns, RESULT_IDENTITY)
 
 
 # ---------------------------------------------------------------- pure transforms
 
 
-def dedupe_last(rows: Iterable[RowT], identity: Callable[[RowT], Any]) -> list[RowT]:
+def dedupe_columns(batch: Columns, identity: tuple[str, ...]) -> Columns:
     """Keep the last row per identity (a later row is a newer version)."""
-    return list({identity(row): row for row in rows}.values())
+    ids: list[Any] = (batch[identity[0]] if len(identity) == 1
+                      else list(zip(*(batch[s] for s in identity), strict=True)))
+    last = {k: i for i, k in enumerate(ids)}
+    if len(last) == len(ids):
+        return batch
+    keep = sorted(last.values())
+    return {s: [col[i] for i in keep] for s, col in batch.items()}
 
 
 def _encode_column(column: Column, values: Sequence[Value]) -> tuple[Sequence[Any], str]:
@@ -249,18 +269,17 @@ def _encode_column(column: Column, values: Sequence[Value]) -> tuple[Sequence[An
     return [NULL_TOKEN if v is None else repr(v) for v in values], "%s"
 
 
-def encode_csv(spec: TableSpec, rows: Iterable[tuple[Value, ...]]) -> bytes:
-    """CSV that both Redshift COPY and PostgreSQL COPY read identically.
+def encode_csv(spec: TableSpec, columns: Sequence[Sequence[Value]]) -> bytes:
+    """CSV that both Redshift COPY and PostgreSQL COPY read identically, from the table's
+    columns (`table_columns`).
 
     Strings are always quoted and NULL is a bare \\N, so a string is never read as NULL;
     VARCHARs are cut to fit.
     """
-    table_rows = list(rows)
-    if not table_rows:
+    if not columns or not columns[0]:
         return b""
-    # strict zips: a row of the wrong width is a bug, so fail loudly (ValueError)
-    by_column = zip(*table_rows, strict=True)
-    encoded = [_encode_column(c, v) for c, v in zip(spec.columns, by_column, strict=True)]
+    # strict zips: a column of the wrong length is a bug, so fail loudly (ValueError)
+    encoded = [_encode_column(c, v) for c, v in zip(spec.columns, columns, strict=True)]
     line = ",".join(piece for _, piece in encoded) + "\n"
     return "".join([line % row for row in zip(*(v for v, _ in encoded), strict=True)]).encode()
 
@@ -268,10 +287,11 @@ def encode_csv(spec: TableSpec, rows: Iterable[tuple[Value, ...]]) -> bytes:
 # ---------------------------------------------------------------- SQL builders (pure)
 
 
-def ddl_statements(schema: str) -> list[str]:
+def ddl_statements(schema: str, tables: tuple[TableSpec, ...] = (RAW_TABLE, RESULTS_TABLE)
+                   ) -> list[str]:
     s = ident(schema)
     stmts = [f"CREATE SCHEMA IF NOT EXISTS {s}"]
-    for spec in (RAW_TABLE, RESULTS_TABLE):
+    for spec in tables:
         cols = ",\n  ".join(f"{ident(c.name)} {c.sql_type}" for c in spec.columns)
         stmts.append(f"CREATE TABLE IF NOT EXISTS {s}.{ident(spec.name)} (\n  {cols}\n)")
     stmts.append(FENCE_DDL.format(schema=s))
@@ -279,17 +299,21 @@ def ddl_statements(schema: str) -> list[str]:
     return stmts
 
 
-_MERGED_COLUMNS = """
-  SUM(value_count) AS value_count,
-  SUM(value_sum) AS value_sum,
-  MIN(value_min) AS value_min,
-  MAX(value_max) AS value_max,
-  CASE WHEN SUM(value_count) > 0
-    THEN SUM(value_sum) / SUM(value_count) END AS value_mean,
-  MIN(first_ts_ms) AS first_ts_ms,
-  MAX(last_ts_ms) AS last_ts_ms,
-  COUNT(DISTINCT shard_id) AS shard_count,
-  BOOL_AND(is_final) AS is_final"""
+_MERGE_SQL = {"sum": "SUM({})", "min": "MIN({})", "max": "MAX({})",
+              "distinct": "COUNT(DISTINCT {})", "all": "BOOL_AND({})"}
+
+
+def _merged_columns(col: dict[str, str]) -> str:
+    """The view's measures (schema.MERGED_MEASURES), each on its own line."""
+    count, total = col["count"], col["sum"]
+
+    def measure(rule: str, source: str, name: str | None) -> str:
+        if rule == "mean":
+            return (f"CASE WHEN SUM({count}) > 0\n    THEN SUM({total}) / SUM({count}) END"
+                    f" AS {name or col[source]}")
+        return f"{_MERGE_SQL[rule].format(col[source])} AS {name or col[source]}"
+
+    return "\n  " + ",\n  ".join(measure(*m) for m in MERGED_MEASURES)
 
 
 def merged_view_sql(schema: str) -> str:
@@ -308,26 +332,29 @@ def merged_view_sql(schema: str) -> str:
     """
     s = ident(schema)
     table = f"{s}.{RESULTS_TABLE.name}"
-    order = "ORDER BY window_start_ms, window_end_ms, shard_id, result_id"
+    col = {f.source: f.redshift for f in RESULT_FIELDS if f.redshift}
+    kind, start, end, key = col["kind"], col["start_ms"], col["end_ms"], col["key"]
+    measures = _merged_columns(col)
+    order = f"ORDER BY {start}, {end}, {col['shard_id']}, {col['result_id']}"
     return f"""CREATE OR REPLACE VIEW {s}.{MERGED_VIEW} AS
-SELECT window_kind, window_start_ms, window_end_ms, window_key,{_MERGED_COLUMNS}
+SELECT {kind}, {start}, {end}, {key},{measures}
 FROM {table}
-WHERE window_kind <> 'session'
-GROUP BY window_kind, window_start_ms, window_end_ms, window_key
+WHERE {kind} <> 'session'
+GROUP BY {kind}, {start}, {end}, {key}
 UNION ALL
-SELECT window_kind, MIN(window_start_ms) AS window_start_ms,
-  MAX(window_end_ms) AS window_end_ms, window_key,{_MERGED_COLUMNS}
+SELECT {kind}, MIN({start}) AS {start},
+  MAX({end}) AS {end}, {key},{measures}
 FROM (
-  SELECT *, SUM(CASE WHEN reach IS NULL OR window_start_ms >= reach THEN 1 ELSE 0 END)
-    OVER (PARTITION BY window_key {order} ROWS UNBOUNDED PRECEDING) AS island
+  SELECT *, SUM(CASE WHEN reach IS NULL OR {start} >= reach THEN 1 ELSE 0 END)
+    OVER (PARTITION BY {key} {order} ROWS UNBOUNDED PRECEDING) AS island
   FROM (
-    SELECT *, MAX(window_end_ms) OVER (PARTITION BY window_key {order}
+    SELECT *, MAX({end}) OVER (PARTITION BY {key} {order}
       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
     FROM {table}
-    WHERE window_kind = 'session'
+    WHERE {kind} = 'session'
   ) AS reaches
 ) AS islands
-GROUP BY window_kind, window_key, island"""
+GROUP BY {kind}, {key}, island"""
 
 
 def stage_name(spec: TableSpec) -> str:
@@ -543,13 +570,15 @@ class PostgresDialect:
 # ---------------------------------------------------------------- I/O shell
 
 
-def migrate(conn: Any, schema: str) -> None:
-    """Create the schema, both tables (no primary keys), the fence table and the merged view;
-    add columns that tables of an earlier release lack. Idempotent."""
+def migrate(conn: Any, schema: str, out: OutputSchema = DEFAULT_SCHEMA) -> None:
+    """Create the schema, both tables of the output schema (no primary keys), the fence table
+    and the merged view; add columns that tables of an earlier release (or contract) lack.
+    Idempotent."""
+    tables = (raw_table(out), RESULTS_TABLE)
     with conn, conn.cursor() as cur:
-        for stmt in ddl_statements(schema):
+        for stmt in ddl_statements(schema, tables):
             cur.execute(stmt)
-        for spec in (RAW_TABLE, RESULTS_TABLE):
+        for spec in tables:
             cur.execute("SELECT column_name FROM information_schema.columns"
                         " WHERE table_schema = %s AND table_name = %s", (schema, spec.name))
             have = {name for (name,) in cur.fetchall()}
@@ -613,11 +642,11 @@ class RedshiftLoader:
         rows. Rolls back on error. With a writer, the load is refused (Fenced) unless its
         tenure holds the fence. With a deadline, the transaction (commit included) must end
         within it, or the connection is cut and DeadlineExceeded (retryable) is raised."""
-        unique = dedupe_last(rows, binding.identity)
-        if not unique:
+        if not rows:
             return 0
+        batch = dedupe_columns(binding.columns(rows), binding.identity)
         spec = binding.spec
-        data = encode_csv(spec, (binding.values(r) for r in unique))
+        data = encode_csv(spec, table_columns(binding.fields, batch))
         # Without a batch key, the content names the object: a replay restages the same key.
         object_key = f"{spec.name}/{key or hashlib.sha256(data).hexdigest()[:32]}.csv"
         self.staging.put(object_key, data)
@@ -632,7 +661,7 @@ class RedshiftLoader:
                 cur.execute(stmt)
             cur.execute(f"DROP TABLE {stage_name(spec)}")
         self._forget(object_key)
-        return len(unique)
+        return len(batch[binding.identity[0]])
 
     def _forget(self, object_key: str) -> None:
         """Delete a staged object whose load committed. Best effort: the rows are durable, and

@@ -25,8 +25,9 @@ from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import FenceToken
 from consumer.sinks.manifest import ShardManifest
 from consumer.sinks.retry import Retrier, RetryEvent
-from consumer.sinks.rows import raw_row, rejected_by_sink, result_line, result_row
+from consumer.sinks.rows import rejected_by_sink, result_line, result_lines, result_row
 from consumer.sinks.s3 import S3ObjectWriter
+from consumer.sinks.schema import output_schema
 from consumer.windows.model import WindowResult
 
 T = TypeVar("T")
@@ -107,6 +108,7 @@ class RouteFactory:
         self.retriers = retriers
         self.now_ms = now_ms
         self.prov = layout.Provenance(settings.stream.name, shard_id)
+        self.schema = output_schema(settings.contract.key_fields)
         s3 = settings.s3
         self.manifest = ShardManifest(
             s3_client, s3.bucket, f"{s3.state_prefix}{settings.stream.app_name}/shard={shard_id}/"
@@ -183,11 +185,10 @@ class RouteFactory:
                 key = (f"{layout.partition_prefix(prefix, partition, self.shard_id)}"
                        f"{first.kind}-{first.start_ms}-{first.end_ms}"
                        f"{layout.SUFFIXES[self.writer.format]}")
-                rows = sorted((result_row(r) for r in group), key=lambda row: row.key)
-                body = layout.encode_body([result_line(row) for row in rows],
-                                          self.writer.format)
+                lines = result_lines(group)
+                body = layout.encode_body(lines, self.writer.format)
                 if retry.call(functools.partial(self.writer.put_if_absent, key, body)):
-                    written += len(rows)
+                    written += len(lines)
             return Delivered(written)
 
         return Route("s3-results", self.buffer("s3-results"), deliver)
@@ -204,19 +205,20 @@ class RouteFactory:
         stream = self.settings.stream.name
         writer = rs.ShardWriter(stream, self.shard_id, self.token) if self.token else None
         deadline = rs.load_deadline_s(cfg.statement_timeout_ms, self.settings.kcl.failover_time_ms)
-        raw_sink = rs.RedshiftSink("redshift-raw", rs.RAW_BINDING, loader, connect,
+        raw_sink = rs.RedshiftSink("redshift-raw",
+                                   rs.event_binding(self.schema, stream, self.shard_id),
+                                   loader, connect,
                                    self.retriers("redshift-raw", rs.retryable), writer,
                                    deadline)
-        results_sink = rs.RedshiftSink("redshift-results", rs.RESULTS_BINDING, loader, connect,
+        results_sink = rs.RedshiftSink("redshift-results", rs.WINDOW_BINDING, loader, connect,
                                        self.retriers("redshift-results", rs.retryable),
                                        writer, deadline)
 
         def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
-            rows = [raw_row(stream, self.shard_id, e) for e in events]
-            return Delivered(raw_sink.write_batch(rows, "").written)
+            return Delivered(raw_sink.write_batch(events, "").written)
 
         def deliver_results(results: Sequence[WindowResult], _: Position) -> Delivered:
-            return Delivered(results_sink.write_batch([result_row(r) for r in results], "").written)
+            return Delivered(results_sink.write_batch(results, "").written)
 
         return (Route("redshift-raw", self.buffer("redshift-raw"), deliver_raw),
                 Route("redshift-results", self.buffer("redshift-results"), deliver_results))
@@ -224,15 +226,15 @@ class RouteFactory:
     def opensearch(self, client: Any) -> Route[WindowResult]:
         from consumer.sinks import opensearch as osr
 
-        sink = osr.results_sink(client, self.settings.opensearch.index_prefix,
-                                self.retriers("opensearch-results", osr.retryable))
+        sink = osr.window_results_sink(client, self.settings.opensearch.index_prefix,
+                                       self.retriers("opensearch-results", osr.retryable))
 
         def deliver(results: Sequence[WindowResult], position: Position) -> Delivered:
-            rows = {row.result_id: row for row in (result_row(r) for r in results)}
-            outcome = sink.write_batch(list(rows.values()))
+            outcome = sink.write_batch(results)  # one document per result id, the last
+            by_id = {r.result_id: r for r in results} if outcome.rejected else {}
             rejected = [
-                rejected_by_sink("opensearch", item, result_line(rows[item.item_id]), position,
-                                 self.now_ms())
+                rejected_by_sink("opensearch", item, result_line(result_row(by_id[item.item_id])),
+                                 position, self.now_ms())
                 for item in outcome.rejected
             ]
             return Delivered(outcome.written, rejected)

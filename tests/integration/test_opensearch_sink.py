@@ -135,7 +135,7 @@ def test_daily_indices_behind_alias_and_replay_keeps_count(client: OpenSearch, p
 
 def test_raw_records_use_record_identity(client: OpenSearch, prefix: str) -> None:
     rows = [
-        RawRow("s", "sh-1", 10**50 + i, 0, "pk", T0, T0 + i, "d", "m", 1.5, '{"a": 1}')
+        RawRow("s", "sh-1", 10**50 + i, 0, "pk", T0, T0 + i, ("d", "m"), 1.5, '{"a": 1}')
         for i in range(10)
     ]
     sink = raw_sink(client, prefix, fast_retrier("os-raw"))
@@ -208,7 +208,7 @@ def test_too_large_requests_are_split_and_oversized_doc_rejected(
     limit = len(bulk_body(docs[:3])) + 10  # about three docs per request
     with FaultyProxy(url, max_body_bytes=limit) as proxy:
         via = OpenSearch(hosts=[proxy.url], timeout=30, max_retries=0)
-        sink: OpenSearchSink[IndexDoc] = OpenSearchSink("os", via, lambda d: d, fast_retrier("os"))
+        sink: OpenSearchSink[IndexDoc] = OpenSearchSink("os", via, list, fast_retrier("os"))
         outcome = sink.write_docs([*docs[:8], huge, *docs[8:]])
     assert outcome.written == 16
     assert [(r.item_id, r.status) for r in outcome.rejected] == [("huge", 413)]
@@ -251,7 +251,8 @@ def test_classify_items_and_body() -> None:
 
 def test_sink_type_accepts_custom_docs(client: OpenSearch, prefix: str) -> None:
     sink: OpenSearchSink[int] = OpenSearchSink(
-        "ints", client, lambda n: result_doc(prefix, result(n)), fast_retrier("ints")
+        "ints", client, lambda ns: [result_doc(prefix, result(n)) for n in ns],
+        fast_retrier("ints")
     )
     assert sink.write_batch([1, 2, 2], "k").written == 2
 
@@ -313,8 +314,7 @@ def test_bulk_items_retry_only_as_errors_py_classifies() -> None:
             for doc_id in ("s429", "s503", "s408", "s400", "s403", "v409", "u409", "ok")]
     with scripted_http_server(bulk) as stub:
         via = OpenSearch(hosts=[stub.url], timeout=5, max_retries=0)
-        sink: OpenSearchSink[IndexDoc] = OpenSearchSink("os", via, lambda d: d,
-                                                        fast_retrier("os"))
+        sink: OpenSearchSink[IndexDoc] = OpenSearchSink("os", via, list, fast_retrier("os"))
         outcome = sink.write_docs(docs)
     assert sent == [[d.doc_id for d in docs], ["s429", "s503", "s408"]]
     assert outcome.written == 5  # ok, v409, and the three retried items

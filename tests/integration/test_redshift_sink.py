@@ -103,8 +103,7 @@ def raw(seq: int, sub: int = 0, *, shard: str = "shardId-000", value: float = 1.
         partition_key=f"pk{seq}",
         arrival_ms=1_700_000_000_000 + seq,
         event_ts_ms=1_700_000_000_000 + seq,
-        device_id="dev-1",
-        metric="temp",
+        key=("dev-1", "temp"),
         value=value,
         payload=f'{{"v": {value}, "text": "a,b\\n\\"q\\""}}',
     )
@@ -197,8 +196,7 @@ def test_values_round_trip_exactly(conn: Any, schema: str, staging: S3StagingSto
         partition_key='p,"k"\n',
         arrival_ms=1,
         event_ts_ms=None,
-        device_id=None,
-        metric="ünïcode \\N",
+        key=(None, "ünïcode \\N"),
         value=None,
         payload="x\x00" + "é" * 40_000,  # NUL and more than 65535 UTF-8 bytes
     )
@@ -241,7 +239,7 @@ def test_csv_staging_round_trips_any_values(
     conn = psycopg2.connect(dsn)
     try:
         migrate(conn, "prop")
-        row = RawRow("s", "sh", next(_seq), 0, pk, 1, ts, device, "m", value, payload)
+        row = RawRow("s", "sh", next(_seq), 0, pk, 1, ts, (device, "m"), value, payload)
         loader("prop", staging).load(conn, RAW_BINDING, [row], "")
         got = rows(
             conn,

@@ -66,7 +66,7 @@ def test_every_doc_lands_once_or_is_rejected(
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout_ms=50, clock=lambda: now[0])
     retrier = Retrier("fake", Backoff(base_ms=1, cap_ms=2), breaker, retryable=retryable,
                       sleep=sleep)
-    sink: OpenSearchSink[IndexDoc] = OpenSearchSink("fake", cluster, lambda d: d, retrier)
+    sink: OpenSearchSink[IndexDoc] = OpenSearchSink("fake", cluster, list, retrier)
     outcome = sink.write_docs(docs)
     landed = {f"d{i}" for i, (_, last) in enumerate(scripts) if last < 300}
     assert outcome.written == len(landed)
