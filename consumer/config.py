@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from consumer.sinks.schema import key_columns
+
 ENV_PREFIX = "AETHERSTREAM_"
 
 
@@ -472,6 +474,11 @@ def contract_rules(s: Settings) -> Iterator[Problem]:
     if clash:
         yield Problem(("contract.key_fields", "contract.ts_field", "contract.value_field"),
                       "the contract's field paths must be distinct and none inside another")
+        return
+    try:  # the raw records' columns are named after the key fields (consumer/sinks/schema.py)
+        key_columns(c.key_fields)
+    except ValueError as exc:
+        yield Problem(("contract.key_fields",), f"must name columns every sink can hold: {exc}")
 
 
 def sink_rules(s: Settings) -> Iterator[Problem]:

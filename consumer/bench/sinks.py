@@ -168,7 +168,7 @@ def bench_opensearch(url: str, n_docs: int, batch: int, repeat: int = 3) -> floa
 
     def single() -> None:
         for d in single_docs:
-            client.index(index=d.index, id=d.doc_id, body=dict(d.source))
+            client.index(index=d.index, id=d.doc_id, body=d.source)
 
     def bulk() -> None:
         for chunk in _chunks(bulk_docs, batch):

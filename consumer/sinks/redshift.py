@@ -163,9 +163,13 @@ def fit_varchar(text: str, max_bytes: int) -> str:
     return raw[:max_bytes].decode(errors="ignore")
 
 
-def _fits(texts: list[str], max_bytes: int) -> bool:
-    """True when no text needs a cut or a NUL replaced (checked at C speed)."""
-    return not texts or (max(map(len, texts)) * 4 <= max_bytes and "\x00" not in "".join(texts))
+def _fits(texts: list[str], joined: str, max_bytes: int) -> bool:
+    """True when no text needs a cut or a NUL replaced; `joined` is "".join(texts). Checked
+    at C speed: ASCII takes a byte per character, anything else at most 4."""
+    if not texts or "\x00" in joined:
+        return not texts
+    longest = max(map(len, texts))
+    return longest <= max_bytes if joined.isascii() else longest * 4 <= max_bytes
 
 
 def field_columns(field: Field, batch: Columns) -> list[Sequence[Value]]:
@@ -180,7 +184,7 @@ def field_columns(field: Field, batch: Columns) -> list[Sequence[Value]]:
     if field.type == "object":
         return [[orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode() for v in values]]
     if field.type == "payload":
-        if _fits(values, field.max_bytes):
+        if _fits(values, "".join(values), field.max_bytes):
             return [values, [False] * len(values)]
         cut = [fit_varchar(t, field.max_bytes) for t in values]
         return [cut, [len(c) != len(t) for c, t in zip(cut, values, strict=True)]]
@@ -229,8 +233,11 @@ WINDOW_BINDING: TableBinding[WindowResult] = TableBinding(
 
 def dedupe_columns(batch: Columns, identity: tuple[str, ...]) -> Columns:
     """Keep the last row per identity (a later row is a newer version)."""
-    ids: list[Any] = (batch[identity[0]] if len(identity) == 1
-                      else list(zip(*(batch[s] for s in identity), strict=True)))
+    cols = [batch[s] for s in identity]
+    # A column holding one value throughout (a batch's stream and shard) tells no row apart.
+    varying = [c for c in cols if c.count(c[0]) != len(c)] if cols[0] else []
+    ids: list[Any] = (varying[0] if len(varying) == 1
+                      else list(zip(*varying, strict=True)) if varying else [()] * len(cols[0]))
     last = {k: i for i, k in enumerate(ids)}
     if len(last) == len(ids):
         return batch
@@ -253,8 +260,7 @@ def _encode_column(column: Column, values: Sequence[Value]) -> tuple[Sequence[An
         except TypeError:  # a non-str value in a text column: render it as text
             texts = [str(v) for v in texts]
             joined = "".join(texts)
-        # UTF-8 takes at most 4 bytes per character: only long columns need the exact cut.
-        if texts and (max(map(len, texts)) * 4 > limit or "\x00" in joined):
+        if not _fits(texts, joined, limit):  # only then is each text cut to fit
             texts = [fit_varchar(t, limit) for t in texts]
         if '"' in joined:
             texts = [t.replace('"', '""') for t in texts]

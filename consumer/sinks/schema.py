@@ -169,8 +169,7 @@ def key_columns(key_fields: tuple[str, ...]) -> tuple[str, ...]:
         name = column_name(path)
         why = _name_problem(name, taken)
         if why:
-            raise ValueError(f"contract.key_fields: {path!r} would be stored as {name!r}, "
-                             f"which {why}")
+            raise ValueError(f"key field {path!r} would be stored as {name!r}, which {why}")
         taken[name] = f"key field {path!r}"
         out.append(name)
     return tuple(out)
