@@ -3,8 +3,8 @@
 The rows are our own values, not the windowing engine's or the decoder's classes, so the
 sinks do not import those layers (consumer/sinks/rows.py adapts WindowResult / Event into
 these, or straight into columns); their fields are the sources of consumer/sinks/schema.py.
-Both row types carry their deterministic identity, which is what makes a replay overwrite
-instead of duplicate.
+Both row types carry their deterministic identity (schema.RAW_IDENTITY, RESULT_IDENTITY),
+which is what makes a replay overwrite instead of duplicate.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ class RawRow:
     key: tuple[str | None, ...]  # one value per contract key field, in the contract's order
     value: float | None
     payload: str  # the record body as text (JSON for valid records)
-
-    @property
-    def identity(self) -> tuple[str, str, int, int]:
-        return (self.stream, self.shard, self.sequence, self.sub_sequence)
 
     @property
     def doc_id(self) -> str:
@@ -61,10 +57,6 @@ class ResultRow:
     # Grows with every emission of a result id (more records, then final), so a sink keeps
     # the newest and a replay of an older emission never overwrites it.
     version: int = 0
-
-    @property
-    def identity(self) -> str:
-        return self.result_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """OpenSearch sink: daily indices behind aliases, bulk writes with deterministic _id.
 
-Functional core (pure): index templates, daily index names, documents, NDJSON bulk bodies
-and the per-item classification of a bulk response. Thin shell: `install_templates` and
+Functional core (pure): index templates and documents (both generated from the fields of
+consumer/sinks/schema.py), daily index names, NDJSON bulk bodies and the per-item
+classification of a bulk response. Thin shell: `install_templates` and
 `OpenSearchSink`, which retries whole-request failures and ITEMS with backoff as
 consumer/sinks/errors.py classifies them (429, 5xx, connection loss and timeouts retry) and
 returns the other items (e.g. mapper_parsing_exception) as rejected, with the server's reason,
@@ -132,7 +133,7 @@ class IndexDoc(msgspec.Struct, frozen=True, gc=False):
 
 def key_text(key: Sequence[str | None]) -> str:
     """The key as one JSON array string, the same text the Redshift table stores."""
-    return orjson.dumps(list(key)).decode()
+    return orjson.dumps(tuple(key)).decode()  # a tuple: orjson writes it as an array
 
 
 def _doc_columns(fields: tuple[Field, ...], batch: Columns) -> tuple[list[str], list[list[Any]]]:
@@ -152,7 +153,7 @@ def _doc_columns(fields: tuple[Field, ...], batch: Columns) -> tuple[list[str], 
         cols.append(values)
         if f.type == "key":
             names.append(f.opensearch + TEXT_SUFFIX)
-            cols.append([orjson.dumps(k).decode() for k in values])
+            cols.append(list(map(key_text, values)))
     return names, cols
 
 

@@ -2,7 +2,9 @@
 
 Functional core (pure): table specs, CSV encoding, in-batch dedupe, DDL / COPY / MERGE SQL
 builders and a Redshift-MERGE-form lint. Thin shell: `migrate`, `RedshiftLoader` (one
-transaction per batch) and `RedshiftSink` (retries through `retry.Retrier`).
+transaction per batch) and `RedshiftSink` (retries through `retry.Retrier`). Tables, columns
+and the merged view are generated from the fields of consumer/sinks/schema.py, and a batch
+arrives as columns (consumer/sinks/rows.py): no row object, one pass per column.
 
 Exactly-once effects: tables have no primary keys (Redshift does not enforce them, so a
 PK-based local test would hide duplicates); instead every load merges on the row identity,
