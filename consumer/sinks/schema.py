@@ -38,9 +38,6 @@ class Field:
     max_bytes: int = 256  # text stored in Redshift (VARCHAR(n) counts bytes)
     part: int | None = None  # a key field: this part of the `source` tuple
 
-    def names(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.redshift, self.opensearch, self.ndjson) if n is not None)
-
 
 def _both(source: str, type_: FieldType, name: str, max_bytes: int = 256) -> Field:
     return Field(source, type_, name, name, max_bytes=max_bytes)
@@ -132,20 +129,15 @@ def column_name(path: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", path.lower())
 
 
-def stored_names(fields: tuple[Field, ...]) -> dict[str, set[str]]:
-    """Per sink, every name the fields take there, the extra fields of their types included."""
-    out: dict[str, set[str]] = {"redshift": set(), "opensearch": set(), "ndjson": set()}
+def stored_names(fields: tuple[Field, ...]) -> set[str]:
+    """Every name the fields take in any sink, the extra fields of their types included."""
+    out: set[str] = set()
     for f in fields:
-        if f.redshift:
-            out["redshift"].add(f.redshift)
-            if f.type == "payload":
-                out["redshift"].add(f.redshift + TRUNCATED_SUFFIX)
-        if f.opensearch:
-            out["opensearch"].add(f.opensearch)
-            if f.type == "key":
-                out["opensearch"].add(f.opensearch + TEXT_SUFFIX)
-        if f.ndjson:
-            out["ndjson"].add(f.ndjson)
+        out.update(n for n in (f.redshift, f.opensearch, f.ndjson) if n)
+        if f.redshift and f.type == "payload":
+            out.add(f.redshift + TRUNCATED_SUFFIX)
+        if f.opensearch and f.type == "key":
+            out.add(f.opensearch + TEXT_SUFFIX)
     return out
 
 
@@ -162,8 +154,7 @@ def _name_problem(name: str, taken: dict[str, str]) -> str | None:
 def key_columns(key_fields: tuple[str, ...]) -> tuple[str, ...]:
     """The raw output's name for each key field; ValueError (naming the field) when a name is
     not a valid identifier, is reserved in SQL, or is taken by another field."""
-    taken = {name: "a field every raw record has"
-             for names in stored_names((*RAW_HEAD, *RAW_TAIL)).values() for name in names}
+    taken = dict.fromkeys(stored_names((*RAW_HEAD, *RAW_TAIL)), "a field every raw record has")
     out = []
     for path in key_fields:
         name = column_name(path)
