@@ -83,9 +83,11 @@ class S3Settings:
 class FlushSettings:
     """Firehose-style buffering hints: a buffer flushes when any one is reached."""
 
-    max_records: int = 5000
-    max_bytes: int = 4 * 1024 * 1024
-    max_age_ms: int = 5000
+    # Sized for S3 objects of about 1 MB and more (gzip NDJSON of ~200 B records); at 1,000
+    # records/s a shard's archive object holds a minute. A replay after failover is at most that.
+    max_records: int = 50_000
+    max_bytes: int = 32 * 1024 * 1024
+    max_age_ms: int = 60_000
     # What one shard's buffered records may hold in memory (each record charged once); over
     # it, processRecords commits and waits, which is how KCL's fetching slows down.
     max_buffer_bytes: int = 64 * 1024 * 1024
