@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -152,43 +153,32 @@ def cut(plan: ObjectPlan, reserved: Sequence[Reserved], fmt: ObjectFormat = "ndj
     """A partition's records as (key, object) pairs that repeat every reserved object exactly
     (a writer that lost the shard may still be writing it) and cut the rest into new objects
     between them, each at most max_records. Keys name the first and last position held."""
-    out: list[tuple[str, ObjectPlan]] = []
-    ranges = sorted((r for r in reserved if r.key.startswith(plan.partition_prefix)),
+    positions = plan.positions
+    ranges = sorted((r for r in reserved if r.key.startswith(plan.partition_prefix)
+                     and r.last >= positions[0] and r.first <= positions[-1]),
                     key=lambda r: r.first)
-    run: list[int] = []
-
-    def close_run() -> None:
-        step = max_records or len(run) or 1
-        for lo in range(0, len(run), step):
-            part = run[lo:lo + step]
-            first, last = plan.positions[part[0]], plan.positions[part[-1]]
-            out.append((object_key(plan.partition_prefix, first, last, fmt), _pick(plan, part)))
-        run.clear()
-
-    r = 0
-    held: list[int] = []
-    for i, pos in enumerate(plan.positions):
-        while r < len(ranges) and ranges[r].last < pos:
-            if held:
-                out.append((ranges[r].key, _pick(plan, held)))
-                held = []
-            else:
-                close_run()  # no new object spans a reserved range, even an empty one
-            r += 1
-        if r < len(ranges) and ranges[r].first <= pos:
-            close_run()
-            held.append(i)
-        else:
-            run.append(i)
-    if held:
-        out.append((ranges[r].key, _pick(plan, held)))
-    close_run()
-    return out
+    out: list[tuple[str, ObjectPlan]] = []
+    lo = 0  # positions[lo:] are not placed yet; positions are sorted, so each piece is a slice
+    for r in ranges:
+        start = bisect_left(positions, r.first, lo)
+        end = bisect_right(positions, r.last, start)
+        out += _new_objects(plan, lo, start, fmt, max_records)
+        if end > start:  # no new object spans a reserved range, even an empty one
+            out.append((r.key, _slice(plan, start, end)))
+        lo = end
+    return out + _new_objects(plan, lo, len(positions), fmt, max_records)
 
 
-def _pick(plan: ObjectPlan, idx: list[int]) -> ObjectPlan:
-    return ObjectPlan(plan.partition_prefix, tuple(plan.positions[i] for i in idx),
-                      tuple(plan.lines[i] for i in idx))
+def _new_objects(plan: ObjectPlan, lo: int, hi: int, fmt: ObjectFormat,
+                 max_records: int | None) -> list[tuple[str, ObjectPlan]]:
+    step = max_records or (hi - lo) or 1
+    return [(object_key(plan.partition_prefix, plan.positions[i],
+                        plan.positions[min(i + step, hi) - 1], fmt),
+             _slice(plan, i, min(i + step, hi))) for i in range(lo, hi, step)]
+
+
+def _slice(plan: ObjectPlan, lo: int, hi: int) -> ObjectPlan:
+    return ObjectPlan(plan.partition_prefix, plan.positions[lo:hi], plan.lines[lo:hi])
 
 
 def gzip_body(lines: Iterable[bytes]) -> bytes:
