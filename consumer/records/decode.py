@@ -517,26 +517,32 @@ def schema_drift(records: Sequence[RawRecord], contract: Contract) -> Counter[Dr
     consumer/records/versions.py. Empty without versions (at no cost). Counted over the
     records decode parses as JSON objects of a declared version, whether it then accepts
     them or not (a type change on a required field is both quarantined and counted)."""
-    drift: Counter[Drift] = Counter()
     if not contract.versions:
-        return drift
+        return Counter()
     plan = _plan(contract)
+    found: list[Drift] = []
     for rec in records:
-        try:
-            obj = _parsed(rec.data, contract)
-        except Exception:  # as decode: the stdlib parser decides
-            try:
-                if len(rec.data) > contract.max_record_bytes:
-                    continue
-                parsed = _parse(rec.data, contract.max_depth)
-            except _Reject:
-                continue  # quarantined by decode, before any schema applies
-            assert isinstance(parsed, dict)
-            obj = parsed
-        vp = select(obj, plan.versions, plan.version_segs)
+        obj = _object(rec.data, contract)
+        vp = None if obj is None else select(obj, plan.versions, plan.version_segs)
         if vp is not None:
-            drift.update(observe(obj, vp))
-    return drift
+            assert obj is not None
+            found.extend(observe(obj, vp))
+    return Counter(found)
+
+
+def _object(data: bytes, c: Contract) -> dict[str, Any] | None:
+    """The record as decode parses it, or None where decode quarantines it first."""
+    try:
+        return _parsed(data, c)
+    except Exception:  # as decode: the stdlib parser decides
+        try:
+            if len(data) > c.max_record_bytes:
+                return None
+            obj = _parse(data, c.max_depth)
+        except _Reject:
+            return None
+        assert isinstance(obj, dict)
+        return obj
 
 
 # --- batch entry point ----------------------------------------------------------------

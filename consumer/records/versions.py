@@ -34,13 +34,16 @@ def json_type(v: object) -> str:
     return _TYPES.get(type(v), type(v).__name__)
 
 
-def type_ok(v: object, accepted: frozenset[str]) -> bool:
-    return json_type(v) in accepted
+Accepted = frozenset[type]
+# A JSON type name -> the Python types of parsed values it accepts (bool is not int here).
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "null": (type(None),), "boolean": (bool,), "integer": (int,), "number": (int, float),
+    "string": (str,), "array": (list,), "object": (dict,)}
 
 
-def _accepting(types: tuple[str, ...] | str) -> frozenset[str]:
-    names = (types,) if isinstance(types, str) else types
-    return frozenset(names) | ({"integer"} if "number" in names else set())
+def _accepting(names: tuple[str, ...] | str) -> Accepted:
+    names = (names,) if isinstance(names, str) else names
+    return frozenset(t for n in names for t in _PY_TYPES[n])
 
 
 def get_path(obj: dict[str, Any], segs: tuple[str, ...]) -> object:
@@ -60,12 +63,13 @@ class VersionRule:
         self.version = version
         self.name = version.name
         self.when: tuple[Selector, ...] = version.when
+        self._when = frozenset((type(w), w) for w in version.when)
         self.present = split_path(version.present) if version.present else ()
         required = version.required_types()
         self.expected = {p: " or ".join(t) for p, t in required.items()}
         self.required = [(p, split_path(p), _accepting(t)) for p, t in required.items()]
         self.declares = bool(version.fields)
-        declared: dict[tuple[str, ...], frozenset[str] | None] = {
+        declared: dict[tuple[str, ...], Accepted | None] = {
             split_path(p): _accepting(t) for p, t in version.fields}
         for p, _, _ in self.required:
             declared[split_path(p)] = None  # checked with `required`, counted once
@@ -74,12 +78,17 @@ class VersionRule:
                 declared.setdefault(split_path(extra), None)  # known, any type
         self.declared = declared
         self.parents = {segs[:i] for segs in declared for i in range(1, len(segs))}
+        # Every known path top-level (the common case): lookups and a set difference.
+        self.flat = not self.parents
+        self.top = frozenset(segs[0] for segs in declared)
+        self.flat_checks = [(p, t) for p, _, t in self.required] + [
+            (segs[0], t) for segs, t in declared.items() if t is not None]
 
     def matches(self, obj: dict[str, Any], version_segs: tuple[str, ...]) -> bool:
         if self.when:
             got = get_path(obj, version_segs)
             # Same JSON type and value: 1 is neither "1" nor true.
-            if not any(type(got) is type(w) and got == w for w in self.when):
+            if type(got) not in (str, int) or (type(got), got) not in self._when:
                 return False
         return not self.present or get_path(obj, self.present) is not _MISSING
 
@@ -95,9 +104,18 @@ def select(obj: dict[str, Any], rules: Sequence[VersionRule],
 
 def observe(obj: dict[str, Any], rule: VersionRule) -> Iterator[Drift]:
     """Every drift of one record from its version, each (field, kind) at most once."""
+    if rule.flat:
+        for key, accepted in rule.flat_checks:
+            v = obj.get(key, _MISSING)
+            if v is not _MISSING and type(v) not in accepted:
+                yield key, TYPE_CHANGE
+        if rule.declares:
+            for key in obj.keys() - rule.top:
+                yield key, UNKNOWN_FIELD
+        return
     for path, segs, accepted in rule.required:
         v = get_path(obj, segs)
-        if v is not _MISSING and not type_ok(v, accepted):
+        if v is not _MISSING and type(v) not in accepted:
             yield path, TYPE_CHANGE
     if rule.declares:
         yield from _walk(obj, (), rule)
@@ -108,7 +126,7 @@ def _walk(node: dict[str, Any], prefix: tuple[str, ...], rule: VersionRule) -> I
         segs = (*prefix, key)
         if segs in rule.declared:
             accepted = rule.declared[segs]
-            if accepted is not None and not type_ok(v, accepted):
+            if accepted is not None and type(v) not in accepted:
                 yield ".".join(segs), TYPE_CHANGE
         elif segs in rule.parents:
             if isinstance(v, dict):
