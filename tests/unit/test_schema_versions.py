@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.config import load_settings
+from consumer.config import load_settings, to_env
 from consumer.pipeline import contract_from
 from consumer.records.contract import Contract, SchemaVersion, parse_versions
 from consumer.records.decode import decode_batch, decode_columns, schema_drift
@@ -169,6 +169,8 @@ anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=2)
 def put(obj: dict[str, Any], path: str, value: Any) -> None:
     *parents, last = path.split(".")
     for seg in parents:
+        if seg in obj and not isinstance(obj[seg], dict):
+            return  # a parent that is not an object stays: that is drift too
         obj = obj.setdefault(seg, {})
     obj[last] = value
 
@@ -284,6 +286,17 @@ def test_the_example_from_a_settings_file(tmp_path: Path) -> None:
     events, _ = decode_batch([rec(body | {"schema_version": 1, "temp": 4}),
                               rec(body | {"schema_version": 2, "value": 4})], c)
     assert [(e.key, e.ts_ms, e.value) for e in events] == [(("d", "m"), TS_MS, 4.0)] * 2
+
+
+def test_versions_reach_the_processors_through_their_environment(tmp_path: Path) -> None:
+    """The supervisor hands its settings to the processors as AETHERSTREAM_* variables."""
+    path = tmp_path / "s.toml"
+    text = json.dumps(LAYOUTS["by_field"]["versions"], indent=1)
+    path.write_text(f"[contract]\nversion_field = 'schema_version'\nversions = '''\n{text}\n'''\n")
+    loaded = load_settings(path, env={})
+    again = load_settings(None, env=to_env(loaded))
+    assert again == loaded
+    assert contract_from(again) == CONTRACTS["by_field"]
 
 
 # --- quarantine reasons -----------------------------------------------------------------------
