@@ -255,7 +255,8 @@ def _one_version(i: int, item: dict[str, Any], base: Contract,
         ts_format=item.get("ts_format", base.ts_format), when=tuple(when),
         present=item.get("present", ""), fields=tuple(fields.items()),
     )
-    narrowed = {"string": "iso", "integer": "epoch_ms"}.get(fields.get(v.ts_field, ""))
+    said = fields.get(v.ts_field)
+    narrowed = {"string": "iso", "integer": "epoch_ms"}.get(said) if isinstance(said, str) else None
     if v.ts_format == "auto" and narrowed:
         v = replace(v, ts_format=narrowed)  # type: ignore[arg-type]
     try:

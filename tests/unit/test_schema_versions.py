@@ -426,3 +426,31 @@ def test_contract_checks_versions_given_in_code() -> None:
         deep = SchemaVersion("d", ("k",), "ts", "value", present="k",
                              fields=(("a." * 5 + "b", "string"),))
         Contract(max_depth=4, versions=(deep,))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+    | st.sampled_from(["v1", "ts", "temp", "string", "number", "integer", "a.b", "iso"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                max_size=3),
+    max_leaves=8)
+field_names = st.sampled_from(["ts", "value", "temp", "device_id", "a", "a.b", ""])
+version_objects = st.fixed_dictionaries(
+    {"name": st.sampled_from(["v1", "v2", "bad name", 3])},
+    optional={"when": json_values, "present": json_values | field_names,
+              "key_fields": json_values | st.lists(field_names, max_size=3),
+              "ts_field": json_values | field_names, "value_field": json_values | field_names,
+              "ts_format": json_values, "fields": json_values
+              | st.dictionaries(field_names, json_values, max_size=4),
+              "other": json_values})
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(version_objects | json_values, max_size=3))
+def test_any_json_is_a_valid_versions_list_or_a_value_error(items: list[Any]) -> None:
+    """Settings errors are reported, never a traceback: only ValueError comes out."""
+    try:
+        vs = parse_versions(json.dumps(items), Contract(), "schema_version")
+        Contract(version_field="schema_version" if vs else "", versions=vs)
+    except ValueError:
+        pass
