@@ -13,6 +13,7 @@ declarations stay plain `name: type = default` lines; rules live in the tables b
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from consumer.records.contract import Contract, SchemaVersion, parse_versions
 from consumer.sinks.schema import key_columns
 
 ENV_PREFIX = "AETHERSTREAM_"
@@ -69,6 +71,18 @@ class ContractSettings:
     ts_field: str = "ts"
     value_field: str = "value"
     ts_format: Literal["auto", "iso", "epoch_ms"] = "auto"
+    # Schema versions (consumer/records/contract.py): the field `when` selectors read, and a
+    # JSON array of versions. JSON rather than TOML tables so it has an env form too (the
+    # supervisor hands settings to the processors as AETHERSTREAM_* variables).
+    version_field: str = ""
+    versions: str = ""
+
+    def schema_versions(self) -> tuple[SchemaVersion, ...]:
+        """The declared versions, the other contract fields as their defaults (ValueError
+        naming the version and key when one is wrong)."""
+        base = Contract(key_fields=self.key_fields, ts_field=self.ts_field,
+                        value_field=self.value_field, ts_format=self.ts_format)
+        return parse_versions(self.versions, base, self.version_field)
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,11 @@ class S3Settings:
 class FlushSettings:
     """Firehose-style buffering hints: a buffer flushes when any one is reached."""
 
-    max_records: int = 5000
-    max_bytes: int = 4 * 1024 * 1024
-    max_age_ms: int = 5000
+    # Sized for S3 objects of about 1 MB and more (gzip NDJSON of ~200 B records); at 1,000
+    # records/s a shard's archive object holds a minute. A replay after failover is at most that.
+    max_records: int = 50_000
+    max_bytes: int = 32 * 1024 * 1024
+    max_age_ms: int = 60_000
     # What one shard's buffered records may hold in memory (each record charged once); over
     # it, processRecords commits and waits, which is how KCL's fetching slows down.
     max_buffer_bytes: int = 64 * 1024 * 1024
@@ -340,6 +356,14 @@ def _dotted(path: str) -> bool:
     return all(segments) and len(segments) <= MAX_PATH_SEGMENTS
 
 
+def _json_objects(text: str) -> bool:
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(items, list) and all(isinstance(i, dict) for i in items)
+
+
 def _http_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -390,6 +414,11 @@ FIELD_RULES: dict[str, Rule] = {
                                 lambda v: bool(v) and all(map(_dotted, v))),
     "contract.ts_field": DOTTED,
     "contract.value_field": DOTTED,
+    "contract.version_field": Rule("must be empty or a dotted field path (e.g. "
+                                   "schema_version), no empty segment",
+                                   lambda v: v == "" or _dotted(v)),
+    "contract.versions": Rule("must be empty or a JSON array of objects, one per schema "
+                              "version", lambda v: v == "" or _json_objects(v)),
     "s3.bucket": _pattern("must be an S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending "
                           "with a letter or digit, no '..'",
                           r"(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"),
@@ -479,6 +508,12 @@ def contract_rules(s: Settings) -> Iterator[Problem]:
         key_columns(c.key_fields)
     except ValueError as exc:
         yield Problem(("contract.key_fields",), f"must name columns every sink can hold: {exc}")
+    try:
+        Contract(key_fields=c.key_fields, ts_field=c.ts_field, value_field=c.value_field,
+                 ts_format=c.ts_format, version_field=c.version_field,
+                 versions=c.schema_versions())
+    except ValueError as e:
+        yield Problem(("contract.versions", "contract.version_field"), f"schema versions: {e}")
 
 
 def sink_rules(s: Settings) -> Iterator[Problem]:

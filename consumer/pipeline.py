@@ -24,7 +24,7 @@ from consumer.commit.state import SnapshotStore
 from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
-from consumer.records.decode import decode_batch
+from consumer.records.decode import decode_batch, schema_drift
 from consumer.records.model import Position, RawRecord
 from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers, WindowGroup
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 def contract_from(settings: Settings) -> Contract:
     c = settings.contract
     return Contract(key_fields=c.key_fields, ts_field=c.ts_field, value_field=c.value_field,
-                    ts_format=c.ts_format)
+                    ts_format=c.ts_format, version_field=c.version_field,
+                    versions=c.schema_versions())
 
 
 def window_spec(settings: Settings) -> WindowSpec:
@@ -77,6 +78,7 @@ class ShardPipeline:
             events, rejected, out = self.engine.process_records(records, self._contract, now_ms)
         else:
             events, rejected = decode_batch(records, self._contract)
+        m.count_schema_drift(schema_drift(records, self._contract))
         if records:
             self._last_seen = records[-1].position
             self._uncheckpointed += len(records)

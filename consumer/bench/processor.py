@@ -12,8 +12,8 @@ MultiLangDaemon feeds them (consumer/bench/kcl_driver.py), to three processes in
 - ours: `python -m consumer.kcl`, with its settings as AETHERSTREAM_* variables, against
   the local stack's real servers (moto S3, dynalite, PostgreSQL, osmem-server).
 
-Settings are the demo's (10 s tumbling windows, flushes after 1 s at most) over the
-defaults, --config and AETHERSTREAM_*, with the configuration's sinks switched on or off
+Settings are the defaults (production flush hints) with the demo's 10 s tumbling windows,
+over --config and AETHERSTREAM_*, with the configuration's sinks switched on or off
 and the fencing table set as the local stack sets it. The worker id is in
 AETHERSTREAM_KCL_WORKER_ID and the lease table (named like the application) holds its
 lease, as the daemon leaves them; every accepted checkpoint is written there, as the daemon
@@ -54,7 +54,7 @@ from consumer.bench.kcl_messages import (
 )
 from consumer.bench.stats import per_second, ratio, render_table, size_summary
 from consumer.config import Settings, load_settings, to_env, with_overrides
-from consumer.local.demo import demo_settings
+from consumer.local.demo import DEMO_WINDOWS
 from consumer.local.producer import ProducerSpec, generate
 
 WORKER_ID = "bench-worker-1"
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     names = [n for n in args.configs.split(",") if n]
     if not names or any(n not in CONFIGS for n in names) or (args.records or 1) <= 0:
         ap.error(f"--configs must name some of {', '.join(CONFIGS)}; --records must be > 0")
-    base = demo_settings(settings or load_settings())
+    # Production flush hints (objects of about 1 MB); the demo's windows, so the run has many.
+    base = with_overrides(settings or load_settings(), windows=DEMO_WINDOWS)
     if args.window_ms:
         base = with_overrides(base, windows={"size_ms": args.window_ms})
     run_dir = Path(tempfile.mkdtemp(prefix="aether-bench-processor-"))

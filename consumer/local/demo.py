@@ -40,10 +40,13 @@ def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.5)
     return check()
 
 
+# The demo's event time spans about a minute per 5k records: short windows, so it has many.
+DEMO_WINDOWS = {"size_ms": 10_000, "idle_timeout_ms": 2_000}
+
+
 def demo_settings(settings: Settings) -> Settings:
-    """Short windows and flushes: the demo's event time spans about a minute per 5k records."""
-    return with_overrides(settings, flush={"max_age_ms": 1000},
-                          windows={"size_ms": 10_000, "idle_timeout_ms": 2_000})
+    """Short windows and flushes, so results show within seconds."""
+    return with_overrides(settings, flush={"max_age_ms": 1000}, windows=DEMO_WINDOWS)
 
 
 # What a run dir keeps between runs: PostgreSQL's data and the worker's files. Everything else

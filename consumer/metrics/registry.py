@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, values
@@ -111,6 +111,22 @@ RECORDS_ARCHIVED = Counter(
     "Raw records archived to S3.",
     _SHARD, registry=REGISTRY,
 )
+
+# --- schema drift -----------------------------------------------------------------------------
+# Field names come from the records: the first MAX_DRIFT_FIELDS distinct ones of a process get
+# their own label, later ones count under "_other", so a producer sending random keys cannot
+# grow the series without bound (per process; CloudWatch bills each series as a metric).
+SCHEMA_DRIFT = Counter(
+    "aetherstream_schema_drift_total",
+    "Records drifting from their declared schema version, by field and kind "
+    "(unknown_field, type_change).",
+    ("field", "kind"), registry=REGISTRY,
+)
+MAX_DRIFT_FIELDS = 50
+MAX_DRIFT_LABEL_CHARS = 100
+DRIFT_OTHER = "_other"
+_drift_fields: set[str] = set()
+_drift_lock = threading.Lock()
 
 # --- sinks ------------------------------------------------------------------------------------
 SINK_BATCHES = Counter(
@@ -202,6 +218,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "aetherstream_late_records_total",
     "aetherstream_records_quarantined_total",
     "aetherstream_records_archived_total",
+    "aetherstream_schema_drift_total",
     "aetherstream_sink_batches_total",
     "aetherstream_sink_records_total",
     "aetherstream_sink_flush_duration_seconds",
@@ -327,6 +344,29 @@ def merged_registry(directory: str | os.PathLike[str]) -> CollectorRegistry:
     merged = CollectorRegistry()
     merged.register(_MergingCollector(str(directory)))
     return merged
+
+
+def drift_label(field: str, seen: set[str], cap: int = MAX_DRIFT_FIELDS) -> str:
+    """The bounded label for a drifting field: itself (printable, cut to a length) while
+    `seen` has room or already holds it, else DRIFT_OTHER. Adds what it admits to `seen`."""
+    label = field.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    label = "".join(ch if ch.isprintable() else "?" for ch in label)[:MAX_DRIFT_LABEL_CHARS]
+    if label in seen:
+        return label
+    if len(seen) >= cap or label == DRIFT_OTHER:
+        return DRIFT_OTHER
+    seen.add(label)
+    return label
+
+
+def count_schema_drift(drift: Mapping[tuple[str, str], int]) -> None:
+    """Add a batch's drift observations, (field, kind) -> records, to SCHEMA_DRIFT."""
+    if not drift:
+        return
+    with _drift_lock:
+        labelled = [(drift_label(f, _drift_fields), kind, n) for (f, kind), n in drift.items()]
+    for label, kind, n in labelled:
+        SCHEMA_DRIFT.labels(label, kind).inc(n)
 
 
 def record_processor_failure(shard: str, reason: str, when: float) -> None:

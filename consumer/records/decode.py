@@ -19,6 +19,13 @@ Check order (first failure wins), with stage / reason:
   contract / missing_field, wrong_type, empty_field, invalid_utf8 (lone surrogate in a
              key), non_finite, bad_timestamp — the message names the field path.
 
+Schema versions (Contract.versions, see contract.py): each record is decoded with the
+single contract of its version, with the same checks; a record of no declared version is
+contract / unknown_version, and a wrong type on a required field is contract / type_change,
+its message naming the field, the version, the expected type and the type seen. Drift
+(unknown fields, type changes) comes out as data, from schema_drift (versions.py).
+Versioned contracts take the per-record path: the typed fast paths are for one schema.
+
 Timestamps (see parse_timestamp): ISO-8601 strings must carry an offset; "Z", "+00:00"
 and "-00:00" are UTC, any other offset is CONVERTED to UTC (lossless, unambiguous);
 strings without an offset are rejected (ambiguous). Fractional seconds are truncated to
@@ -34,6 +41,7 @@ import json
 import math
 import re
 from array import array
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -43,8 +51,16 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from consumer.records.contract import Contract, split_path
+from consumer.records.contract import Contract, SchemaVersion, split_path
 from consumer.records.model import Event, RawRecord, Rejected
+from consumer.records.versions import (
+    Drift,
+    VersionRule,
+    observe,
+    select,
+    type_change_message,
+    unknown_version_message,
+)
 
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"
 MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
@@ -169,11 +185,12 @@ def _json_type(v: object) -> str:
 
 
 class _Reject(Exception):
-    """Internal: carries (stage, reason, message) out of the field extraction."""
+    """Internal: carries (stage, reason, message) out of the field extraction; `field` is the
+    path a wrong_type names (versioned decode turns that into a type_change)."""
 
-    def __init__(self, stage: str, reason: str, message: str) -> None:
+    def __init__(self, stage: str, reason: str, message: str, field: str = "") -> None:
         super().__init__(message)
-        self.stage, self.reason, self.message = stage, reason, message
+        self.stage, self.reason, self.message, self.field = stage, reason, message, field
 
 
 class _Plan:
@@ -187,7 +204,10 @@ class _Plan:
         self.decoder: msgspec.json.Decoder[Any] | None = None
         self.keys: Callable[[Any], tuple[str, ...]] | None = None
         self.key_cols: list[Callable[[Any], str]] = []
-        if contract.is_flat:
+        # Versioned: a record's version decides its paths, so every record is looked at.
+        self.versions = [_VersionPlan(contract, v) for v in contract.versions]
+        self.version_segs = split_path(contract.version_field) if contract.version_field else ()
+        if contract.is_flat and not self.versions:
             self._build_fast(contract)
 
     def _build_fast(self, c: Contract) -> None:
@@ -224,6 +244,14 @@ class _Plan:
             self.keys = lambda s: (one(s),)
         else:
             self.keys = attrgetter(*names)
+
+
+class _VersionPlan(VersionRule):
+    """A schema version: its selector and drift checks, and its single contract's plan."""
+
+    def __init__(self, contract: Contract, version: SchemaVersion) -> None:
+        super().__init__(version, contract.version_field)
+        self.plan = _plan(contract.single(version))
 
 
 @lru_cache(maxsize=64)
@@ -291,7 +319,7 @@ def _extract(obj: dict[str, Any], rec: RawRecord, plan: _Plan) -> Event:
         k = _lookup(obj, path, segs)
         if not isinstance(k, str):
             msg = f"field {path!r} must be a string, got {_json_type(k)}"
-            raise _Reject("contract", "wrong_type", msg)
+            raise _Reject("contract", "wrong_type", msg, path)
         if not k:
             raise _Reject("contract", "empty_field", f"field {path!r} is empty")
         try:
@@ -304,7 +332,7 @@ def _extract(obj: dict[str, Any], rec: RawRecord, plan: _Plan) -> Event:
     v = _lookup(obj, vpath, vsegs)
     if isinstance(v, bool) or not isinstance(v, int | float):
         msg = f"field {vpath!r} must be a number, got {_json_type(v)}"
-        raise _Reject("contract", "wrong_type", msg)
+        raise _Reject("contract", "wrong_type", msg, vpath)
     try:
         value = float(v)
     except OverflowError:
@@ -316,7 +344,7 @@ def _extract(obj: dict[str, Any], rec: RawRecord, plan: _Plan) -> Event:
     try:
         ts = parse_timestamp(t, plan.contract.ts_format)
     except TimestampError as e:
-        raise _Reject("contract", e.reason, f"field {tpath!r}: {e}") from None
+        raise _Reject("contract", e.reason, f"field {tpath!r}: {e}", tpath) from None
     return Event(tuple(key), ts, value, rec)
 
 
@@ -337,7 +365,7 @@ def _classify(rec: RawRecord, plan: _Plan) -> Event | Rejected:
         return Rejected(rec, "decode", "internal", f"{type(e).__name__}: {e}")
 
 
-# --- batch entry point ----------------------------------------------------------------
+# --- fast paths -----------------------------------------------------------------------
 
 
 def _decode_fast(
@@ -420,6 +448,106 @@ def _decode_general(
             rejected.append(out)
 
 
+# --- schema versions ---------------------------------------------------------------------
+
+
+def _extract_versioned(obj: dict[str, Any], rec: RawRecord, plan: _Plan) -> Event:
+    """_extract with the record's version; a wrong type there is a type_change."""
+    c = plan.contract
+    vp = select(obj, plan.versions, plan.version_segs)
+    if vp is None:
+        msg = unknown_version_message(obj, plan.versions, c.version_field)
+        raise _Reject("contract", "unknown_version", msg)
+    assert isinstance(vp, _VersionPlan)
+    try:
+        return _extract(obj, rec, vp.plan)
+    except _Reject as r:
+        if r.reason != "wrong_type":
+            raise
+        raise _Reject("contract", "type_change", type_change_message(obj, vp, r.field),
+                      r.field) from None
+
+
+def _classify_versioned(rec: RawRecord, plan: _Plan) -> Event | Rejected:
+    """_classify for a versioned contract: decode-stage checks, then the record's version."""
+    c = plan.contract
+    try:
+        if len(rec.data) > c.max_record_bytes:
+            msg = f"record is {len(rec.data)} bytes, limit {c.max_record_bytes}"
+            raise _Reject("decode", "too_large", msg)
+        obj = _parse(rec.data, c.max_depth)
+        assert isinstance(obj, dict)
+        return _extract_versioned(obj, rec, plan)
+    except _Reject as r:
+        return Rejected(rec, r.stage, r.reason, r.message)
+    except Exception as e:  # the decoder must never raise on input
+        return Rejected(rec, "decode", "internal", f"{type(e).__name__}: {e}")
+
+
+def _parsed(data: bytes, c: Contract) -> dict[str, Any]:
+    """orjson's parse, if decode's checks pass on it; raises otherwise (as _decode_general)."""
+    if len(data) > c.max_record_bytes:
+        raise ValueError
+    obj = orjson.loads(data)
+    if not isinstance(obj, dict) or (
+        data.count(b"{") + data.count(b"[") > c.max_depth and _depth_exceeds(obj, c.max_depth)
+    ):
+        raise ValueError
+    return obj
+
+
+def _decode_versioned(
+    records: Sequence[RawRecord], plan: _Plan, events: list[Event], rejected: list[Rejected]
+) -> None:
+    c = plan.contract
+    for rec in records:
+        out: Event | Rejected
+        try:
+            out = _extract_versioned(_parsed(rec.data, c), rec, plan)
+        except Exception:  # the classifier explains it
+            out = _classify_versioned(rec, plan)
+        if isinstance(out, Event):
+            events.append(out)
+        else:
+            rejected.append(out)
+
+
+def schema_drift(records: Sequence[RawRecord], contract: Contract) -> Counter[Drift]:
+    """How many records drift from their schema version, by (field path, kind): see
+    consumer/records/versions.py. Empty without versions (at no cost). Counted over the
+    records decode parses as JSON objects of a declared version, whether it then accepts
+    them or not (a type change on a required field is both quarantined and counted)."""
+    if not contract.versions:
+        return Counter()
+    plan = _plan(contract)
+    found: list[Drift] = []
+    for rec in records:
+        obj = _object(rec.data, contract)
+        vp = None if obj is None else select(obj, plan.versions, plan.version_segs)
+        if vp is not None:
+            assert obj is not None
+            found.extend(observe(obj, vp))
+    return Counter(found)
+
+
+def _object(data: bytes, c: Contract) -> dict[str, Any] | None:
+    """The record as decode parses it, or None where decode quarantines it first."""
+    try:
+        return _parsed(data, c)
+    except Exception:  # as decode: the stdlib parser decides
+        try:
+            if len(data) > c.max_record_bytes:
+                return None
+            obj = _parse(data, c.max_depth)
+        except _Reject:
+            return None
+        assert isinstance(obj, dict)
+        return obj
+
+
+# --- batch entry point ----------------------------------------------------------------
+
+
 def decode_batch(
     records: Sequence[RawRecord], contract: Contract
 ) -> tuple[list[Event], list[Rejected]]:
@@ -434,7 +562,9 @@ def decode_batch(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        if plan.decoder is not None:
+        if plan.versions:
+            _decode_versioned(records, plan, events, rejected)
+        elif plan.decoder is not None:
             _decode_fast(records, plan, events, rejected)
         else:
             _decode_general(records, plan, events, rejected)

@@ -12,9 +12,11 @@ range promises (see consumer/sinks/layout.py).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import accumulate
 from operator import itemgetter
 from typing import Generic, TypeVar
 
@@ -70,6 +72,7 @@ class ByteBudget:
 # A buffered item: (position, item, size_bytes). Tuples, built in C for a whole KCL batch.
 _Entry = tuple[Position, T, int]
 _POSITION = itemgetter(0)
+_SIZE = itemgetter(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +148,7 @@ class SinkBuffer(Generic[T]):
         if not self._in_order:
             self._pending.sort(key=_POSITION)  # stable: equal positions keep add order
             self._in_order = True
-        n, size, hints = 0, 0, self.hints
-        for _, _, item_size in self._pending:
-            if n == hints.max_records or (n and size + item_size > hints.max_bytes):
-                break
-            n += 1
-            size += item_size
+        n, size = self._batch_extent()
         taken, self._pending = self._pending[:n], self._pending[n:]
         self._pending_bytes -= size
         if not self._pending:
@@ -160,6 +158,17 @@ class SinkBuffer(Generic[T]):
         self._next_batch += 1
         self._taken.add(batch.batch_no)
         return batch
+
+    def _batch_extent(self) -> tuple[int, int]:
+        """How many of the first pending items the next batch takes, and their bytes."""
+        pending, hints = self._pending, self.hints
+        if len(pending) <= hints.max_records and self._pending_bytes <= hints.max_bytes:
+            return len(pending), self._pending_bytes  # the common case: everything, no loop
+        head = pending[:hints.max_records]
+        sizes = list(accumulate(map(_SIZE, head)))
+        # At most max_bytes, but never fewer than one item (a lone large item is a batch).
+        n = max(1, bisect_right(sizes, hints.max_bytes))
+        return n, sizes[n - 1]
 
     def take_all(self) -> Batch[T] | None:
         """Everything pending as one batch, in shard order (the caller cuts it itself)."""

@@ -12,12 +12,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import psycopg2
 import psycopg2.extensions
-from opensearchpy import OpenSearch, Urllib3AWSV4SignerAuth, Urllib3HttpConnection
+
+if TYPE_CHECKING:  # imported when a client is made: opensearchpy costs ~0.2 s of start-up
+    from opensearchpy import OpenSearch
 
 OpenSearchAuth = Literal["sigv4", "none"]
 OpenSearchService = Literal["es", "aoss"]  # OpenSearch Service domains; OpenSearch Serverless
@@ -39,6 +41,8 @@ def opensearch_client(
     roles) are refreshed by the signer before they expire. auth="none" is for open local
     domains (osmem-server, a local OpenSearch).
     """
+    from opensearchpy import OpenSearch, Urllib3AWSV4SignerAuth, Urllib3HttpConnection
+
     if timeout_s <= 0:
         raise ValueError(f"opensearch timeout must be positive, got {timeout_s}")
     http_auth: Any = None

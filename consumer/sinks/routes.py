@@ -13,6 +13,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 from consumer.config import Settings
@@ -33,6 +34,8 @@ from consumer.windows.model import WindowResult
 T = TypeVar("T")
 WindowGroup = tuple[WindowResult, ...]  # one window's results from one engine step
 RESULT_SIZE = 256  # bytes a buffered window result is charged, roughly its encoded size
+_POSITION = attrgetter("record.position")
+_TS = attrgetter("ts_ms")
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,8 @@ class RouteFactory:
     def archive(self) -> Route[Event]:
         def deliver(events: Sequence[Event], _: Position) -> Delivered:
             plans = layout.plan_objects(
-                events, lambda e: e.record.position, lambda e: e.ts_ms,
-                lambda e: layout.archive_line(self.prov, e), self.settings.s3.archive_prefix,
+                list(map(_POSITION, events)), list(map(_TS, events)),
+                layout.archive_lines(self.prov, events), self.settings.s3.archive_prefix,
                 self.shard_id)
             return Delivered(self._s3("s3-archive", plans))
 
@@ -142,8 +145,8 @@ class RouteFactory:
             records = [r for r in rejected if not r.stage.startswith("sink:")]
             # Partitioned by arrival time: a rejected record may have no usable event time.
             plans = layout.plan_objects(
-                records, lambda r: r.record.position, lambda r: r.record.arrival_ms,
-                lambda r: layout.quarantine_line(self.prov, r, now),
+                list(map(_POSITION, records)), [r.record.arrival_ms for r in records],
+                [layout.quarantine_line(self.prov, r, now) for r in records],
                 self.settings.s3.quarantine_prefix, self.shard_id)
             written = self._s3("s3-quarantine", plans)
             written += self._sink_rejections([r for r in rejected if r.stage.startswith("sink:")],

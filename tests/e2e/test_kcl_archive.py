@@ -33,12 +33,16 @@ FIRST = ProducerSpec(records=3000, kpl_fraction=0.5, poison_ratio=0.02, seed=1)
 SECOND = ProducerSpec(records=1000, kpl_fraction=0.5, poison_ratio=0.02, seed=2)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]:
+@pytest.fixture(scope="module", params=["POLLING", "FANOUT"])
+def run(tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest) -> Iterator[LocalRun]:
+    """The whole module once per KCL retrieval mode: GetRecords polling, and enhanced fan-out
+    (SubscribeToShard, which kinesis-mock implements)."""
     settings = with_overrides(
         load_settings(None, env={}),
         stream={"name": "e2e-archive", "app_name": "e2e-archive"},
         s3={"bucket": "e2e-archive"},
+        kcl={"retrieval_mode": request.param},
         flush={"max_age_ms": 1000},
         windows={"size_ms": 10_000, "idle_timeout_ms": 2_000},
     )
@@ -201,3 +205,17 @@ def test_restart_archives_nothing_twice(run: LocalRun) -> None:
     archive, quarantine = wait_total(run, FIRST.records + SECOND.records)
     assert archive.duplicates == 0 and quarantine.duplicates == 0
     assert wait_total_rejected(archive, quarantine) == FIRST.records + SECOND.records
+
+
+def test_retrieval_mode_is_the_one_configured(run: LocalRun) -> None:
+    """FANOUT really subscribes: KCL registered its stream consumer (named after the
+    application) with kinesis-mock; polling registers none."""
+    assert run.endpoints is not None
+    kinesis = boto3_client("kinesis", run.endpoints)
+    arn = kinesis.describe_stream_summary(StreamName=run.settings.stream.name)[
+        "StreamDescriptionSummary"]["StreamARN"]
+    listed = kinesis.list_stream_consumers(StreamARN=arn)["Consumers"]
+    consumers = [c["ConsumerName"] for c in listed]
+    fanout = run.settings.kcl.retrieval_mode == "FANOUT"
+    expected = [run.settings.stream.app_name] if fanout else []
+    assert consumers == expected

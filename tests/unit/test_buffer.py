@@ -125,3 +125,25 @@ def test_misuse_is_loud() -> None:
     buf.mark_durable(batch)
     with pytest.raises(KeyError):
         buf.mark_durable(batch)
+
+
+@given(st.lists(st.integers(0, 50), max_size=60), st.integers(1, 10), st.integers(1, 120))
+def test_take_batch_takes_what_the_hints_allow_in_shard_order(
+        sizes: list[int], max_records: int, max_bytes: int) -> None:
+    """Batches are the longest prefix (in shard order) within both hints, or one item when a
+    lone item is over max_bytes; every item is taken once."""
+    buf: SinkBuffer[int] = SinkBuffer("t", FlushHints(max_records, max_bytes, 0))
+    buf.add_many(list(range(len(sizes))), [Position(len(sizes) - i, 0) for i in range(len(sizes))],
+                 sizes, 0)
+    expected = sorted(range(len(sizes)), key=lambda i: len(sizes) - i)
+    taken: list[int] = []
+    while (batch := buf.take_batch()) is not None:
+        n = 0
+        while (n < min(max_records, len(expected) - len(taken))
+               and (n == 0 or sum(sizes[i] for i in expected[len(taken):len(taken) + n + 1])
+                    <= max_bytes)):
+            n += 1
+        assert list(batch.items) == expected[len(taken):len(taken) + n]
+        assert batch.size_bytes == sum(sizes[i] for i in batch.items)
+        taken += batch.items
+    assert taken == expected and buf.pending_bytes == 0

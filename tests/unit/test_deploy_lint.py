@@ -225,7 +225,7 @@ def test_task_definition_contract() -> None:
     assert names["AETHERSTREAM_METRICS_BEARER_TOKEN"] == "HasMetricsToken"
     assert secrets["HasMetricsToken"]["ValueFrom"] == {"Ref": "MetricsTokenSecretArn"}
     assert env["AETHERSTREAM_KCL_MAX_LEASES_FOR_WORKER"] == {"Ref": "MaxLeasesPerTask"}
-    assert env["AETHERSTREAM_KCL_RETRIEVAL_MODE"] == {"Ref": "RetrievalMode"}
+    assert env["AETHERSTREAM_KCL_RETRIEVAL_MODE"] == {"Fn::If": ["UseFanOut", "FANOUT", "POLLING"]}
     assert env["AETHERSTREAM_KCL_JAVA_HEAP_MB"] == {"Ref": "JavaHeapMiB"}
     assert res["TaskDefinition"]["Properties"]["Memory"] == {"Ref": "TaskMemory"}
     svc = res["Service"]["Properties"]["DeploymentConfiguration"]["DeploymentCircuitBreaker"]
@@ -271,11 +271,33 @@ def _task_statements() -> dict[str, tuple[str | None, Any]]:
             for cond, st in map(_if, policy["PolicyDocument"]["Statement"])}
 
 
+def use_fan_out(tpl: dict[str, Any], mode: str, others: str) -> bool:
+    """The UseFanOut condition evaluated for these parameters (Equals, And, Or, Ref only)."""
+    params = {"RetrievalMode": mode, "StreamHasOtherConsumers": others}
+
+    def ev(node: Any) -> Any:
+        if isinstance(node, dict):
+            (fn, arg), = node.items()
+            if fn == "Ref":
+                return params[arg]
+            vals = [ev(a) for a in arg]
+            return {"Fn::Equals": lambda: vals[0] == vals[1], "Fn::And": lambda: all(vals),
+                    "Fn::Or": lambda: any(vals)}[fn]()
+        return node
+
+    return bool(ev(tpl["Conditions"]["UseFanOut"]))
+
+
 def test_fan_out_calls_only_in_fanout_mode() -> None:
     tpl = _template()
-    assert tpl["Parameters"]["RetrievalMode"]["AllowedValues"] == ["POLLING", "FANOUT"]
-    assert tpl["Parameters"]["RetrievalMode"]["Default"] == "POLLING"
-    assert tpl["Conditions"]["UseFanOut"] == {"Fn::Equals": [{"Ref": "RetrievalMode"}, "FANOUT"]}
+    params = tpl["Parameters"]
+    assert params["RetrievalMode"]["AllowedValues"] == ["AUTO", "POLLING", "FANOUT"]
+    # Beside the Lambda path (another polling consumer), fan-out by default.
+    assert (params["RetrievalMode"]["Default"], params["StreamHasOtherConsumers"]["Default"]) == (
+        "AUTO", "true")
+    assert [use_fan_out(tpl, mode, others) for mode, others in (
+        ("AUTO", "true"), ("AUTO", "false"), ("POLLING", "true"), ("FANOUT", "false"))] == [
+        True, False, False, True]
     fan_out = {"kinesis:SubscribeToShard", "kinesis:RegisterStreamConsumer",
                "kinesis:DescribeStreamConsumer", "kinesis:DeregisterStreamConsumer",
                "kinesis:ListStreamConsumers"}

@@ -12,12 +12,13 @@ from consumer.sinks.layout import (
     Provenance,
     Reserved,
     archive_line,
+    archive_lines,
     cut,
     gzip_body,
     hour_partition,
     object_key,
-    parse_object_range,
     plan_objects,
+    provenance_fields,
     quarantine_line,
 )
 
@@ -31,14 +32,14 @@ def event(seq: int, sub: int, ts_ms: int) -> Event:
     return Event(("d", "m"), ts_ms, 1.5, raw)
 
 
-def test_key_round_trips_and_sorts_in_shard_order() -> None:
+def test_key_names_its_range_and_sorts_in_shard_order() -> None:
     first, last = Position(49_680_569_627_287_411_978_382_143_521_977, 0), Position(10**55, 12)
     key = object_key("raw/dt=2026-11-26/hour=09/shard=s/", first, last)
-    assert parse_object_range(key) == (first, last)
+    assert key.rsplit("/", 1)[1] == (f"{first.sequence:056d}-0000000000_"
+                                     f"{last.sequence:056d}-0000000012.ndjson.gz")
     assert object_key("p/", Position(9, 0), Position(9, 0)) < object_key(
         "p/", Position(10, 0), Position(10, 0)
     )
-    assert parse_object_range("raw/other-file.txt") is None
 
 
 def test_hour_partition_is_utc() -> None:
@@ -74,19 +75,32 @@ def test_quarantine_line_keeps_raw_bytes_and_reason() -> None:
 )
 def test_plans_partition_every_event_once_in_order(items: list[tuple[int, int]]) -> None:
     events = [event(1000 + i * 10 + s, 0, ts) for i, (s, ts) in enumerate(items)]
-    plans = plan_objects(
-        events,
-        lambda e: e.record.position,
-        lambda e: e.ts_ms,
-        lambda e: archive_line(PROV, e),
-        "raw/",
-        PROV.shard_id,
-    )
+    plans = plan_objects([e.record.position for e in events], [e.ts_ms for e in events],
+                         archive_lines(PROV, events), "raw/", PROV.shard_id)
     planned = [p for plan in plans for p in plan.positions]
     assert sorted(planned) == sorted(e.record.position for e in events)
+    line_of = {e.record.position: archive_line(PROV, e) for e in events}
+    hour_of = {e.record.position: hour_partition(e.ts_ms) for e in events}
     for plan in plans:
         assert list(plan.positions) == sorted(plan.positions)
         assert plan.partition_prefix.endswith(f"shard={PROV.shard_id}/")
+        assert list(plan.lines) == [line_of[p] for p in plan.positions]
+        assert {hour_of[p] for p in plan.positions} == {plan.partition_prefix.split("shard=")[0]
+                                                       .removeprefix("raw/")}
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**56 - 1), st.integers(0, 2**31),
+                          st.text(min_size=1, max_size=8), st.integers(0, 2**53),
+                          st.integers(0, 2**53)), max_size=20),
+       st.text(min_size=1, max_size=8))
+def test_archive_lines_equal_dumped_provenance_and_spliced_payload(
+        rows: list[tuple[int, int, str, int, int]], stream: str) -> None:
+    prov = Provenance(stream, "shardId-000000000001")
+    events = [Event(("k",), ts, 1.0, RawRecord(b'{"a":[1,"x"]}', pk, Position(seq, sub), arr))
+              for seq, sub, pk, arr, ts in rows]
+    expected = [orjson.dumps({**provenance_fields(prov, e.record), "event_ts_ms": e.ts_ms})[:-1]
+                + b',"payload":' + e.record.data + b"}\n" for e in events]
+    assert archive_lines(prov, events) == expected
 
 
 @given(st.lists(st.integers(0, 60), unique=True, min_size=1, max_size=40),

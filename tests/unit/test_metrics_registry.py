@@ -94,3 +94,26 @@ def test_assert_multiprocess_mode_detects_late_env(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=30, check=False)
     assert proc.returncode == 3
+
+
+def test_drift_labels_are_bounded_and_printable() -> None:
+    seen: set[str] = set()
+    labels = [registry.drift_label(f"f{i}", seen, cap=3) for i in range(5)]
+    assert labels == ["f0", "f1", "f2", "_other", "_other"]
+    assert registry.drift_label("f1", seen, cap=3) == "f1"  # admitted ones keep their label
+    assert registry.drift_label("_other", set(), cap=3) == "_other"
+    assert registry.drift_label("a\ud800\n" + "x" * 200, set()) == "a\\ud800?" + "x" * 92
+
+
+def test_count_schema_drift_adds_each_field_and_kind() -> None:
+    def value(field: str, kind: str) -> float:
+        got = registry.REGISTRY.get_sample_value(
+            "aetherstream_schema_drift_total", {"field": field, "kind": kind})
+        return got or 0.0
+
+    before = value("test_temp", "unknown_field"), value("test_value", "type_change")
+    registry.count_schema_drift({("test_temp", "unknown_field"): 3,
+                                 ("test_value", "type_change"): 1})
+    registry.count_schema_drift({})
+    after = value("test_temp", "unknown_field"), value("test_value", "type_change")
+    assert (after[0] - before[0], after[1] - before[1]) == (3.0, 1.0)

@@ -26,6 +26,12 @@ from consumer.config import (
 )
 
 ARN = "arn:aws:iam::123456789012:role/RedshiftCopy"
+# Schema versions: chosen by schema_version, or by the fields a record has.
+BY_FIELD = json.dumps([{"name": "v1", "when": 1, "value_field": "temp"},
+                       {"name": "v2", "when": [2, "2"]}])
+BY_PRESENCE = json.dumps([{"name": "v1", "present": "temp", "value_field": "temp",
+                           "fields": {"temp": "number", "unit": "string"}},
+                          {"name": "v2"}])
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ ROWS = [
     Row("contract.ts_field", "meta.ts", "", "dotted field path"),
     Row("contract.value_field", "reading.value", ".value", "no empty segment"),
     Row("contract.ts_format", "iso", "unix", "one of auto, iso, epoch_ms"),
+    Row("contract.version_field", "schema_version", "meta..version", "dotted field path",
+        {"contract.versions": BY_FIELD}),
+    Row("contract.versions", BY_PRESENCE, '{"name": "v1"}', "JSON array of objects"),
     Row("s3.bucket", "my-bucket.v2", "My_Bucket", "S3 bucket name"),
     Row("s3.archive_prefix", "archive/", "archive", "ending in '/'"),
     Row("s3.quarantine_prefix", "bad-records/", "/quarantine/", "not starting with '/'"),
@@ -258,6 +267,34 @@ CROSS = [
           ("contract.key_fields", "contract.ts_field", "contract.value_field")),
     Cross("duplicate key field", {"contract.key_fields": ("device_id", "device_id")},
           "contract.key_fields", "distinct", ("contract.key_fields",)),
+    Cross("versions selected by a field without version_field",
+          {"contract.versions": BY_FIELD}, "contract.versions",
+          "versions[0] 'v1': 'when' needs the contract's version_field",
+          ("contract.versions", "contract.version_field")),
+    Cross("version_field without versions", {"contract.version_field": "schema_version"},
+          "contract.versions", "no versions are declared",
+          ("contract.versions", "contract.version_field")),
+    Cross("a catch-all version before another",
+          {"contract.versions": json.dumps([{"name": "any"}, {"name": "v2", "present": "x"}])},
+          "contract.versions", "version 'any': has no selector",
+          ("contract.versions", "contract.version_field")),
+    Cross("a version's value field declared a string",
+          {"contract.versions": json.dumps([{"name": "v1", "value_field": "temp",
+                                             "fields": {"temp": "string"}}])},
+          "contract.versions", "field 'temp' is declared string, but decode takes it only as "
+          "number", ("contract.versions", "contract.version_field")),
+    Cross("a version's unknown type", {"contract.versions": json.dumps(
+              [{"name": "v1", "fields": {"unit": "text"}}])},
+          "contract.versions", "versions[0] 'v1': field 'unit' has type 'text'",
+          ("contract.versions", "contract.version_field")),
+    Cross("a version's unknown key", {"contract.versions": json.dumps(
+              [{"name": "v1", "value": "temp"}])},
+          "contract.versions", "versions[0] 'v1': unknown key(s) value",
+          ("contract.versions", "contract.version_field")),
+    Cross("a version's paths clash", {"contract.versions": json.dumps(
+              [{"name": "v1", "ts_field": "value.ts"}])},
+          "contract.versions", "must be distinct and none inside another",
+          ("contract.versions", "contract.version_field")),
     Cross("redshift without dsn or host", {"redshift.enabled": True, "redshift.dialect":
                                            "postgres"},
           "redshift.enabled", "needs dsn or host",
