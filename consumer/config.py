@@ -509,11 +509,18 @@ def contract_rules(s: Settings) -> Iterator[Problem]:
     except ValueError as exc:
         yield Problem(("contract.key_fields",), f"must name columns every sink can hold: {exc}")
     try:
+        versions = c.schema_versions()
         Contract(key_fields=c.key_fields, ts_field=c.ts_field, value_field=c.value_field,
-                 ts_format=c.ts_format, version_field=c.version_field,
-                 versions=c.schema_versions())
+                 ts_format=c.ts_format, version_field=c.version_field, versions=versions)
     except ValueError as e:
         yield Problem(("contract.versions", "contract.version_field"), f"schema versions: {e}")
+        return
+    # The sinks' key columns follow contract.key_fields by position (consumer/sinks/schema.py).
+    odd = [v.name for v in versions if len(v.key_fields) != len(c.key_fields)]
+    if odd:
+        yield Problem(("contract.versions", "contract.key_fields"),
+                      f"schema versions {odd} have other than {len(c.key_fields)} key fields, "
+                      "as many as contract.key_fields, whose names the sinks' key columns take")
 
 
 def sink_rules(s: Settings) -> Iterator[Problem]:

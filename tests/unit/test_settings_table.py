@@ -295,6 +295,10 @@ CROSS = [
               [{"name": "v1", "ts_field": "value.ts"}])},
           "contract.versions", "must be distinct and none inside another",
           ("contract.versions", "contract.version_field")),
+    Cross("a version with fewer key fields", {"contract.versions": json.dumps(
+              [{"name": "v1", "key_fields": ["device_id"]}])},
+          "contract.versions", "schema versions ['v1'] have other than 2 key fields",
+          ("contract.versions", "contract.key_fields")),
     Cross("redshift without dsn or host", {"redshift.enabled": True, "redshift.dialect":
                                            "postgres"},
           "redshift.enabled", "needs dsn or host",
