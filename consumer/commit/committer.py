@@ -88,12 +88,11 @@ class Committer:
         position; final window results by window order, which a replay repeats (all of a
         window's final results come out of one engine step, later windows in later steps)."""
         retry = self._retriers("s3-manifest")
-        if route.results_prefix is not None and isinstance(route.buffer, ResultsBuffer):
-            window = retry.call(functools.partial(manifest.last_reserved_window,
-                                                  route.results_prefix))
-            newest = route.buffer.newest
-            if window is None or not len(route.buffer) or (newest is not None
-                                                           and newest >= window):
+        buffer = route.buffer
+        if isinstance(buffer, ResultsBuffer):
+            window = retry.call(functools.partial(manifest.last_reserved_window, buffer.prefix))
+            newest = buffer.newest if len(buffer) else None  # nothing buffered: no wait
+            if window is None or newest is None or newest >= window:
                 return False
             until = f"window end {window[0]} start {window[1]}"
         else:
@@ -134,6 +133,8 @@ class Committer:
             return False
         self._save(position, self.generation + 1, snapshot())
         self.generation += 1
+        if self.routes.manifest is not None:  # the new generation has these windows final
+            self.routes.manifest.results_checkpointed = self._results_durable
         return True
 
     def _save(self, position: Position, generation: int, data: bytes) -> None:

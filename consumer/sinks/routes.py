@@ -51,17 +51,18 @@ class Route(Generic[T]):
     # Objects reserved in the shard's manifest: everything buffered goes in one delivery (the
     # writer cuts the objects), and only once the shard is past every reserved object.
     manifest: ShardManifest | None = None
-    # Results objects are reserved by window order, not position: the route's key prefix,
-    # and its buffer, which knows the newest window it was given.
-    results_prefix: str | None = None
 
 
 class ResultsBuffer(SinkBuffer[WindowResult]):
-    """Final results, added whole windows at a time in the shard's window order; remembers
-    the newest window added (end_ms, start_ms), so the committer can tell whether the
-    replay has passed the results objects reserved before it."""
+    """Final results bound for objects under `prefix`, added whole windows at a time in the
+    shard's window order. It remembers the newest window added (end_ms, start_ms): results
+    objects are reserved by window order, not position, and the committer compares it with
+    the last one reserved before it."""
 
-    newest: tuple[int, int] | None = None
+    def __init__(self, name: str, hints: FlushHints, prefix: str) -> None:
+        super().__init__(name, hints)
+        self.prefix = prefix
+        self.newest: tuple[int, int] | None = None
 
     def add_many(self, items: Sequence[WindowResult], positions: Sequence[Position],
                  sizes: Sequence[int], now_ms: int) -> None:
@@ -203,8 +204,8 @@ class RouteFactory:
             return Delivered(self.retriers("s3-results").call(
                 functools.partial(self.writer.write_results, plans, kind)))
 
-        buffer = ResultsBuffer("s3-results", self.hints)
-        return Route("s3-results", buffer, deliver, self.manifest, prefix)
+        return Route("s3-results", ResultsBuffer("s3-results", self.hints, prefix), deliver,
+                     self.manifest)
 
     def redshift(self, connect: Callable[[], Any], staging_client: Any) -> tuple[
             Route[Event], Route[WindowResult]]:

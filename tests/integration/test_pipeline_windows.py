@@ -132,3 +132,35 @@ def test_a_window_closed_by_an_idle_tick_stays_closed_after_a_crash(s3: S3Endpoi
     late = ObjectCounter(s3.client(), BUCKET, "tick/q/")
     late.refresh()
     assert late.distinct == 1 and late.duplicates == 0
+
+
+def test_results_objects_hold_many_windows_and_the_manifest_forgets_checkpointed_ones(
+        s3: S3Endpoint) -> None:
+    """One object per flush, not per window: its rows are whole windows in window order, its
+    key names the first and last it holds; results reservations a checkpoint covers are gone
+    from the manifest at the next reservation."""
+    cfg = with_overrides(settings("many"), windows={"size_ms": 10_000})
+    p, ckpt = make_pipeline(cfg, SHARD, s3.client()), RecordingCheckpointer()
+    recs = records(400)  # 5 minutes: 30 windows of 10 s, one hour partition
+    for lo in range(0, 400, 100):
+        feed(p, recs[lo:lo + 100], 100)
+        assert p.commit(ckpt)
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="many/results/")
+            ["Contents"]]
+    assert len(keys) == 4  # one per commit
+    rows = []
+    for key in sorted(keys):
+        got = s3_result_rows(client, BUCKET, key)
+        windows = [(r["window_end_ms"], r["window_start_ms"]) for r in got]
+        assert windows == sorted(windows) and len(set(windows)) > 1
+        first, last = (f"{e:013d}-{s:013d}" for e, s in (windows[0], windows[-1]))
+        assert key.rsplit("/", 1)[1].startswith(f"tumbling-{first}-000000_{last}-")
+        rows += got
+    ids = [r["result_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 3 * 29  # 3 keys, every window but the open last one
+    manifest = orjson.loads(client.get_object(
+        Bucket=BUCKET, Key=f"many/state/{cfg.stream.app_name}/shard={SHARD}/manifest.json"
+    )["Body"].read())
+    # Reserved at the fourth commit, after the third checkpoint: only the last object is left.
+    assert [r[0] for r in manifest["results"]] == [max(keys)]
