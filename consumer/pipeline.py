@@ -12,7 +12,6 @@ checkpoint (see consumer/windows/engine.py, "Replay after a failover").
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
@@ -27,7 +26,8 @@ from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch, schema_drift
 from consumer.records.model import Position, RawRecord
 from consumer.sinks.buffer import ByteBudget
-from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers, WindowGroup
+from consumer.sinks.layout import window_sort_key
+from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
@@ -117,10 +117,10 @@ class ShardPipeline:
         self.budget.charge(RESULT_SIZE * n)
         for route in self.routes.results:
             route.buffer.add_many(out.results, [at] * n, [RESULT_SIZE] * n, now_ms)
-        groups = final_groups(out.results)
+        finals = final_in_order(out.results)
         for window_route in self.routes.windows:
-            window_route.buffer.add_many(groups, [at] * len(groups),
-                                         [RESULT_SIZE * len(g) for g in groups], now_ms)
+            window_route.buffer.add_many(finals, [at] * len(finals), [RESULT_SIZE] * len(finals),
+                                         now_ms)
 
     def _add(self, route: Route[Any], items: Sequence[Any], now_ms: int) -> None:
         route.buffer.add_many(items, _positions(items), _sizes(items), now_ms)
@@ -203,13 +203,10 @@ def _sizes(items: Sequence[Any]) -> list[int]:
     return list(map(len, map(_DATA, items)))
 
 
-def final_groups(results: Sequence[WindowResult]) -> list[WindowGroup]:
-    """One engine step's final results, grouped by window (the S3 results objects)."""
-    groups: dict[tuple[str, int, int], list[WindowResult]] = defaultdict(list)
-    for r in results:
-        if r.is_final:
-            groups[(r.kind, r.start_ms, r.end_ms)].append(r)
-    return [tuple(g) for g in groups.values()]
+def final_in_order(results: Sequence[WindowResult]) -> list[WindowResult]:
+    """One engine step's final results in the shard's window order (the S3 results objects;
+    see layout.WindowOrder): a later step's finals all come after these."""
+    return sorted((r for r in results if r.is_final), key=window_sort_key)
 
 
-__all__ = ["ShardPipeline", "final_groups", "window_spec"]
+__all__ = ["ShardPipeline", "final_in_order", "window_spec"]

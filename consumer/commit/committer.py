@@ -16,6 +16,7 @@ replays from there and the sinks absorb the replay by identity.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from consumer.commit.state import SnapshotStore
 from consumer.metrics import registry as m
 from consumer.records.model import Position
 from consumer.sinks.fence import Fenced
-from consumer.sinks.routes import Route, Routes, ShardRetriers
+from consumer.sinks.manifest import ShardManifest
+from consumer.sinks.routes import ResultsBuffer, Route, Routes, ShardRetriers
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Committer:
         self._retriers = retriers
         self.checkpointed = checkpointed
         self.generation = generation  # of the snapshot at `checkpointed`
+        self._results_durable: tuple[int, int] | None = None  # newest window made durable
 
     def confirm_owner(self) -> None:
         """Fenced unless this worker still holds the shard's lease (DynamoDB errors retry)."""
@@ -57,14 +60,8 @@ class Committer:
 
     def _drain(self, route: Route[Any], position: Position | None) -> int:
         manifest, written = route.manifest, 0
-        if manifest is not None:
-            # Objects a writer before us reserved are repeated exactly, so they must be
-            # whole: wait until the replay has passed the last of them.
-            last = self._retriers("s3-manifest").call(manifest.last_reserved)
-            if last is not None and (position is None or position < last):
-                log.info("replaying up to the objects reserved before us",
-                         extra={"route": route.name, "until": str(last)})
-                return 0
+        if manifest is not None and self._replaying(route, manifest, position):
+            return 0
         take = route.buffer.take_all if manifest is not None else route.buffer.take_batch
         while (batch := take()) is not None:
             self.confirm_owner()
@@ -78,9 +75,34 @@ class Committer:
             m.SINK_FLUSH_DURATION_SECONDS.labels(route.name).observe(time.monotonic() - started)
             m.SINK_BATCHES.labels(route.name, "ok").inc()
             m.SINK_RECORDS.labels(route.name).inc(outcome.written)
+            if isinstance(route.buffer, ResultsBuffer):
+                self._results_durable = route.buffer.newest
         if route is self.routes.archive:
             m.RECORDS_ARCHIVED.labels(self.shard_id).inc(written)
         return written
+
+    def _replaying(self, route: Route[Any], manifest: ShardManifest,
+                   position: Position | None) -> bool:
+        """Objects a writer before us reserved are repeated exactly, so they must be whole:
+        True (wait) until the replay has passed the last of them. Records compare by
+        position; final window results by window order, which a replay repeats (all of a
+        window's final results come out of one engine step, later windows in later steps)."""
+        retry = self._retriers("s3-manifest")
+        buffer = route.buffer
+        if isinstance(buffer, ResultsBuffer):
+            window = retry.call(functools.partial(manifest.last_reserved_window, buffer.prefix))
+            newest = buffer.newest if len(buffer) else None  # nothing buffered: no wait
+            if window is None or newest is None or newest >= window:
+                return False
+            until = f"window end {window[0]} start {window[1]}"
+        else:
+            last = retry.call(manifest.last_reserved)
+            if last is None or (position is not None and position >= last):
+                return False
+            until = str(last)
+        log.info("replaying up to the objects reserved before us",
+                 extra={"route": route.name, "until": until})
+        return True
 
     def commit(self, checkpointer: Checkpointer, position: Position | None,
                snapshot: Callable[[], bytes] | None, ticked: bool = False) -> bool:
@@ -99,8 +121,9 @@ class Committer:
         if not self._checkpoint(checkpointer, position):
             return False
         self.checkpointed, self.generation = position, 0
-        if self.routes.manifest is not None:
-            self.routes.manifest.checkpointed = position  # its next reservation drops the rest
+        if self.routes.manifest is not None:  # its next reservation drops what these cover
+            self.routes.manifest.checkpointed = position
+            self.routes.manifest.results_checkpointed = self._results_durable
         if previous is not None and snapshot is not None and self._snapshots is not None:
             self._snapshots.forget(previous, generations)
         return True
@@ -110,6 +133,8 @@ class Committer:
             return False
         self._save(position, self.generation + 1, snapshot())
         self.generation += 1
+        if self.routes.manifest is not None:  # the new generation has these windows final
+            self.routes.manifest.results_checkpointed = self._results_durable
         return True
 
     def _save(self, position: Position, generation: int, data: bytes) -> None:

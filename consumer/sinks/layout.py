@@ -1,13 +1,17 @@
 """Where and how records are laid out as S3 objects (pure: names and bytes, no I/O).
 
-An object holds one shard's records of one hour partition, contiguous in shard order. Its key
-carries the shard and the first and last position it holds:
+An archive or quarantine object holds one shard's records of one hour partition, contiguous
+in shard order. Its key carries the shard and the first and last position it holds:
 
     <prefix>dt=2026-11-26/hour=09/shard=shardId-000000000001/<first>_<last>.ndjson.gz
 
-The name is a function of the records alone, so a replay that rebuilds the same batch writes
-the same key, and a listing of a partition says exactly which positions are already durable
-(the objects are their own manifest; see consumer/sinks/s3.py).
+A results object holds one shard's final window results of one hour partition (by window
+start), contiguous in the shard's window order (WindowOrder), many windows to an object:
+
+    <prefix>dt=.../hour=.../shard=.../<kind>-<end>-<start>-<rank>_<end>-<start>-<rank>.ndjson.gz
+
+Either name is a function of the items alone, so a replay that rebuilds the same batch writes
+the same key; the shard's manifest (consumer/sinks/manifest.py) makes replays rebuild them.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import gzip
 import json
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import orjson
 
 from consumer.records.model import Event, Position, RawRecord, Rejected
+from consumer.windows.model import WindowResult
 
 ObjectFormat = Literal["ndjson", "parquet"]
 SUFFIXES: dict[str, str] = {"ndjson": ".ndjson.gz", "parquet": ".parquet"}
@@ -107,18 +112,64 @@ def quarantine_line(prov: Provenance, rej: Rejected, quarantined_ms: int) -> byt
     return orjson.dumps(body) + b"\n"
 
 
+class WindowOrder(NamedTuple):
+    """Where a final window result stands in its shard's total order of final results.
+
+    The engine finalizes a window when the watermark passes end + allowed lateness; the
+    watermark never decreases, and a window still open has end + lateness above it, so a
+    later engine step only finalizes windows whose end is strictly later (for every kind:
+    see consumer/windows/engine.py). Within a step, results sort by (end, start, key). So
+    (end, start, rank of the key within its window) orders a shard's final results the same
+    way in every replay (property-tested in tests/unit/test_results_order.py)."""
+
+    end_ms: int
+    start_ms: int
+    rank: int  # of the key within its window
+
+
+P = TypeVar("P", Position, WindowOrder)  # what orders an object's items
+
+
+def window_sort_key(r: WindowResult) -> tuple[int, int, tuple[str, ...]]:
+    return (r.end_ms, r.start_ms, r.key)
+
+
+def window_orders(results: Sequence[WindowResult]) -> list[WindowOrder]:
+    """The orders of final results given sorted by window_sort_key, whole windows only."""
+    out: list[WindowOrder] = []
+    prev: tuple[int, int] | None = None
+    i = 0
+    for r in results:
+        w = (r.end_ms, r.start_ms)
+        i = i + 1 if w == prev else 0
+        prev = w
+        out.append(WindowOrder(r.end_ms, r.start_ms, i))
+    return out
+
+
+def order_token(o: WindowOrder) -> str:
+    # Fixed width (13-digit epoch ms until 2286) keeps lexical key order equal to window order.
+    return f"{o.end_ms:013d}-{o.start_ms:013d}-{o.rank:06d}"
+
+
+def results_key(partition_prefix_: str, kind: str, first: WindowOrder, last: WindowOrder,
+                fmt: ObjectFormat = "ndjson") -> str:
+    return f"{partition_prefix_}{kind}-{order_token(first)}_{order_token(last)}{SUFFIXES[fmt]}"
+
+
 @dataclass(frozen=True, slots=True)
-class ObjectPlan:
-    """Records bound for one partition of one shard, in shard order, with their lines."""
+class ObjectPlan(Generic[P]):
+    """Items bound for one partition of one shard, in their order (records: shard order;
+    window results: WindowOrder), with their lines."""
 
     partition_prefix: str
-    positions: tuple[Position, ...]
+    positions: tuple[P, ...]
     lines: tuple[bytes, ...]
 
 
-def plan_objects(positions: Sequence[Position], partition_ms: Sequence[int],
-                 lines: Sequence[bytes], prefix: str, shard_id: str) -> list[ObjectPlan]:
-    """Group items (given as columns) by hour partition, in shard order inside each group."""
+def plan_objects(positions: Sequence[P], partition_ms: Sequence[int],
+                 lines: Sequence[bytes], prefix: str, shard_id: str) -> list[ObjectPlan[P]]:
+    """Group items (given as columns) by hour partition, in order inside each group."""
     hours = [ms // HOUR_MS for ms in partition_ms]
     groups: dict[int, Sequence[int]]
     if hours and min(hours) == max(hours):  # the common case: one hour, no grouping
@@ -139,45 +190,54 @@ def plan_objects(positions: Sequence[Position], partition_ms: Sequence[int],
 
 
 @dataclass(frozen=True, slots=True)
-class Reserved:
+class Reserved(Generic[P]):
     """An object a shard's manifest says was (or is being) written: its key holds exactly
-    the route's records of its partition from `first` to `last`."""
+    the route's items of its partition from `first` to `last`."""
 
     key: str
-    first: Position
-    last: Position
+    first: P
+    last: P
 
 
-def cut(plan: ObjectPlan, reserved: Sequence[Reserved], fmt: ObjectFormat = "ndjson",
-        max_records: int | None = None) -> list[tuple[str, ObjectPlan]]:
-    """A partition's records as (key, object) pairs that repeat every reserved object exactly
+def cut(plan: ObjectPlan[Position], reserved: Sequence[Reserved[Position]],
+        fmt: ObjectFormat = "ndjson", max_records: int | None = None
+        ) -> list[tuple[str, ObjectPlan[Position]]]:
+    """cut_ranges for records: keys name the first and last position held."""
+    return cut_ranges(plan, reserved, lambda pre, first, last: object_key(pre, first, last, fmt),
+                      max_records)
+
+
+def cut_ranges(plan: ObjectPlan[P], reserved: Sequence[Reserved[P]],
+               name: Callable[[str, P, P], str], max_records: int | None = None
+               ) -> list[tuple[str, ObjectPlan[P]]]:
+    """A partition's items as (key, object) pairs that repeat every reserved object exactly
     (a writer that lost the shard may still be writing it) and cut the rest into new objects
-    between them, each at most max_records. Keys name the first and last position held."""
+    between them, each at most max_records; a new object's key is name(partition prefix,
+    first item, last item)."""
     positions = plan.positions
     ranges = sorted((r for r in reserved if r.key.startswith(plan.partition_prefix)
                      and r.last >= positions[0] and r.first <= positions[-1]),
                     key=lambda r: r.first)
-    out: list[tuple[str, ObjectPlan]] = []
+    out: list[tuple[str, ObjectPlan[P]]] = []
     lo = 0  # positions[lo:] are not placed yet; positions are sorted, so each piece is a slice
     for r in ranges:
         start = bisect_left(positions, r.first, lo)
         end = bisect_right(positions, r.last, start)
-        out += _new_objects(plan, lo, start, fmt, max_records)
+        out += _new_objects(plan, lo, start, name, max_records)
         if end > start:  # no new object spans a reserved range, even an empty one
             out.append((r.key, _slice(plan, start, end)))
         lo = end
-    return out + _new_objects(plan, lo, len(positions), fmt, max_records)
+    return out + _new_objects(plan, lo, len(positions), name, max_records)
 
 
-def _new_objects(plan: ObjectPlan, lo: int, hi: int, fmt: ObjectFormat,
-                 max_records: int | None) -> list[tuple[str, ObjectPlan]]:
+def _new_objects(plan: ObjectPlan[P], lo: int, hi: int, name: Callable[[str, P, P], str],
+                 max_records: int | None) -> list[tuple[str, ObjectPlan[P]]]:
     step = max_records or (hi - lo) or 1
-    return [(object_key(plan.partition_prefix, plan.positions[i],
-                        plan.positions[min(i + step, hi) - 1], fmt),
+    return [(name(plan.partition_prefix, plan.positions[i], plan.positions[min(i + step, hi) - 1]),
              _slice(plan, i, min(i + step, hi))) for i in range(lo, hi, step)]
 
 
-def _slice(plan: ObjectPlan, lo: int, hi: int) -> ObjectPlan:
+def _slice(plan: ObjectPlan[P], lo: int, hi: int) -> ObjectPlan[P]:
     return ObjectPlan(plan.partition_prefix, plan.positions[lo:hi], plan.lines[lo:hi])
 
 

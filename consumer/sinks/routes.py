@@ -26,13 +26,18 @@ from consumer.sinks.errors import is_retryable
 from consumer.sinks.fence import FenceToken
 from consumer.sinks.manifest import ShardManifest
 from consumer.sinks.retry import Retrier, RetryEvent
-from consumer.sinks.rows import rejected_by_sink, result_line, result_lines, result_row
+from consumer.sinks.rows import (
+    rejected_by_sink,
+    result_columns,
+    result_line,
+    result_lines_of,
+    result_row,
+)
 from consumer.sinks.s3 import S3ObjectWriter
 from consumer.sinks.schema import output_schema
 from consumer.windows.model import WindowResult
 
 T = TypeVar("T")
-WindowGroup = tuple[WindowResult, ...]  # one window's results from one engine step
 RESULT_SIZE = 256  # bytes a buffered window result is charged, roughly its encoded size
 _POSITION = attrgetter("record.position")
 _TS = attrgetter("ts_ms")
@@ -53,6 +58,24 @@ class Route(Generic[T]):
     # Objects reserved in the shard's manifest: everything buffered goes in one delivery (the
     # writer cuts the objects), and only once the shard is past every reserved object.
     manifest: ShardManifest | None = None
+
+
+class ResultsBuffer(SinkBuffer[WindowResult]):
+    """Final results bound for objects under `prefix`, added whole windows at a time in the
+    shard's window order. It remembers the newest window added (end_ms, start_ms): results
+    objects are reserved by window order, not position, and the committer compares it with
+    the last one reserved before it."""
+
+    def __init__(self, name: str, hints: FlushHints, prefix: str) -> None:
+        super().__init__(name, hints)
+        self.prefix = prefix
+        self.newest: tuple[int, int] | None = None
+
+    def add_many(self, items: Sequence[WindowResult], positions: Sequence[Position],
+                 sizes: Sequence[int], now_ms: int) -> None:
+        super().add_many(items, positions, sizes, now_ms)
+        if items:
+            self.newest = (items[-1].end_ms, items[-1].start_ms)
 
 
 class ShardRetriers:
@@ -91,7 +114,7 @@ class Routes:
     quarantine: Route[Rejected]
     raw: list[Route[Event]]
     results: list[Route[WindowResult]]
-    windows: list[Route[WindowGroup]]
+    windows: list[Route[WindowResult]]  # final results only, in window order (S3 objects)
     manifest: ShardManifest | None = None
 
     def all(self) -> list[Route[Any]]:
@@ -125,7 +148,7 @@ class RouteFactory:
     def buffer(self, name: str) -> SinkBuffer[Any]:
         return SinkBuffer(name, self.hints)
 
-    def _s3(self, sink: str, plans: list[layout.ObjectPlan]) -> int:
+    def _s3(self, sink: str, plans: list[layout.ObjectPlan[Position]]) -> int:
         # Idempotent as a whole: reservations merge by key, objects are If-None-Match.
         return self.retriers(sink).call(functools.partial(self.writer.write, plans))
 
@@ -172,29 +195,25 @@ class RouteFactory:
             written += int(retry.call(functools.partial(self.writer.put_if_absent, key, body)))
         return written
 
-    def s3_results(self) -> Route[WindowGroup]:
-        """Final results, one object per (shard, window). Every key of a window turns final
-        in the same engine step, and the pipeline buffers that step's results of a window
-        as ONE item, so an object's content is deterministic and a replay finds it already
-        written (If-None-Match)."""
+    def s3_results(self) -> Route[WindowResult]:
+        """Final results, many windows to an object. The pipeline buffers each engine
+        step's final results in the shard's window order (layout.WindowOrder, the same in
+        every replay), so objects are named by the range of window order they hold and are
+        reserved in the manifest, like archive objects by position: a replay, or an old
+        owner's late PUT, writes the same objects."""
         prefix = self.settings.s3.results_prefix
 
-        def deliver(groups: Sequence[WindowGroup], _: Position) -> Delivered:
-            retry = self.retriers("s3-results")
-            written = 0
-            for group in groups:
-                first = group[0]
-                partition = layout.hour_partition(first.start_ms)
-                key = (f"{layout.partition_prefix(prefix, partition, self.shard_id)}"
-                       f"{first.kind}-{first.start_ms}-{first.end_ms}"
-                       f"{layout.SUFFIXES[self.writer.format]}")
-                lines = result_lines(group)
-                body = layout.encode_body(lines, self.writer.format)
-                if retry.call(functools.partial(self.writer.put_if_absent, key, body)):
-                    written += len(lines)
-            return Delivered(written)
+        def deliver(results: Sequence[WindowResult], _: Position) -> Delivered:
+            lines = result_lines_of(result_columns(results))  # in window order
+            plans = layout.plan_objects(layout.window_orders(results),
+                                        [r.start_ms for r in results], lines, prefix,
+                                        self.shard_id)
+            kind = results[0].kind if results else ""
+            return Delivered(self.retriers("s3-results").call(
+                functools.partial(self.writer.write_results, plans, kind)))
 
-        return Route("s3-results", self.buffer("s3-results"), deliver)
+        return Route("s3-results", ResultsBuffer("s3-results", self.hints, prefix), deliver,
+                     self.manifest)
 
     def redshift(self, connect: Callable[[], Any], staging_client: Any) -> tuple[
             Route[Event], Route[WindowResult]]:
@@ -262,7 +281,7 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
     factory = RouteFactory(settings, shard_id, s3_client, retriers, now_ms, token)
     raw: list[Route[Event]] = []
     results: list[Route[WindowResult]] = []
-    windows: list[Route[WindowGroup]] = []
+    windows: list[Route[WindowResult]] = []
     if settings.windows.enabled:
         windows.append(factory.s3_results())
     if settings.redshift.enabled:

@@ -139,15 +139,6 @@ def result_line(row: ResultRow) -> bytes:
     return result_lines_of(columns_of([row], RESULT_FIELDS))[0]
 
 
-def result_lines(results: Sequence[WindowResult]) -> list[bytes]:
-    """One window's results as the lines of its S3 object, ordered by key."""
-    batch = result_columns(results)
-    keys = batch["key"]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    lines = result_lines_of(batch)
-    return [lines[i] for i in order]
-
-
 def rejected_by_sink(sink: str, item: RejectedItem, payload: bytes, position: Position,
                      now_ms: int) -> Rejected:
     """A document a sink refused (e.g. a mapping conflict), as a record for quarantine."""

@@ -1,8 +1,9 @@
 """Durable, replay-safe S3 objects: the thin boto3 shell around consumer/sinks/layout.py.
 
 Exactly-once for objects rests on three facts:
-- a key names the shard positions it holds, and is written with `If-None-Match: *`, so an
-  object is never replaced and a second writer of the same key gets 412;
+- a key names the shard positions it holds (results objects: the range of window order), and
+  is written with `If-None-Match: *`, so an object is never replaced and a second writer of
+  the same key gets 412;
 - every object is reserved in the shard's manifest (consumer/sinks/manifest.py) before it is
   written, and a writer repeats the objects reserved there exactly, so a replay with other
   batch boundaries, or an old owner's late PUT, writes the same object, never an overlap;
@@ -17,7 +18,18 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from consumer.sinks.layout import ObjectFormat, ObjectPlan, Reserved, cut, encode_body
+from consumer.records.model import Position
+from consumer.sinks.layout import (
+    ObjectFormat,
+    ObjectPlan,
+    P,
+    Reserved,
+    WindowOrder,
+    cut,
+    cut_ranges,
+    encode_body,
+    results_key,
+)
 from consumer.sinks.manifest import ShardManifest
 
 log = logging.getLogger(__name__)
@@ -35,14 +47,28 @@ class S3ObjectWriter:
         self.manifest = manifest
         self._max_records = max_records
 
-    def write(self, plans: list[ObjectPlan]) -> int:
+    def write(self, plans: list[ObjectPlan[Position]]) -> int:
         """Make every record of the plans durable; returns how many this call wrote."""
         reserved = self.manifest.reserved if self.manifest else []
         objects = [(key, obj) for plan in plans
                    for key, obj in cut(plan, reserved, self.format, self._max_records)]
         if self.manifest is not None:
-            self.manifest.reserve([Reserved(key, obj.positions[0], obj.positions[-1])
-                                   for key, obj in objects], self.manifest.checkpointed)
+            self.manifest.reserve(_reservations(objects))
+        return self._put_all(objects)
+
+    def write_results(self, plans: list[ObjectPlan[WindowOrder]], kind: str) -> int:
+        """Make every final result of the plans durable (whole windows, in window order);
+        returns how many this call wrote."""
+        reserved = self.manifest.results if self.manifest else []
+        fmt = self.format
+        objects = [(key, obj) for plan in plans for key, obj in cut_ranges(
+            plan, reserved, lambda pre, first, last: results_key(pre, kind, first, last, fmt),
+            self._max_records)]
+        if self.manifest is not None:
+            self.manifest.reserve([], _reservations(objects))
+        return self._put_all(objects)
+
+    def _put_all(self, objects: list[tuple[str, ObjectPlan[P]]]) -> int:
         written = 0
         for key, obj in objects:
             if self.put_if_absent(key, encode_body(obj.lines, self.format)):
@@ -65,3 +91,7 @@ class S3ObjectWriter:
                 log.info("object already durable, skipped", extra={"key": key})
                 return False
             raise
+
+
+def _reservations(objects: list[tuple[str, ObjectPlan[P]]]) -> list[Reserved[P]]:
+    return [Reserved(key, obj.positions[0], obj.positions[-1]) for key, obj in objects]

@@ -3,7 +3,8 @@
 A worker checkpoints (with its engine snapshot), goes on, flushes more results, and dies
 before its next checkpoint. The new owner restores the snapshot and replays from the
 checkpoint with different batch boundaries. The S3 results must equal those of one
-uninterrupted run: every window once, with the same aggregates.
+uninterrupted run: every window once, with the same aggregates. Results objects hold many
+windows, and the shard manifest keeps their reservations until a checkpoint covers them.
 Stand-in: moto for S3 (If-None-Match enforced as S3 does).
 """
 
@@ -19,6 +20,9 @@ from consumer.config import Settings, load_settings, with_overrides
 from consumer.local.reconcile import ObjectCounter, s3_result_rows
 from consumer.pipeline import ShardPipeline
 from consumer.records.model import Position, RawRecord
+from consumer.sinks.fence import Fenced, FenceToken
+from consumer.sinks.layout import Reserved, WindowOrder
+from consumer.sinks.manifest import ShardManifest
 from consumer.windows.engine import WindowEngine
 from tests.support.checkpointer import RecordingCheckpointer
 from tests.support.pipelines import make_pipeline
@@ -132,3 +136,59 @@ def test_a_window_closed_by_an_idle_tick_stays_closed_after_a_crash(s3: S3Endpoi
     late = ObjectCounter(s3.client(), BUCKET, "tick/q/")
     late.refresh()
     assert late.distinct == 1 and late.duplicates == 0
+
+
+def test_results_objects_hold_many_windows_and_the_manifest_forgets_checkpointed_ones(
+        s3: S3Endpoint) -> None:
+    """One object per flush, not per window: its rows are whole windows in window order, its
+    key names the first and last it holds; results reservations a checkpoint covers are gone
+    from the manifest at the next reservation."""
+    cfg = with_overrides(settings("many"), windows={"size_ms": 10_000})
+    p, ckpt = make_pipeline(cfg, SHARD, s3.client()), RecordingCheckpointer()
+    recs = records(400)  # 5 minutes: 30 windows of 10 s, one hour partition
+    for lo in range(0, 400, 100):
+        feed(p, recs[lo:lo + 100], 100)
+        assert p.commit(ckpt)
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="many/results/")
+            ["Contents"]]
+    assert len(keys) == 4  # one per commit
+    rows = []
+    for key in sorted(keys):
+        got = s3_result_rows(client, BUCKET, key)
+        windows = [(r["window_end_ms"], r["window_start_ms"]) for r in got]
+        assert windows == sorted(windows) and len(set(windows)) > 1
+        first, last = (f"{e:013d}-{s:013d}" for e, s in (windows[0], windows[-1]))
+        assert key.rsplit("/", 1)[1].startswith(f"tumbling-{first}-000000_{last}-")
+        rows += got
+    ids = [r["result_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 3 * 29  # 3 keys, every window but the open last one
+    manifest = orjson.loads(client.get_object(
+        Bucket=BUCKET, Key=f"many/state/{cfg.stream.app_name}/shard={SHARD}/manifest.json"
+    )["Body"].read())
+    # Reserved at the fourth commit, after the third checkpoint: only the last object is left.
+    assert [r[0] for r in manifest["results"]] == [max(keys)]
+
+
+def test_results_reservations_load_from_older_manifests_and_fence_a_stale_writer(
+        s3: S3Endpoint) -> None:
+    client = s3.client()
+    key = "fence/state/manifest.json"
+    older = orjson.dumps({"token": ["a", 1, 1], "reserved": []})  # before results were reserved
+    client.put_object(Bucket=BUCKET, Key=key, Body=older)
+    obj = Reserved("fence/res/r1", WindowOrder(20, 10, 0), WindowOrder(40, 30, 2))
+    new = ShardManifest(client, BUCKET, key, FenceToken("b", 2, 2))
+    new.load()
+    assert new.results == [] and new.last_reserved_window("fence/res/") is None
+    new.reserve([], [obj])
+    again = ShardManifest(client, BUCKET, key, FenceToken("b", 2, 2))
+    assert again.last_reserved_window("fence/res/") == (40, 30)
+    assert again.results == [obj] and again.last_reserved_window("other/") is None
+    stale = ShardManifest(client, BUCKET, key, FenceToken("a", 1, 1))
+    with pytest.raises(Fenced):
+        stale.reserve([], [Reserved("fence/res/r2", WindowOrder(50, 40, 0),
+                                    WindowOrder(50, 40, 0))])
+    # Covered by a checkpoint (its windows durable then): gone at the next reservation.
+    again.results_checkpointed = (40, 30)
+    again.reserve([], [])
+    assert ShardManifest(client, BUCKET, key, None).last_reserved_window("fence/res/") is None

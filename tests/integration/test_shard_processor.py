@@ -115,6 +115,7 @@ class Scene:
                 "archive_dups": archive.duplicates, "quarantine_dups": quarantine.duplicates,
                 "raw": tables["raw_records"], "results": tables["window_results"],
                 "s3_results": {r["result_id"]: r["count"] for r in results},
+                "s3_rows": sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in results),
                 "os_results": {d["_id"]: d["_source"]["count"] for d in docs}}
 
 
@@ -205,7 +206,7 @@ def test_checkpoint_throttling_is_retried_and_refusal_keeps_records(servers: Any
     assert lost.positions == [] and a.fenced  # the lease is gone: stop, never checkpoint
 
 
-@pytest.mark.parametrize("held", ["s3", "redshift", "opensearch"])
+@pytest.mark.parametrize("held", ["s3", "results-s3", "redshift", "opensearch"])
 def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
         servers: Any, held: str) -> None:
     """The old owner's write is held on the wire while the lease moves and the new owner
@@ -213,16 +214,20 @@ def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
     holds each record and each result once, with the same content as one owner would write."""
     sc = Scene(servers, f"proc-two-{held}")
     s3_endpoint, dsn, os_url = servers
-    port = {"s3": int(s3_endpoint.url.rsplit(":", 1)[1]),
+    s3_port = int(s3_endpoint.url.rsplit(":", 1)[1])
+    port = {"s3": s3_port, "results-s3": s3_port,
             "redshift": int(psycopg2.extensions.parse_dsn(dsn)["port"]),
             "opensearch": int(os_url.rsplit(":", 1)[1])}[held]
-    # For S3, only the archive objects' PUTs wait (the manifest reservation before them goes).
-    archive_put = f"PUT /{sc.name}/raw/".encode()
-    holds = (lambda chunk: chunk.startswith(archive_put)) if held == "s3" else (lambda _: True)
+    # For S3, only the archive objects' PUTs wait, or only the results objects' (holding the
+    # final results of the windows [0, 30 s), which the new owner finalizes in two steps),
+    # while the manifest reservation before them goes.
+    put = {"s3": f"PUT /{sc.name}/raw/".encode(), "results-s3": f"PUT /{sc.name}/results/".encode()}
+    holds = ((lambda chunk: chunk.startswith(put[held])) if held in put else (lambda _: True))
     with Gate("127.0.0.1", port, holds) as gate:
         via = f"127.0.0.1:{gate.port}"
         old_clients: dict[str, Any] = {
             "s3": {"s3": S3Endpoint(f"http://{via}").client()},
+            "results-s3": {"s3": S3Endpoint(f"http://{via}").client()},
             "redshift": {"dsn": dsn.replace(f"127.0.0.1:{port}", via)},
             "opensearch": {"os_url": f"http://{via}"}}[held]
         sc.lease_to("worker-a")
@@ -268,6 +273,7 @@ def test_two_processors_one_shard_old_owner_released_after_new_owner_replays(
     assert state["os_results"] == want["os_results"] == {
         rid: n for rid, (n, _, _) in want["rs_results"].items()}
     assert state["s3_results"] == want["s3_results"]
+    assert state["s3_rows"] == want["s3_rows"] and want["s3_rows"]  # none twice, none missing
 
 
 def test_shard_end_closes_the_windows_and_checkpoints_shard_end(servers: Any) -> None:

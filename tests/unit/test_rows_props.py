@@ -25,7 +25,7 @@ from consumer.sinks.rows import (
     raw_row,
     result_columns,
     result_line,
-    result_lines,
+    result_lines_of,
     result_row,
 )
 from consumer.sinks.schema import DEFAULT_SCHEMA, RESULT_FIELDS, OutputSchema, output_schema
@@ -176,8 +176,7 @@ def test_result_batches_hold_the_released_rows_lines_and_documents(
     assert batch == columns_of(rows, RESULT_FIELDS)
     assert rs.encode_csv(rs.RESULTS_TABLE, rs.table_columns(RESULT_FIELDS, batch)) == (
         csv_of_rows(rs.RESULTS_TABLE, [legacy_result_values(r) for r in rows]))
-    want = [legacy_result_line(r) for r in sorted(rows, key=lambda row: row.key)]
-    assert result_lines(results) == want
+    assert result_lines_of(batch) == [legacy_result_line(r) for r in rows]
     assert [result_line(r) for r in rows] == [legacy_result_line(r) for r in rows]
     fast = osr.bulk_body(osr.result_docs("p", batch))
     assert fast == (legacy_bulk_body([legacy_result_doc("p", r) for r in rows]) if rows else b"")
