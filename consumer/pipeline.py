@@ -1,4 +1,5 @@
-"""One shard's path: records -> decode -> windows -> routes (buffers + sinks) -> commit.
+"""One shard's path: records -> decode -> [transform] -> windows -> routes (buffers + sinks)
+-> commit.
 
 This is the shell that wires the pure stages together for one shard. It knows nothing of
 the KCL protocol (consumer/kcl/processor.py adapts that), so tests drive it with plain
@@ -7,6 +8,10 @@ windows, checkpoint) belongs to its Committer (consumer/commit/committer.py): a 
 is taken only when every route has drained, with the engine's snapshot for that exact
 position durable first, so a new owner restores the snapshot and resumes after the
 checkpoint (see consumer/windows/engine.py, "Replay after a failover").
+
+With a transform chain (the settings file's [[transform]] tables), the archive and the raw
+routes keep the records as received and decoded, and the windows see the chain's output
+(consumer/transform/stage.py); without one, decode and windows stay one pass.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch
-from consumer.records.model import Position, RawRecord
+from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers, WindowGroup
+from consumer.transform.stage import TransformStage, decode_received
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
@@ -53,8 +59,12 @@ class ShardPipeline:
     def __init__(self, settings: Settings, shard_id: str, routes: Routes,
                  engine: WindowEngine | None, checkpointed: Position | None = None, *,
                  ownership: Ownership | None = None, snapshots: SnapshotStore | None = None,
-                 retriers: ShardRetriers | None = None, generation: int = 0) -> None:
+                 retriers: ShardRetriers | None = None, generation: int = 0,
+                 transform: TransformStage | None = None) -> None:
+        if transform is not None and engine is None:
+            raise ValueError("a transform chain needs windows: they alone see its output")
         self.shard_id = shard_id
+        self.transform = transform
         self._contract = contract_from(settings)
         self.routes = routes
         self.engine = engine
@@ -72,7 +82,9 @@ class ShardPipeline:
         """Decode a KCL batch and buffer everything it produced. Nothing is dropped: each
         record lands in the archive or in quarantine, and windows see every valid one."""
         out: StepOutput | None = None
-        if self.engine is not None:
+        if self.transform is not None:
+            events, rejected, out = self._transformed(records, now_ms)
+        elif self.engine is not None:
             # One pass decodes and windows a clean batch (same results as the two steps).
             events, rejected, out = self.engine.process_records(records, self._contract, now_ms)
         else:
@@ -89,6 +101,23 @@ class ShardPipeline:
                            + RECORD_OVERHEAD * len(records))
         if out is not None:
             self._emit(out, now_ms)
+
+    def _transformed(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
+            list[Event], list[Rejected], StepOutput]:
+        """Decode, then the chain, then windows over what it kept. The archive gets the
+        decoded records (all received), quarantine the decode's and the chain's rejections."""
+        assert self.engine is not None and self.transform is not None
+        events, rejected = decode_received(records, self._contract)
+        staged = self.transform.apply(events)
+        for name, n in staged.filtered.items():
+            m.RECORDS_FILTERED.labels(self.shard_id, name).inc(n)
+        # A batch the chain emptied is not an idle tick: the engine must not advance the
+        # watermark by processing time on it (a replay, batched otherwise, would differ).
+        out = (self.engine.process(staged.events, now_ms) if staged.events or not events
+               else StepOutput([], []))
+        if staged.rejected:
+            rejected = sorted([*rejected, *staged.rejected], key=_POSITION)
+        return events, rejected, out
 
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""

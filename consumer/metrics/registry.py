@@ -112,6 +112,18 @@ RECORDS_ARCHIVED = Counter(
     _SHARD, registry=REGISTRY,
 )
 
+# --- transform --------------------------------------------------------------------------------
+RECORDS_FILTERED = Counter(
+    "aetherstream_records_filtered_total",
+    "Records a transform filter step removed, by filter (step) name.",
+    ("shard", "filter"), registry=REGISTRY,
+)
+LOOKUP_REFRESH_FAILURES = Counter(
+    "aetherstream_lookup_refresh_failures_total",
+    "Lookup table refreshes that failed (the table already loaded is kept), by lookup step.",
+    ("step",), registry=REGISTRY,
+)
+
 # --- sinks ------------------------------------------------------------------------------------
 SINK_BATCHES = Counter(
     "aetherstream_sink_batches_total",
@@ -202,6 +214,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "aetherstream_late_records_total",
     "aetherstream_records_quarantined_total",
     "aetherstream_records_archived_total",
+    "aetherstream_records_filtered_total",
+    "aetherstream_lookup_refresh_failures_total",
     "aetherstream_sink_batches_total",
     "aetherstream_sink_records_total",
     "aetherstream_sink_flush_duration_seconds",

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from consumer.transform.model import Reject
@@ -48,14 +48,77 @@ def as_cel(value: Any) -> Any:
     return value
 
 
+_ABSENT: Any = object()  # a variable the record lacks (a present null is None)
+MEMO_CAP = 65_536  # entries; the memo is emptied when full and refills with what is current
+
+
+def _memo_key(kind: type, v: Any) -> bool:
+    # Scalars only, and no float whose equal twin differs (-0.0 == 0.0) or nan (!= itself).
+    return kind is str or kind is int or kind is bool or v is None or v is _ABSENT or (
+        kind is float and v == v and v != 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Expr:
+    """A compiled expression. CEL is pure (no clock, no randomness, no I/O: `now()` does
+    not exist), so the value depends on the named variables alone: for one-variable
+    expressions over a scalar, the value is memoised by (type, value), since filters and
+    routes mostly test fields with few values (a metric name, a status). Only scalar values
+    and Rejects are kept (immutable, safe to share between records)."""
+
     source: str
     program: Any  # cel.Program
     names: tuple[str, ...]  # top-level identifiers (with comprehension variables)
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def evaluate(self, fields: Mapping[str, Any]) -> Any | Reject:
         """The value, or a Reject (missing_field, expr_error, non_finite). Never raises."""
+        names = self.names
+        if len(names) != 1:
+            return self._evaluate(fields)
+        v = fields.get(names[0], _ABSENT)
+        kind = v.__class__
+        if not _memo_key(kind, v):
+            return self._evaluate(fields)
+        memo = self.memo
+        key = (kind, v)
+        out = memo.get(key, _ABSENT)
+        if out is _ABSENT:
+            out = self._evaluate(fields)
+            if _memo_key(out.__class__, out) or out.__class__ is Reject:
+                if len(memo) >= MEMO_CAP:
+                    memo.clear()
+                memo[key] = out
+        return out
+
+    def evaluate_many(self, batch: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """[evaluate(f) for f in batch], with one evaluation per distinct value of a
+        one-variable expression (memoised as evaluate does)."""
+        names = self.names
+        if len(names) != 1:
+            return list(map(self.evaluate, batch))
+        name = names[0]
+        vals = [f.get(name, _ABSENT) for f in batch]
+        keys = list(zip(map(type, vals), vals, strict=True))
+        try:
+            uniq = set(keys)
+        except TypeError:  # a list or object value: not a memo key
+            return list(map(self.evaluate, batch))
+        zero = (float, 0.0)  # equal to (float, -0.0): those records go one by one
+        has_zero = zero in uniq
+        uniq.discard(zero)
+        memo, found = self.memo, {}
+        for key in uniq:
+            out = memo.get(key, _ABSENT)
+            if out is _ABSENT:
+                out = self.evaluate({} if key[1] is _ABSENT else {name: key[1]})
+            found[key] = out
+        if not has_zero:
+            return list(map(found.__getitem__, keys))
+        return [self.evaluate(f) if k == zero else found[k]
+                for f, k in zip(batch, keys, strict=True)]
+
+    def _evaluate(self, fields: Mapping[str, Any]) -> Any | Reject:
         env = {}
         for n in self.names:  # only the fields it names: passing a whole record costs 5x
             if n in fields:

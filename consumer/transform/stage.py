@@ -1,0 +1,190 @@
+"""The transform stage as the record processor runs it, between decode and windows.
+
+`run_stage` (pure) takes a batch's decoded Events, the raw records the archive keeps, and
+returns what the windows see: an Event per record the chain kept, its key, event time and
+value read from the chain's OUTPUT by the contract's paths, and its record still the RAW
+record (so late records, quarantine and replay keep what was received). Records a step
+rejects, and records whose output no longer meets the contract (stage "transform", reason
+"contract:<class>"), come back as Rejected with the raw record; filtered ones as counts.
+
+When no step may write a contract path (Chain.may_write: no plug-in, and no step whose
+written paths meet the key, time or value fields), those fields leave the chain as they
+went in, so the decoded Event itself is kept: the same values without a second decode.
+
+`TransformStage` is the shell around it: the current chain, with lookup tables swapped in
+between batches from a background thread (`LookupRefresh`), so processRecords never waits
+for a table read. A swap is logged with the table's version and the first position it
+applies to (replays: see the README's "Transforms in the service").
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
+
+import orjson
+
+from consumer.records.contract import Contract, split_path
+from consumer.records.decode import decode_batch, decode_columns
+from consumer.records.model import Event, RawRecord, Rejected
+from consumer.transform.chain import Chain
+from consumer.transform.config import CONTRACT
+from consumer.transform.lookup import LookupTable
+from consumer.transform.model import STAGE
+from consumer.transform.model import rejected as rejected_by
+from consumer.transform.tables import Refresher
+
+log = logging.getLogger(__name__)
+_RECORD = attrgetter("record")
+_DATA = attrgetter("data")
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    events: list[Event]  # for the windows, input order, each with its raw record
+    rejected: list[Rejected]  # stage "transform", input order
+    filtered: Mapping[str, int] = field(default_factory=dict)  # by filter (step) name
+
+
+def decode_received(records: Sequence[RawRecord],
+                    contract: Contract) -> tuple[list[Event], list[Rejected]]:
+    """decode_batch's result; a clean batch by columns (decode_columns' guarantee), as
+    WindowEngine.process_records decodes it."""
+    was_enabled = gc.isenabled()
+    gc.disable()  # as decode_batch does: mid-batch collections dominate otherwise
+    try:
+        cols = decode_columns(records, contract)
+    finally:
+        if was_enabled:
+            gc.enable()
+    if cols is None:
+        return decode_batch(records, contract)
+    keys, ts, values = cols
+    return list(map(Event, keys, ts, values, records)), []
+
+
+def contract_paths(contract: Contract) -> tuple[tuple[str, ...], ...]:
+    return tuple(split_path(p) for p in contract.all_paths)
+
+
+def run_stage(chain: Chain, events: Sequence[Event], contract: Contract,
+              keep_decoded: bool) -> StageOutput:
+    """The chain over a batch of decoded Events (see the module docstring). keep_decoded:
+    `not chain.may_write(contract_paths(contract))`, which the caller computes once."""
+    # The decoder accepted each of these bytes as one JSON object, so loads cannot fail.
+    passed = chain.run(list(map(orjson.loads, map(_DATA, map(_RECORD, events)))))
+    rejected = [rejected_by(step, events[i].record, why) for i, step, why in passed.refused]
+    if keep_decoded:
+        kept = list(map(events.__getitem__, passed.index))
+    else:
+        kept, refused = _decode_output(
+            [events[i].record for i in passed.index], passed.fields, contract)
+        if refused:
+            rejected = sorted([*rejected, *refused], key=lambda r: r.record.position)
+    return StageOutput(kept, rejected, passed.filtered)
+
+
+def _decode_output(records: Sequence[RawRecord], outputs: Sequence[Mapping[str, Any]],
+                   contract: Contract) -> tuple[list[Event], list[Rejected]]:
+    """The chain's output read by the contract, with the decoder's own rules and messages
+    (the fields are encoded and decoded again), each Event holding its raw record."""
+    raw_of: dict[int, RawRecord] = {}
+    encoded: list[RawRecord] = []
+    refused: list[Rejected] = []
+    for rec, fields in zip(records, outputs, strict=True):
+        try:
+            data = orjson.dumps(fields)
+        except TypeError as exc:  # a plug-in's value JSON cannot hold
+            refused.append(Rejected(rec, STAGE, f"{CONTRACT}:not_json",
+                                    f"the transform chain's output is not JSON: {exc}"))
+            continue
+        out = RawRecord(data, rec.partition_key, rec.position, rec.arrival_ms)
+        raw_of[id(out)] = rec
+        encoded.append(out)
+    events, rejected = decode_batch(encoded, contract)
+    refused += [Rejected(raw_of[id(r.record)], STAGE, f"{CONTRACT}:{r.reason}",
+                         f"after the transform chain: {r.message}") for r in rejected]
+    return [Event(e.key, e.ts_ms, e.value, raw_of[id(e.record)]) for e in events], refused
+
+
+class LookupRefresh:
+    """A daemon thread that runs the Refresher on its intervals and holds what changed
+    until the pipeline takes it between two batches."""
+
+    def __init__(self, refresher: Refresher, clock: Callable[[], float] = time.time) -> None:
+        intervals = [s.refresh_s for s in refresher.sources.values() if s.refresh_s > 0]
+        self._wake_s = min([1.0, *intervals])
+        self._refresher, self._clock = refresher, clock
+        self._pending: dict[str, LookupTable] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lookup-refresh", daemon=True)
+
+    def start(self) -> LookupRefresh:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._wake_s):
+            try:
+                changed = self._refresher.refresh(self._clock())
+            except Exception:  # a bug here must not end refreshing; the tables stay
+                log.exception("lookup refresh failed; keeping the loaded tables")
+                continue
+            if changed:
+                with self._lock:
+                    self._pending.update(changed)
+
+    def take(self) -> dict[str, LookupTable]:
+        if not self._pending:  # the common case, without the lock
+            return {}
+        with self._lock:
+            out, self._pending = self._pending, {}
+        return out
+
+
+class TransformStage:
+    """The chain the pipeline runs, with refreshed lookup tables swapped in."""
+
+    def __init__(self, chain: Chain, contract: Contract,
+                 refresh: LookupRefresh | None = None) -> None:
+        self._contract = contract
+        self._paths = contract_paths(contract)
+        self._refresh = refresh
+        self._set(chain)
+
+    def _set(self, chain: Chain) -> None:
+        self.chain = chain
+        self.keeps_decoded = not chain.may_write(self._paths)
+
+    def apply(self, events: Sequence[Event]) -> StageOutput:
+        changed = self._refresh.take() if self._refresh is not None else {}
+        if changed:
+            self._set(self.chain.with_tables(changed))
+            at = str(events[0].record.position) if events else "the next record"
+            for step, table in changed.items():
+                log.info("lookup table refreshed", extra={
+                    "step": step, "version": table.version, "rows": len(table.rows),
+                    "from_position": at})
+        return run_stage(self.chain, events, self._contract, self.keeps_decoded)
+
+    def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.stop()
+
+
+def open_stage(chain: Chain, contract: Contract, refresher: Refresher | None) -> TransformStage:
+    """The stage, with its refresh thread started when a lookup has an interval."""
+    refresh = None
+    if refresher is not None and any(s.refresh_s > 0 for s in refresher.sources.values()):
+        refresh = LookupRefresh(refresher).start()
+    return TransformStage(chain, contract, refresh)
