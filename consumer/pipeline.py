@@ -104,20 +104,17 @@ class ShardPipeline:
 
     def _transformed(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
             list[Event], list[Rejected], StepOutput]:
-        """Decode, then the chain, then windows over what it kept. The archive gets the
-        decoded records (all received), quarantine the decode's and the chain's rejections."""
+        """Decode, the chain, then windows over what it kept (consumer/transform/stage.py
+        says what the archive and quarantine get)."""
         assert self.engine is not None and self.transform is not None
-        events, rejected = decode_received(records, self._contract)
-        staged = self.transform.apply(events)
+        staged = self.transform.apply(*decode_received(records, self._contract))
         for name, n in staged.filtered.items():
             m.RECORDS_FILTERED.labels(self.shard_id, name).inc(n)
-        # A batch the chain emptied is not an idle tick: the engine must not advance the
-        # watermark by processing time on it (a replay, batched otherwise, would differ).
-        out = (self.engine.process(staged.events, now_ms) if staged.events or not events
-               else StepOutput([], []))
-        if staged.rejected:
-            rejected = sorted([*rejected, *staged.rejected], key=_POSITION)
-        return events, rejected, out
+        # A batch that leaves the windows nothing is not an idle tick (tick() is): the
+        # watermark must not move by processing time on it, or a replay batched otherwise
+        # would judge lateness otherwise.
+        out = self.engine.process(staged.events, now_ms) if staged.events else StepOutput([], [])
+        return staged.archive, staged.rejected, out
 
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""

@@ -16,6 +16,8 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import methodcaller
 from typing import Any
 
 from consumer.transform.model import Reject
@@ -49,27 +51,36 @@ def as_cel(value: Any) -> Any:
 
 
 _ABSENT: Any = object()  # a variable the record lacks (a present null is None)
-MEMO_CAP = 65_536  # entries; the memo is emptied when full and refills with what is current
+MEMO_CAP = 65_536  # entries per kind; emptied when full, it refills with what is current
+# The memo's kinds: int and float share one, since CEL sees every number as a double.
+_KIND: dict[type, type] = {str: str, bool: bool, int: float, float: float,
+                           type(None): type(None), object: object}
 
 
-def _memo_key(kind: type, v: Any) -> bool:
-    # Scalars only, and no float whose equal twin differs (-0.0 == 0.0) or nan (!= itself).
-    return kind is str or kind is int or kind is bool or v is None or v is _ABSENT or (
-        kind is float and v == v and v != 0.0)
+def _memo_kind(kind: type, v: Any) -> type | None:
+    """The memo a value of this kind goes in, or None: not a scalar, or a zero (-0.0 and
+    0.0 are equal keys with different values) or nan (never equal to itself)."""
+    k = _KIND.get(kind)
+    return None if k is float and (v == 0 or v != v) else k
+
+
+def _keep(value: Any) -> bool:
+    """A value the memo may share between records: immutable (a scalar or a Reject)."""
+    return value.__class__ in _KIND or value.__class__ is Reject
 
 
 @dataclass(frozen=True, slots=True)
 class Expr:
     """A compiled expression. CEL is pure (no clock, no randomness, no I/O: `now()` does
     not exist), so the value depends on the named variables alone: for one-variable
-    expressions over a scalar, the value is memoised by (type, value), since filters and
-    routes mostly test fields with few values (a metric name, a status). Only scalar values
-    and Rejects are kept (immutable, safe to share between records)."""
+    expressions over a scalar, the value is memoised by the variable's value (per kind),
+    since filters and routes mostly test fields with few values (a metric name, a status).
+    Only scalar values and Rejects are kept (immutable, safe to share between records)."""
 
     source: str
     program: Any  # cel.Program
     names: tuple[str, ...]  # top-level identifiers (with comprehension variables)
-    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    memo: dict[type, dict[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def evaluate(self, fields: Mapping[str, Any]) -> Any | Reject:
         """The value, or a Reject (missing_field, expr_error, non_finite). Never raises."""
@@ -77,46 +88,40 @@ class Expr:
         if len(names) != 1:
             return self._evaluate(fields)
         v = fields.get(names[0], _ABSENT)
-        kind = v.__class__
-        if not _memo_key(kind, v):
+        kind = _memo_kind(v.__class__, v)
+        if kind is None:
             return self._evaluate(fields)
-        memo = self.memo
-        key = (kind, v)
-        out = memo.get(key, _ABSENT)
+        sub = self.memo.setdefault(kind, {})
+        out = sub.get(v, _ABSENT)
         if out is _ABSENT:
             out = self._evaluate(fields)
-            if _memo_key(out.__class__, out) or out.__class__ is Reject:
-                if len(memo) >= MEMO_CAP:
-                    memo.clear()
-                memo[key] = out
+            if _keep(out):
+                if len(sub) >= MEMO_CAP:
+                    sub.clear()
+                sub[v] = out
         return out
 
     def evaluate_many(self, batch: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """[evaluate(f) for f in batch], with one evaluation per distinct value of a
-        one-variable expression (memoised as evaluate does)."""
+        """[evaluate(f) for f in batch]: for a one-variable expression whose variable has
+        one memo kind across the batch, the memo is read for the whole batch at once and
+        each value missing from it is evaluated once."""
         names = self.names
         if len(names) != 1:
             return list(map(self.evaluate, batch))
-        name = names[0]
-        vals = [f.get(name, _ABSENT) for f in batch]
-        keys = list(zip(map(type, vals), vals, strict=True))
-        try:
-            uniq = set(keys)
-        except TypeError:  # a list or object value: not a memo key
+        vals = list(map(methodcaller("get", names[0], _ABSENT), batch))
+        kinds = {_KIND.get(k) for k in set(map(type, vals))}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        if kind is None:  # mixed kinds, or not scalars
             return list(map(self.evaluate, batch))
-        zero = (float, 0.0)  # equal to (float, -0.0): those records go one by one
-        has_zero = zero in uniq
-        uniq.discard(zero)
-        memo, found = self.memo, {}
-        for key in uniq:
-            out = memo.get(key, _ABSENT)
-            if out is _ABSENT:
-                out = self.evaluate({} if key[1] is _ABSENT else {name: key[1]})
-            found[key] = out
-        if not has_zero:
-            return list(map(found.__getitem__, keys))
-        return [self.evaluate(f) if k == zero else found[k]
-                for f, k in zip(batch, keys, strict=True)]
+        sub = self.memo.setdefault(kind, {})
+        outs = list(map(sub.get, vals, repeat(_ABSENT)))
+        if _ABSENT not in outs:
+            return outs
+        # Fills the memo, or not: a value it does not keep, a zero or nan (never stored, so
+        # those always miss here and are evaluated one by one).
+        evaluate = self.evaluate
+        return [o if o is not _ABSENT else evaluate(f)
+                for f, o in zip(batch, outs, strict=True)]
 
     def _evaluate(self, fields: Mapping[str, Any]) -> Any | Reject:
         env = {}

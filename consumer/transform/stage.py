@@ -1,15 +1,27 @@
 """The transform stage as the record processor runs it, between decode and windows.
 
-`run_stage` (pure) takes a batch's decoded Events, the raw records the archive keeps, and
-returns what the windows see: an Event per record the chain kept, its key, event time and
-value read from the chain's OUTPUT by the contract's paths, and its record still the RAW
-record (so late records, quarantine and replay keep what was received). Records a step
-rejects, and records whose output no longer meets the contract (stage "transform", reason
-"contract:<class>"), come back as Rejected with the raw record; filtered ones as counts.
+`run_stage` (pure) takes what the decoder made of a batch (Events, and Rejected) and returns
+what the windows see, what the archive keeps, and what goes to quarantine:
+- The chain runs over every record that is a JSON object, in shard order: the Events, and
+  the records the decoder refused only for the contract (a field missing or of the wrong
+  type), since the chain may make them meet it (a rename, a derive). Records the decoder
+  refused as bytes (not UTF-8, not JSON, too large, too deep...) go to quarantine as ever.
+- The windows get an Event per record the chain kept, its key, event time and value read
+  from the chain's OUTPUT by the contract's paths (the decoder's own rules and messages),
+  and its record still the RAW record (late records, quarantine and replay keep what was
+  received). An output that does not meet the contract is rejected: stage "transform",
+  reason "contract:<class>"; a step's rejection is "<step>:<class>"; filtered records are
+  counted by filter name.
+- The archive (and Redshift raw rows) get every record that has a contract reading: the
+  output's when the chain kept it, else the raw record's own (a record filtered or refused
+  that met the contract as received). The payload is always the raw record. A record with
+  neither (filtered or refused, and not meeting the contract as received) is not archived:
+  it is counted (filtered) or quarantined with its bytes (refused).
 
 When no step may write a contract path (Chain.may_write: no plug-in, and no step whose
-written paths meet the key, time or value fields), those fields leave the chain as they
-went in, so the decoded Event itself is kept: the same values without a second decode.
+written paths meet the key, time or value fields), the chain cannot change a contract
+reading: the decoded Event is kept (no second decode), and a record the decoder refused
+for the contract stays refused (no step could fix it).
 
 `TransformStage` is the shell around it: the current chain, with lookup tables swapped in
 between batches from a background thread (`LookupRefresh`), so processRecords never waits
@@ -47,8 +59,9 @@ _DATA = attrgetter("data")
 
 @dataclass(frozen=True)
 class StageOutput:
-    events: list[Event]  # for the windows, input order, each with its raw record
-    rejected: list[Rejected]  # stage "transform", input order
+    events: list[Event]  # for the windows, shard order, each with its raw record
+    archive: list[Event]  # for the archive and raw routes, shard order
+    rejected: list[Rejected]  # the decoder's and the stage's, shard order
     filtered: Mapping[str, int] = field(default_factory=dict)  # by filter (step) name
 
 
@@ -73,21 +86,65 @@ def contract_paths(contract: Contract) -> tuple[tuple[str, ...], ...]:
     return tuple(split_path(p) for p in contract.all_paths)
 
 
-def run_stage(chain: Chain, events: Sequence[Event], contract: Contract,
-              keep_decoded: bool) -> StageOutput:
-    """The chain over a batch of decoded Events (see the module docstring). keep_decoded:
-    `not chain.may_write(contract_paths(contract))`, which the caller computes once."""
+def run_stage(chain: Chain, events: Sequence[Event], rejected: Sequence[Rejected],
+              contract: Contract, keep_decoded: bool) -> StageOutput:
+    """The chain over a decoded batch (see the module docstring). keep_decoded:
+    `not chain.may_write(contract_paths(contract))`, which the caller computes once.
+    Cyclic GC is off meanwhile, as in decode_batch: a chain allocates a dict per record
+    and step, and collections triggered mid-batch would cost more than the steps."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if keep_decoded:
+            return _keeping_decoded(chain, events, rejected)
+        return _reading_output(chain, events, rejected, contract)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _keeping_decoded(chain: Chain, events: Sequence[Event],
+                     rejected: Sequence[Rejected]) -> StageOutput:
     # The decoder accepted each of these bytes as one JSON object, so loads cannot fail.
     passed = chain.run(list(map(orjson.loads, map(_DATA, map(_RECORD, events)))))
-    rejected = [rejected_by(step, events[i].record, why) for i, step, why in passed.refused]
-    if keep_decoded:
-        kept = list(map(events.__getitem__, passed.index))
-    else:
-        kept, refused = _decode_output(
-            [events[i].record for i in passed.index], passed.fields, contract)
-        if refused:
-            rejected = sorted([*rejected, *refused], key=lambda r: r.record.position)
-    return StageOutput(kept, rejected, passed.filtered)
+    refused = [rejected_by(step, events[i].record, why) for i, step, why in passed.refused]
+    return StageOutput(list(map(events.__getitem__, passed.index)), list(events),
+                       _merged(rejected, refused), passed.filtered)
+
+
+def _reading_output(chain: Chain, events: Sequence[Event], rejected: Sequence[Rejected],
+                    contract: Contract) -> StageOutput:
+    inputs: list[tuple[RawRecord, Event | None, Any]] = [
+        (e.record, e, orjson.loads(e.record.data)) for e in events]
+    kept_rejects: list[Rejected] = []
+    for r in rejected:
+        fields = _object(r.record.data) if r.stage == "contract" else None
+        if fields is None:
+            kept_rejects.append(r)
+        else:
+            inputs.append((r.record, None, fields))
+    if len(inputs) > len(events):  # refused ones joined: back to shard order
+        inputs.sort(key=lambda item: item[0].position)
+    passed = chain.run([fields for _, _, fields in inputs])
+    refused = [rejected_by(step, inputs[i][0], why) for i, step, why in passed.refused]
+    windows, broken = _decode_output([inputs[i][0] for i in passed.index], passed.fields,
+                                     contract)
+    read = {id(e.record): e for e in windows}
+    archive = [e for e in (read.get(id(rec), raw) for rec, raw, _ in inputs) if e is not None]
+    return StageOutput(windows, archive, _merged(kept_rejects, refused, broken),
+                       passed.filtered)
+
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:  # e.g. a lone surrogate the stdlib parser let through
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _merged(*parts: Sequence[Rejected]) -> list[Rejected]:
+    return sorted((r for p in parts for r in p), key=lambda r: r.record.position)
 
 
 def _decode_output(records: Sequence[RawRecord], outputs: Sequence[Mapping[str, Any]],
@@ -166,7 +223,8 @@ class TransformStage:
         self.chain = chain
         self.keeps_decoded = not chain.may_write(self._paths)
 
-    def apply(self, events: Sequence[Event]) -> StageOutput:
+    def apply(self, events: Sequence[Event],
+              rejected: Sequence[Rejected] = ()) -> StageOutput:
         changed = self._refresh.take() if self._refresh is not None else {}
         if changed:
             self._set(self.chain.with_tables(changed))
@@ -175,7 +233,7 @@ class TransformStage:
                 log.info("lookup table refreshed", extra={
                     "step": step, "version": table.version, "rows": len(table.rows),
                     "from_position": at})
-        return run_stage(self.chain, events, self._contract, self.keeps_decoded)
+        return run_stage(self.chain, events, rejected, self._contract, self.keeps_decoded)
 
     def close(self) -> None:
         if self._refresh is not None:

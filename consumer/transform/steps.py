@@ -228,14 +228,14 @@ class Lookup(RecordStep):
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         if len(self.key) != 1:
             return RecordStep.run(self, batch)
-        name, added, one = self.key[0], self._added, self.one
-        out: list[Outcome] = []
-        append = out.append
-        for fields in batch:  # one() inlined for string keys: this loop is per record
-            value = fields.get(name)
-            row = added.get(value) if value.__class__ is str else None
-            append(one(fields) if row is None else {**fields, **row})
-        return out
+        name, one = self.key[0], self.one
+        added: Mapping[Any, Mapping[str, Any]] = self._added
+        try:  # by the key's value: a string matches its text, anything else goes to one()
+            rows = list(map(added.get, [fields.get(name) for fields in batch]))
+        except TypeError:  # a list or object as the key: no row, one() says why
+            return RecordStep.run(self, batch)
+        return [one(fields) if row is None else {**fields, **row}
+                for fields, row in zip(batch, rows, strict=True)]
 
     @cached_property
     def _added(self) -> Mapping[str, Mapping[str, Any]]:

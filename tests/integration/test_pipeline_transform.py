@@ -286,3 +286,37 @@ def test_a_broken_chain_stops_the_start_naming_step_and_key(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"needs windows\.enabled = true"):
         load_transform(str(settings_file(tmp_path)), no_windows, lambda: None)
     assert load_transform(None, no_windows, lambda: None) is None
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples/transform"
+
+
+def test_the_readme_settings_file_runs_in_the_pipeline(s3: S3Endpoint) -> None:
+    """examples/transform/settings.toml: its records do not meet the contract as received
+    (`dev`, `temp_f`); the chain makes them (rename, set, derive), so they are windowed and
+    archived; the filtered one, which never met the contract, is counted, not archived."""
+    path = EXAMPLE / "settings.toml"
+    cfg = settings("readme", path)
+    lines = (EXAMPLE / "sample.ndjson").read_bytes().splitlines()
+    records = [RawRecord(line, "pk", Position(i + 1, 0), 0) for i, line in enumerate(lines)]
+    stage = open_stage(load_chain(path).chain, contract_from(cfg), None)
+    pipeline = make_pipeline(cfg, SHARD, s3.client(), transform=stage)
+    before = filtered_metric("plausible")
+    pipeline.ingest(records, now_ms=0)
+    pipeline.close(now_ms=0)
+    pipeline.flush()
+    got = sorted((tuple(r["key"]), r["count"], r["sum"])
+                 for r in s3_result_rows(s3.client(), BUCKET, "readme/results/"))
+    assert got == [(("dev-1", "temp_c"), 1, 37.0), (("dev-2", "temp_c"), 1, 5.0),
+                   (("dev-9", "temp_c"), 1, 25.0)]
+    archive = ObjectCounter(s3.client(), BUCKET, "readme/raw/")
+    quarantine = ObjectCounter(s3.client(), BUCKET, "readme/q/")
+    archive.refresh()
+    quarantine.refresh()
+    assert sorted(int(r["sequence"]) for r in archive.rows) == [1, 2, 4]
+    assert [orjson.loads(lines[int(r["sequence"]) - 1]) == r["payload"]
+            for r in archive.rows] == [True] * 3
+    assert sorted((int(r["sequence"]), r["stage"], r["reason"]) for r in quarantine.rows) == [
+        (5, "transform", "temp-number:convert_error"),
+        (6, "transform", "to-celsius:missing_field"), (7, "decode", "not_an_object")]
+    assert filtered_metric("plausible") - before == 1

@@ -67,7 +67,7 @@ def chains(draw: st.DrawFn) -> Chain:
 def test_stage_partitions_the_batch_and_keeps_raw_records(chain: Chain,
                                                           rows: list[dict[str, Any]]) -> None:
     events = events_of(rows)
-    out = run_stage(chain, events, CONTRACT, keep_decoded=False)
+    out = run_stage(chain, events, [], CONTRACT, keep_decoded=False)
     kept = [e.record.position for e in out.events]
     refused = [r.record.position for r in out.rejected]
     assert len(kept) + len(refused) + sum(out.filtered.values()) == len(events)
@@ -77,8 +77,49 @@ def test_stage_partitions_the_batch_and_keeps_raw_records(chain: Chain,
     assert all(e.record is raw[e.record.position] for e in out.events)
     assert all(r.record is raw[r.record.position] and r.stage == "transform"
                for r in out.rejected)
+    # Every record met the contract as received: all are archived, windowed ones as read.
+    assert [e.record for e in out.archive] == [e.record for e in events]
+    read = {e.record.position: e for e in out.events}
+    assert all(read.get(e.record.position, e) == e for e in out.archive)
     if not chain.may_write(PATHS):  # the shortcut gives exactly the decoded output
-        assert run_stage(chain, events, CONTRACT, keep_decoded=True) == out
+        assert run_stage(chain, events, [], CONTRACT, keep_decoded=True) == out
+
+
+loose = st.fixed_dictionaries(
+    {"dev": st.sampled_from(["d1", "d2"]), "ts": st.integers(1, 10**6)},
+    optional={"device_id": st.sampled_from(["d1", "x"]), "metric": st.just("t"),
+              "value": st.one_of(st.integers(0, 9), st.just("hot")),
+              "temp_f": st.one_of(st.integers(0, 99), st.just("41"))})
+README_LIKE = [
+    {"name": "names", "kind": "rename", "fields": {"dev": "device_id"}},
+    {"name": "num", "kind": "convert", "field": "temp_f", "type": "float"},
+    {"name": "warm", "kind": "filter", "expr": "temp_f > 20.0"},
+    {"name": "metric", "kind": "set", "values": {"metric": "temp_f"}},
+    {"name": "value", "kind": "derive", "field": "value", "expr": "temp_f"},
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(loose, max_size=20), st.integers(1, len(README_LIKE)))
+def test_records_that_meet_the_contract_only_after_the_chain_are_windowed(
+        rows: list[dict[str, Any]], steps: int) -> None:
+    records = [RawRecord(orjson.dumps(r), "k", Position(i, 0), 0) for i, r in enumerate(rows)]
+    events, rejected = decode_batch(records, CONTRACT)
+    chain = parse_chain(README_LIKE[:steps], "t", Path("."), _table).chain
+    out = run_stage(chain, events, rejected, CONTRACT, keep_decoded=False)
+    windowed = {e.record.position for e in out.events}
+    refused = {r.record.position for r in out.rejected}
+    assert len(windowed) + len(refused) + sum(out.filtered.values()) == len(records)
+    assert not windowed & refused
+    met_as_received = {e.record.position for e in events}
+    # Archived: what has a reading, the output's first; the rest is counted or quarantined.
+    assert {e.record.position for e in out.archive} == windowed | met_as_received
+    assert all(e in out.events or e in events for e in out.archive)
+    if steps == len(README_LIKE):  # the whole chain: every warm record is windowed
+        warm = {Position(i, 0) for i, r in enumerate(rows)
+                if isinstance(r.get("temp_f"), int | str) and float(r["temp_f"]) > 20}
+        assert windowed == warm
+        assert all(e.key == (orjson.loads(e.record.data)["dev"], "temp_f") for e in out.events)
 
 
 def test_may_write_sees_every_step_that_can_touch_a_contract_field() -> None:
@@ -108,14 +149,14 @@ def test_the_windows_see_the_chain_output_and_a_broken_contract_is_quarantined()
     ], "t", Path("."), _table).chain
     rows = [{"device_id": "d1", "metric": "t", "value": 10, "ts": 1_795_000_000_000}]
     events = events_of(rows)
-    out = run_stage(chain, events, CONTRACT, keep_decoded=not chain.may_write(PATHS))
+    out = run_stage(chain, events, [], CONTRACT, keep_decoded=not chain.may_write(PATHS))
     assert out.events == []
     [r] = out.rejected
     assert (r.stage, r.reason, r.record) == ("transform", "contract:missing_field",
                                              events[0].record)
     assert "after the transform chain" in r.message and "'metric'" in r.message
     only = Chain(chain.steps[:1])
-    [e] = run_stage(only, events, CONTRACT, keep_decoded=False).events
+    [e] = run_stage(only, events, [], CONTRACT, keep_decoded=False).events
     assert (e.key, e.ts_ms, e.value, e.record) == (("d1", "t"), 1_795_000_000_000, 50.0,
                                                    events[0].record)
 
@@ -128,7 +169,7 @@ def test_a_plugin_output_json_cannot_hold_is_quarantined() -> None:
     chain = parse_chain([{"name": "p", "kind": "plugin", "callable": f"{__name__}:sets"}],
                         "t", Path("."), _table).chain
     events = events_of([{"device_id": "d1", "metric": "t", "value": 1, "ts": 1}])
-    [r] = run_stage(chain, events, CONTRACT, keep_decoded=False).rejected
+    [r] = run_stage(chain, events, [], CONTRACT, keep_decoded=False).rejected
     assert r.reason == "contract:not_json"
 
 
