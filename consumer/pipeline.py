@@ -9,9 +9,10 @@ is taken only when every route has drained, with the engine's snapshot for that 
 position durable first, so a new owner restores the snapshot and resumes after the
 checkpoint (see consumer/windows/engine.py, "Replay after a failover").
 
-With a transform chain (the settings file's [[transform]] tables), the archive and the raw
-routes keep the records as received and decoded, and the windows see the chain's output
-(consumer/transform/stage.py); without one, decode and windows stay one pass.
+With a transform chain (the settings file's [[transform]] tables), the windows see the
+chain's output and the archive and raw routes the records as received (with the contract's
+reading of the output where there is one): consumer/transform/stage.py. Without one, decode
+and windows stay one pass.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class ShardPipeline:
     # --- stages ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[RawRecord], now_ms: int) -> None:
         """Decode a KCL batch and buffer everything it produced. Nothing is dropped: each
-        record lands in the archive or in quarantine, and windows see every valid one."""
+        record lands in the archive or in quarantine (or, removed by a transform filter, in
+        its counter), and windows see every valid one."""
         out: StepOutput | None = None
         if self.transform is not None:
             events, rejected, out = self._transformed(records, now_ms)

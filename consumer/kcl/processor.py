@@ -196,6 +196,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         if self._pipeline is None:
             return
         self._pipeline.end_shard(shard_ended_input.checkpointer, _now_ms())
+        if self._pipeline.transform is not None:
+            self._pipeline.transform.close()
         log.info("shard ended; checkpointed SHARD_END")
 
     @exit_on_error
