@@ -12,11 +12,11 @@ what the windows see, what the archive keeps, and what goes to quarantine:
   received). An output that does not meet the contract is rejected: stage "transform",
   reason "contract:<class>"; a step's rejection is "<step>:<class>"; filtered records are
   counted by filter name.
-- The archive (and Redshift raw rows) get every record that has a contract reading: the
-  output's when the chain kept it, else the raw record's own (a record filtered or refused
-  that met the contract as received). The payload is always the raw record. A record with
-  neither (filtered or refused, and not meeting the contract as received) is not archived:
-  it is counted (filtered) or quarantined with its bytes (refused).
+- The archive (and Redshift raw rows) get every record that has a contract reading: its
+  own, as received (the decoder's Event, exactly as without a chain), else the output's (a
+  record that meets the contract only after the chain). The payload is always the raw
+  record. A record with neither (filtered or refused, and not meeting the contract as
+  received) is not archived: it is counted (filtered) or quarantined with its bytes.
 
 When no step may write a contract path (Chain.may_write: no plug-in, and no step whose
 written paths meet the key, time or value fields), the chain cannot change a contract
@@ -130,7 +130,7 @@ def _reading_output(chain: Chain, events: Sequence[Event], rejected: Sequence[Re
     windows, broken = _decode_output([inputs[i][0] for i in passed.index], passed.fields,
                                      contract)
     read = {id(e.record): e for e in windows}
-    archive = [e for e in (read.get(id(rec), raw) for rec, raw, _ in inputs) if e is not None]
+    archive = [e for e in (raw or read.get(id(rec)) for rec, raw, _ in inputs) if e is not None]
     return StageOutput(windows, archive, _merged(kept_rejects, refused, broken),
                        passed.filtered)
 

@@ -27,6 +27,7 @@ from typing import Any
 import boto3
 import orjson
 import polars as pl
+import psycopg2
 import pytest
 from amazon_kclpy import dispatch
 
@@ -37,11 +38,12 @@ from consumer.local.reconcile import ObjectCounter, s3_result_rows
 from consumer.metrics import registry as m
 from consumer.pipeline import contract_from
 from consumer.records.model import Position, RawRecord
+from consumer.sinks.migrate import migrate_all
 from consumer.transform.config import load_chain
 from consumer.transform.stage import open_stage
 from tests.support.checkpointer import RecordingCheckpointer
 from tests.support.pipelines import make_pipeline
-from tests.support.servers import S3Endpoint, moto_s3
+from tests.support.servers import S3Endpoint, moto_s3, tcp_postgres
 
 pytestmark = pytest.mark.integration
 BUCKET = "transform-test"
@@ -245,9 +247,19 @@ def message(action: str, **fields: Any) -> Any:
 
 
 def test_processor_loads_the_chain_at_initialize(s3: S3Endpoint, tmp_path: Path) -> None:
+    """Through the KCL callbacks, with Redshift (PostgreSQL): the raw rows hold the records
+    as received (their own value, not the derived one), the closed windows the output."""
     path = settings_file(tmp_path)
-    cfg = with_overrides(settings("p1", path), flush={"max_age_ms": 0},
-                         stream={"app_name": "transform-p1"}, kcl={"worker_id": "worker-a"})
+    with tcp_postgres() as dsn:
+        cfg = with_overrides(settings("p1", path), flush={"max_age_ms": 0},
+                             stream={"app_name": "transform-p1"}, kcl={"worker_id": "worker-a"},
+                             redshift={"enabled": True, "dsn": dsn, "dialect": "postgres",
+                                       "schema": "transform_p1"})
+        migrate_all(cfg)
+        _processor_run(s3, cfg, path, dsn)
+
+
+def _processor_run(s3: S3Endpoint, cfg: Settings, path: Path, dsn: str) -> None:
     ddb = boto3.client("dynamodb", endpoint_url=s3.url, region_name="us-east-1",
                        aws_access_key_id="t", aws_secret_access_key="t")
     ddb.create_table(TableName="transform-p1", BillingMode="PAY_PER_REQUEST",
@@ -260,11 +272,13 @@ def test_processor_loads_the_chain_at_initialize(s3: S3Endpoint, tmp_path: Path)
     ckpt = RecordingCheckpointer()
     message("initialize", shardId=SHARD, sequenceNumber="TRIM_HORIZON",
             subSequenceNumber=0).dispatch(ckpt, p)
-    records = produced()[:400]
-    batch = [{"action": "record", "data": base64.b64encode(r.data).decode(),
-              "partitionKey": r.partition_key, "sequenceNumber": str(r.position.sequence),
-              "subSequenceNumber": 0, "approximateArrivalTimestamp": 0} for r in records]
-    message("processRecords", records=batch, millisBehindLatest=0).dispatch(ckpt, p)
+    records = produced()
+    for start in range(0, len(records), 500):
+        batch = [{"action": "record", "data": base64.b64encode(r.data).decode(),
+                  "partitionKey": r.partition_key, "sequenceNumber": str(r.position.sequence),
+                  "subSequenceNumber": 0, "approximateArrivalTimestamp": 0}
+                 for r in records[start:start + 500]]
+        message("processRecords", records=batch, millisBehindLatest=0).dispatch(ckpt, p)
     message("shutdownRequested").dispatch(ckpt, p)
     assert ckpt.positions[-1] == records[-1].position
     archive = ObjectCounter(s3.client(), BUCKET, "p1/raw/")
@@ -274,6 +288,18 @@ def test_processor_loads_the_chain_at_initialize(s3: S3Endpoint, tmp_path: Path)
     want = oracle(records)
     assert archive.distinct == len(records)
     assert sum(r["stage"] == "transform" for r in quarantine.rows) == len(want["refused"])
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sequence_number, value, event_ts_ms FROM transform_p1.raw_records")
+        raw_rows = {int(seq): (value, ts) for seq, value, ts in cur.fetchall()}
+    received = {r.position.sequence: orjson.loads(r.data) for r in records}
+    assert raw_rows == {seq: (b["value"], ts_ms(b["ts"])) for seq, b in received.items()}
+    # The windows that closed (2 minutes of event time) hold the chain's output.
+    final = [r for r in s3_result_rows(s3.client(), BUCKET, "p1/results/") if r["is_final"]]
+    assert final
+    for r in final:
+        o = want["results"][(r["key"][0], r["key"][1], r["window_start_ms"])]
+        assert (r["count"], r["min"], r["max"]) == (o["count"], o["min"], o["max"])
+        assert math.isclose(r["sum"], o["sum"], rel_tol=1e-12)
 
 
 def test_a_broken_chain_stops_the_start_naming_step_and_key(tmp_path: Path) -> None:
@@ -286,6 +312,9 @@ def test_a_broken_chain_stops_the_start_naming_step_and_key(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"needs windows\.enabled = true"):
         load_transform(str(settings_file(tmp_path)), no_windows, lambda: None)
     assert load_transform(None, no_windows, lambda: None) is None
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[windows]\nsize_ms = 60000\n")  # no [[transform]]: today's path
+    assert load_transform(str(plain), load_settings(plain, env={}), lambda: None) is None
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/transform"
