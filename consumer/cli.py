@@ -29,9 +29,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from consumer.kcl.supervisor import run
 
     settings = _settings(args)
+    if args.config:  # the processors (the daemon's children) read the same file
+        os.environ["AETHERSTREAM_CONFIG"] = str(Path(args.config).resolve())
     return run(settings, Path(args.run_dir or settings.run_dir))
 
 
@@ -311,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     from consumer.metrics.logs import configure_logging
 
     try:
-        # `transform test` reads only the [[transform]] tables, which the sections loader
-        # does not know yet (until the stage is wired into the pipeline): it must not refuse.
+        # `transform test` reads only the [[transform]] tables: a settings file whose other
+        # sections are for another environment must not stop it.
         settings = Settings() if args.command == "transform" else _settings(args)
     except ConfigError as exc:
         return _config_error(exc)

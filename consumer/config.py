@@ -208,6 +208,16 @@ Sources = dict[str, str]
 "env AETHERSTREAM_...", "file <path>" or "defaults". A path missing from the map is a default."""
 
 
+TRANSFORM_KEY = "transform"
+
+
+def settings_path(env: Mapping[str, str] | None = None) -> str | None:
+    """The settings file the service reads: $AETHERSTREAM_CONFIG, or None (defaults and
+    environment only). The record processor loads the [[transform]] chain from it too."""
+    env = os.environ if env is None else env
+    return env.get(ENV_PREFIX + "CONFIG") or None
+
+
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Defaults < TOML file < environment, validated. Raises ConfigError on any bad value."""
     return load_settings_with_sources(path, env)[0]
@@ -218,13 +228,16 @@ def load_settings_with_sources(
 ) -> tuple[Settings, Sources]:
     """load_settings, and where each value came from (for later checks, e.g. `local up`'s)."""
     env = dict(os.environ) if env is None else env
-    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    path = path or settings_path(env)
     data: dict[str, Any] = {}
     if path:
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
+    # The [[transform]] tables are an ordered chain, not a section of scalars: their own
+    # loader (consumer/transform/config.py) reads and checks them from the same file.
+    data.pop(TRANSFORM_KEY, None)
     sources: Sources = {}
     type_errors: dict[str, str] = {}
     file_source = f"file {path}" if path else "defaults"

@@ -1,4 +1,5 @@
-"""One shard's path: records -> decode -> windows -> routes (buffers + sinks) -> commit.
+"""One shard's path: records -> decode -> [transform] -> windows -> routes (buffers + sinks)
+-> commit.
 
 This is the shell that wires the pure stages together for one shard. It knows nothing of
 the KCL protocol (consumer/kcl/processor.py adapts that), so tests drive it with plain
@@ -7,6 +8,11 @@ windows, checkpoint) belongs to its Committer (consumer/commit/committer.py): a 
 is taken only when every route has drained, with the engine's snapshot for that exact
 position durable first, so a new owner restores the snapshot and resumes after the
 checkpoint (see consumer/windows/engine.py, "Replay after a failover").
+
+With a transform chain (the settings file's [[transform]] tables), the windows see the
+chain's output and the archive and raw routes the records as received (with the contract's
+reading of the output where there is one): consumer/transform/stage.py. Without one, decode
+and windows stay one pass.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch, schema_drift
-from consumer.records.model import Position, RawRecord
+from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.layout import window_sort_key
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers
+from consumer.transform.stage import TransformStage, decode_received
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
@@ -54,8 +61,12 @@ class ShardPipeline:
     def __init__(self, settings: Settings, shard_id: str, routes: Routes,
                  engine: WindowEngine | None, checkpointed: Position | None = None, *,
                  ownership: Ownership | None = None, snapshots: SnapshotStore | None = None,
-                 retriers: ShardRetriers | None = None, generation: int = 0) -> None:
+                 retriers: ShardRetriers | None = None, generation: int = 0,
+                 transform: TransformStage | None = None) -> None:
+        if transform is not None and engine is None:
+            raise ValueError("a transform chain needs windows: they alone see its output")
         self.shard_id = shard_id
+        self.transform = transform
         self._contract = contract_from(settings)
         self.routes = routes
         self.engine = engine
@@ -71,9 +82,12 @@ class ShardPipeline:
     # --- stages ---------------------------------------------------------------------------
     def ingest(self, records: Sequence[RawRecord], now_ms: int) -> None:
         """Decode a KCL batch and buffer everything it produced. Nothing is dropped: each
-        record lands in the archive or in quarantine, and windows see every valid one."""
+        record lands in the archive or in quarantine (or, removed by a transform filter, in
+        its counter), and windows see every valid one."""
         out: StepOutput | None = None
-        if self.engine is not None:
+        if self.transform is not None:
+            events, rejected, out = self._transformed(records, now_ms)
+        elif self.engine is not None:
             # One pass decodes and windows a clean batch (same results as the two steps).
             events, rejected, out = self.engine.process_records(records, self._contract, now_ms)
         else:
@@ -91,6 +105,20 @@ class ShardPipeline:
                            + RECORD_OVERHEAD * len(records))
         if out is not None:
             self._emit(out, now_ms)
+
+    def _transformed(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
+            list[Event], list[Rejected], StepOutput]:
+        """Decode, the chain, then windows over what it kept (consumer/transform/stage.py
+        says what the archive and quarantine get)."""
+        assert self.engine is not None and self.transform is not None
+        staged = self.transform.apply(*decode_received(records, self._contract))
+        for name, n in staged.filtered.items():
+            m.RECORDS_FILTERED.labels(self.shard_id, name).inc(n)
+        # A batch that leaves the windows nothing is not an idle tick (tick() is): the
+        # watermark must not move by processing time on it, or a replay batched otherwise
+        # would judge lateness otherwise.
+        out = self.engine.process(staged.events, now_ms) if staged.events else StepOutput([], [])
+        return staged.archive, staged.rejected, out
 
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""

@@ -30,16 +30,19 @@ from amazon_kclpy.v3 import processor
 from consumer.aws import client
 from consumer.commit.lease import LeaseTable, Ownership
 from consumer.commit.state import SnapshotStore
-from consumer.config import Settings
+from consumer.config import ConfigError, Settings
 from consumer.kcl.liveness import LagLiveness
 from consumer.metrics import registry as m
 from consumer.metrics.logs import bind_context, log_context
-from consumer.pipeline import ShardPipeline, window_spec
+from consumer.pipeline import ShardPipeline, contract_from, window_spec
 from consumer.records.model import Position, RawRecord
 from consumer.sinks.errors import classify, describe, error_code
 from consumer.sinks.fence import Fenced
 from consumer.sinks.retry import StopRetrying
 from consumer.sinks.routes import ShardRetriers, open_routes
+from consumer.transform.config import load_chain
+from consumer.transform.stage import TransformStage, open_stage
+from consumer.transform.tables import Refresher
 from consumer.windows.engine import WindowEngine
 
 log = logging.getLogger(__name__)
@@ -111,8 +114,9 @@ def _start_position(seq: str | None, sub: int | None) -> Position | None:
 
 class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     def __init__(self, settings: Settings, s3_client: Any, dynamodb: Any = None,
-                 spawned_ns: int | None = None) -> None:
+                 spawned_ns: int | None = None, config_path: str | None = None) -> None:
         self._settings = settings
+        self._config_path = config_path  # the settings file: its [[transform]] chain
         self._s3_client = s3_client
         self._dynamodb = dynamodb
         self._spawned_ns = spawned_ns if spawned_ns is not None else time.time_ns()
@@ -133,6 +137,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         # The lag gauge rises while a callback blocks (consumer/kcl/liveness.py).
         self._liveness = LagLiveness(m.MILLIS_BEHIND_LATEST.labels(self.shard_id)).start()
         s = self._settings
+        # First: a bad chain stops the start, not a record.
+        transform = load_transform(self._config_path, s, lambda: self._s3_client)
         ownership = Ownership(LeaseTable(self._dynamodb or client("dynamodb"), s.stream.app_name),
                               self.shard_id, s.kcl.worker_id, self._spawned_ns)
         token = self._retriers("dynamodb-lease").call(ownership.claim)  # Fenced: started late
@@ -143,11 +149,14 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                               else (None, 0))
         self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start,
                                        ownership=ownership, snapshots=snapshots,
-                                       retriers=self._retriers, generation=generation)
+                                       retriers=self._retriers, generation=generation,
+                                       transform=transform)
         self._metrics.lease_acquired()
         log.info("initialized", extra={"start": str(start) if start else "none",
                                        "lease_counter": token.lease_counter,
-                                       "routes": [r.name for r in routes.all()]})
+                                       "routes": [r.name for r in routes.all()],
+                                       "transform": [st.name for st in transform.chain.steps]
+                                       if transform else []})
 
     @exit_on_error
     def process_records(self, process_records_input: Any) -> None:
@@ -187,6 +196,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         if self._pipeline is None:
             return
         self._pipeline.end_shard(shard_ended_input.checkpointer, _now_ms())
+        if self._pipeline.transform is not None:
+            self._pipeline.transform.close()
         log.info("shard ended; checkpointed SHARD_END")
 
     @exit_on_error
@@ -206,6 +217,8 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
 
     def _stop(self, why: str) -> None:
         self._retriers.stop()
+        if self._pipeline is not None and self._pipeline.transform is not None:
+            self._pipeline.transform.close()
         self._pipeline = None
         if self._metrics:
             self._metrics.lease_released()
@@ -228,8 +241,32 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         return WindowEngine(window_spec(self._settings), self.shard_id), 0
 
 
+def load_transform(config_path: str | None, settings: Settings,
+                   s3: Callable[[], Any]) -> TransformStage | None:
+    """The settings file's [[transform]] chain, loaded once (expressions compiled, lookup
+    tables read, plug-ins imported), its refresh thread started; None without one. Raises
+    ConfigError, logged one line per problem, which ends the processor at initialize."""
+    if not config_path:
+        return None
+    try:
+        configured = load_chain(config_path, s3=s3)
+        if configured.chain.steps and not settings.windows.enabled:
+            raise ConfigError(f"file {config_path}: [[transform]] needs windows.enabled = "
+                              "true: the windows alone see the chain's output")
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            log.error("transform chain not loaded: %s", line)
+        raise
+    if not configured.chain.steps:
+        return None
+    lookups = configured.chain.lookups()
+    refresher = Refresher(configured.sources, {n: st.table for n, st in lookups.items()},
+                          time.time(), s3) if lookups else None
+    return open_stage(configured.chain, contract_from(settings), refresher)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["ShardProcessor", "to_raw_records"]
+__all__ = ["ShardProcessor", "load_transform", "to_raw_records"]

@@ -21,7 +21,7 @@ SPAWNED_NS = int(os.environ.get("AETHERSTREAM_SPAWNED_NS") or time.time_ns())
 def main() -> int:
     protocol_out = guard_stdout()  # first: nothing may reach stdout before this
     from consumer.aws import client
-    from consumer.config import load_settings
+    from consumer.config import load_settings, settings_path
     from consumer.kcl.processor import ShardProcessor
     from consumer.kcl.protocol import kcl_process
     from consumer.metrics.logs import configure_logging
@@ -30,7 +30,8 @@ def main() -> int:
     settings = load_settings()
     configure_logging(settings.log.level, component="processor")
     assert_multiprocess_mode()
-    processor = ShardProcessor(settings, client("s3"), client("dynamodb"), SPAWNED_NS)
+    processor = ShardProcessor(settings, client("s3"), client("dynamodb"), SPAWNED_NS,
+                               settings_path())
     try:
         kcl_process(processor, sys.stdin, protocol_out, sys.stderr).run()
     finally:

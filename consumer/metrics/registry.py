@@ -127,6 +127,17 @@ MAX_DRIFT_LABEL_CHARS = 100
 DRIFT_OTHER = "_other"
 _drift_fields: set[str] = set()
 _drift_lock = threading.Lock()
+# --- transform --------------------------------------------------------------------------------
+RECORDS_FILTERED = Counter(
+    "aetherstream_records_filtered_total",
+    "Records a transform filter step removed, by filter (step) name.",
+    ("shard", "filter"), registry=REGISTRY,
+)
+LOOKUP_REFRESH_FAILURES = Counter(
+    "aetherstream_lookup_refresh_failures_total",
+    "Lookup table refreshes that failed (the table already loaded is kept), by lookup step.",
+    ("step",), registry=REGISTRY,
+)
 
 # --- sinks ------------------------------------------------------------------------------------
 SINK_BATCHES = Counter(
@@ -219,6 +230,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "aetherstream_records_quarantined_total",
     "aetherstream_records_archived_total",
     "aetherstream_schema_drift_total",
+    "aetherstream_records_filtered_total",
+    "aetherstream_lookup_refresh_failures_total",
     "aetherstream_sink_batches_total",
     "aetherstream_sink_records_total",
     "aetherstream_sink_flush_duration_seconds",

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress, repeat
+from operator import is_not, itemgetter
 from typing import Any
 
-from consumer.records.model import Rejected
 from consumer.transform.lookup import LookupTable
 from consumer.transform.model import ChainResult, Reject, TRecord, rejected
-from consumer.transform.steps import Lookup, Step
+from consumer.transform.steps import Lookup, Outcome, Step
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """What a chain made of a batch of fields, by input index: the kept records' indices
+    (ascending) and output fields, the refused ones as (index, step name, verdict) in
+    index order, and how many records each filter removed."""
+
+    index: list[int]
+    fields: list[Mapping[str, Any]]
+    refused: list[tuple[int, str, Reject]]
+    filtered: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -18,34 +31,51 @@ class Chain:
     steps: tuple[Step, ...] = ()
 
     def apply(self, batch: Sequence[TRecord]) -> ChainResult:
-        # Parallel lists (input index, current fields): a step sees only fields, and a
-        # TRecord is made once per record that comes through, not once per step.
+        p = self.run([t.fields for t in batch])
+        records = tuple(t if t.fields is out else TRecord(out, t.record)
+                        for t, out in zip((batch[i] for i in p.index), p.fields, strict=True))
+        return ChainResult(records, tuple(rejected(step, batch[i].record, why)
+                                          for i, step, why in p.refused), p.filtered)
+
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> Passed:
+        """The steps over a batch of fields. Parallel lists (input index, current fields):
+        a step sees only fields, and the caller pairs the output with its records once."""
         idx = list(range(len(batch)))
-        cur: list[Mapping[str, Any]] = [t.fields for t in batch]
-        refused: list[tuple[int, Rejected]] = []
+        cur: list[Mapping[str, Any]] = list(batch)
+        refused: list[tuple[int, str, Reject]] = []
         filtered: dict[str, int] = {}
         for step in self.steps:
             if not cur:
                 break
             outcomes = step.run(cur)
-            keep_i: list[int] = []
-            keep_f: list[Mapping[str, Any]] = []
-            dropped = 0
-            for i, out in zip(idx, outcomes, strict=True):
-                if out is None:
-                    dropped += 1
-                elif isinstance(out, Reject):
-                    refused.append((i, rejected(step.name, batch[i].record, out)))
-                else:
-                    keep_i.append(i)
-                    keep_f.append(out)
-            if dropped:
-                filtered[step.name] = filtered.get(step.name, 0) + dropped
-            idx, cur = keep_i, keep_f
-        refused.sort(key=lambda p: p[0])
-        records = tuple(t if t.fields is out else TRecord(out, t.record)
-                        for t, out in zip((batch[i] for i in idx), cur, strict=True))
-        return ChainResult(records, tuple(r for _, r in refused), filtered)
+            if len(outcomes) != len(cur):
+                raise ValueError(f"step {step.name!r} returned {len(outcomes)} outcomes "
+                                 f"for {len(cur)} records")
+            kinds = set(map(type, outcomes))
+            if Reject in kinds:
+                idx, cur = _sorted_out(step.name, idx, outcomes, refused, filtered)
+            elif NONE in kinds:  # a filter's: by a mask, no Python step per record
+                mask = list(map(is_not, outcomes, repeat(None)))
+                kept: list[Any] = list(compress(outcomes, mask))
+                filtered[step.name] = filtered.get(step.name, 0) + len(outcomes) - len(kept)
+                idx, cur = list(compress(idx, mask)), kept
+            else:
+                cur = outcomes  # type: ignore[assignment]  # all of them are fields
+        refused.sort(key=itemgetter(0))
+        return Passed(idx, cur, refused, filtered)
+
+    def may_write(self, paths: Sequence[tuple[str, ...]]) -> bool:
+        """Whether some step may add, change or remove a field at one of `paths` (or
+        above or below one). False means every record comes out of the chain with those
+        fields exactly as it went in: the pipeline then keeps the key, event time and value
+        it decoded instead of decoding the chain's output again."""
+        for step in self.steps:
+            writes = step.writes()
+            if writes is None:
+                return True
+            if any(w[:len(p)] == p[:len(w)] for w in writes for p in paths):
+                return True
+        return False
 
     def lookups(self) -> dict[str, Lookup]:
         """The lookup steps by name, for the shell that refreshes their tables."""
@@ -56,3 +86,25 @@ class Chain:
         return replace(self, steps=tuple(
             s.with_table(tables[s.name]) if isinstance(s, Lookup) and s.name in tables else s
             for s in self.steps))
+
+
+NONE = type(None)
+
+
+def _sorted_out(name: str, idx: list[int], outcomes: Sequence[Outcome],
+                refused: list[tuple[int, str, Reject]],
+                filtered: dict[str, int]) -> tuple[list[int], list[Mapping[str, Any]]]:
+    keep_i: list[int] = []
+    keep_f: list[Mapping[str, Any]] = []
+    dropped = 0
+    for i, out in zip(idx, outcomes, strict=True):
+        if out is None:
+            dropped += 1
+        elif out.__class__ is Reject:
+            refused.append((i, name, out))
+        else:
+            keep_i.append(i)
+            keep_f.append(out)  # type: ignore[arg-type]
+    if dropped:
+        filtered[name] = filtered.get(name, 0) + dropped
+    return keep_i, keep_f

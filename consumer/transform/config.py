@@ -25,6 +25,7 @@ from consumer.transform.plugin import PluginError, load_plugin
 from consumer.transform.tables import LookupSource, load_table
 from consumer.transform.units import TYPE_CONVERTERS, TYPES, unit_converter
 
+CONTRACT = "contract"  # consumer/transform/stage.py's reason prefix
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 KINDS = ("rename", "drop", "set", "derive", "convert", "filter", "lookup", "route", "plugin")
 KEYS: dict[str, frozenset[str]] = {
@@ -108,6 +109,9 @@ def _head(table: Any, seen: set[str]) -> tuple[str, str]:
         raise _Bad("name", f"needs a name of letters, digits, '_', '-', '.', got {name!r}")
     if name in seen:
         raise _Bad("name", "names must be unique: filter counts and rejections use them")
+    if name == CONTRACT:
+        raise _Bad("name", f"{CONTRACT!r} is reserved: reason {CONTRACT}:<class> is a chain "
+                   "output that fails the record contract")
     seen.add(name)
     if kind not in KINDS:
         raise _Bad("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")

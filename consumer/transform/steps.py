@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 from consumer.transform import fields as f
@@ -30,6 +31,10 @@ class Step(Protocol):
     def kind(self) -> str: ...
 
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]: ...
+
+    def writes(self) -> tuple[Path, ...] | None:
+        """Every field path the step may add, change or remove (None: any, a plug-in)."""
+        ...
 
 
 class RecordStep:
@@ -78,6 +83,9 @@ class Rename(RecordStep):
             out = moved
         return out
 
+    def writes(self) -> tuple[Path, ...]:
+        return tuple(p for pair in self.pairs for p in pair)
+
 
 @dataclass(frozen=True)
 class Drop(RecordStep):
@@ -90,6 +98,9 @@ class Drop(RecordStep):
         for path in self.paths:
             out = f.delete(out, path)
         return out
+
+    def writes(self) -> tuple[Path, ...]:
+        return self.paths
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,9 @@ class SetValues(RecordStep):
             out = new
         return out
 
+    def writes(self) -> tuple[Path, ...]:
+        return tuple(path for path, _ in self.values)
+
 
 @dataclass(frozen=True)
 class Derive(RecordStep):
@@ -122,6 +136,16 @@ class Derive(RecordStep):
         if len(self.path) == 1:
             return {**fields, self.path[0]: value}
         return _put(fields, self.path, value)
+
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        if len(self.path) != 1:
+            return RecordStep.run(self, batch)
+        name = self.path[0]
+        return [value if value.__class__ is Reject else {**fields, name: value}
+                for fields, value in zip(batch, self.expr.evaluate_many(batch), strict=True)]
+
+    def writes(self) -> tuple[Path, ...]:
+        return (self.path,)
 
 
 @dataclass(frozen=True)
@@ -141,6 +165,9 @@ class Convert(RecordStep):
         if isinstance(out, Reject):
             return Reject(out.reason, f"field {'.'.join(self.path)!r}: {out.message}")
         return _put(fields, self.into, out)
+
+    def writes(self) -> tuple[Path, ...]:
+        return (self.into,)
 
 
 def _truth(expr: Expr, fields: Mapping[str, Any]) -> bool | Reject:
@@ -165,6 +192,14 @@ class Filter(RecordStep):
             return keep
         return fields if keep else None
 
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        one = self.one
+        return [fields if keep is True else None if keep is False else one(fields)
+                for fields, keep in zip(batch, self.expr.evaluate_many(batch), strict=True)]
+
+    def writes(self) -> tuple[Path, ...]:
+        return ()
+
 
 @dataclass(frozen=True)
 class Lookup(RecordStep):
@@ -185,14 +220,31 @@ class Lookup(RecordStep):
 
     def one(self, fields: Mapping[str, Any]) -> Outcome:
         text = key_text(f.get(fields, self.key))
-        row = self.table.rows.get(text) if text is not None else None
+        row = self._added.get(text) if text is not None else None
         if row is None:
             return self._miss(fields, text)
-        out = dict(fields)
-        for col in self.columns if self.columns is not None else tuple(row):
-            if col in row:
-                out[self.prefix + col] = row[col]
-        return out
+        return {**fields, **row}
+
+    def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        if len(self.key) != 1:
+            return RecordStep.run(self, batch)
+        name, one = self.key[0], self.one
+        added: Mapping[Any, Mapping[str, Any]] = self._added
+        try:  # by the key's value: a string matches its text, anything else goes to one()
+            rows = list(map(added.get, [fields.get(name) for fields in batch]))
+        except TypeError:  # a list or object as the key: no row, one() says why
+            return RecordStep.run(self, batch)
+        return [one(fields) if row is None else {**fields, **row}
+                for fields, row in zip(batch, rows, strict=True)]
+
+    @cached_property
+    def _added(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per key text, the fields a hit adds (columns picked, prefix applied), built once
+        per table."""
+        cols = self.columns
+        return {text: {self.prefix + c: row[c] for c in (row if cols is None else cols)
+                       if c in row}
+                for text, row in self.table.rows.items()}
 
     def _miss(self, fields: Mapping[str, Any], text: str | None) -> Outcome:
         if self.on_miss == "keep":
@@ -205,6 +257,12 @@ class Lookup(RecordStep):
 
     def with_table(self, table: LookupTable) -> Lookup:
         return replace(self, table=table)
+
+    def writes(self) -> tuple[Path, ...]:
+        cols = set(self.columns) if self.columns is not None else {
+            c for row in self.table.rows.values() for c in row}
+        cols.update(k for k, _ in self.defaults)
+        return tuple((self.prefix + c,) for c in sorted(cols))
 
 
 @dataclass(frozen=True)
@@ -228,6 +286,9 @@ class Route(RecordStep):
         names = current + [n for n in self.to if n not in current]
         return {**fields, ROUTE_FIELD: names}
 
+    def writes(self) -> tuple[Path, ...]:
+        return ((ROUTE_FIELD,),)
+
 
 PluginFn = Callable[[list[dict[str, Any]]], Sequence[Any]]
 
@@ -243,6 +304,9 @@ class Plugin:
     target: str  # module:function, for messages
     fn: PluginFn
     kind: str = "plugin"
+
+    def writes(self) -> None:
+        return None  # a plug-in may change anything
 
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         whole = self._call([dict(fields) for fields in batch])

@@ -1,8 +1,8 @@
 """Loading lookup tables (the shell): from a local file or an S3 object, .gz allowed, and
 refreshing them on an interval. A refresh that fails keeps the table already loaded (the
-error is logged): a flaky read must not stop the shard, and the last good table is the
-best guess. A refresh that finds the same version (file mtime and size, S3 ETag) parses
-nothing."""
+error is logged and counted in aetherstream_lookup_refresh_failures_total): a flaky read
+must not stop the shard, and the last good table is the best guess. A refresh that finds the
+same version (file mtime and size, S3 ETag) parses nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consumer.metrics import registry as m
 from consumer.transform.lookup import LookupTable, TableError, parse_table
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Refresher:
                     continue
                 changed[step] = parse_table(data, src.key, src.source, version)
             except TableError as exc:
+                m.LOOKUP_REFRESH_FAILURES.labels(step).inc()
                 log.warning("lookup %s: refresh failed, keeping the loaded table: %s", step, exc)
         self.tables.update(changed)
         return changed

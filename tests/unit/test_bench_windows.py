@@ -13,6 +13,8 @@ def test_bench_main_runs_and_approaches_agree(capsys: pytest.CaptureFixture[str]
     assert "ours / polars" in out and "bytes per open group" in out
     assert "agree ours vs naive (iso): yes" in out
     assert "agree ours vs naive (ms): yes" in out
+    assert "agree transform chain vs naive without rssi (iso): yes" in out
+    assert "transform chain / engine = " in out
     assert "agree polars vs naive (ms): yes" in out
     assert ("bytewax: not installed" in out) != ("agree bytewax vs naive, prefix (iso): yes" in out)
 
