@@ -223,6 +223,10 @@ def cmd_transform(args: argparse.Namespace) -> int:
         print(f"aetherstream transform test: {args.input} holds records of several shards "
               f"({', '.join(shards)}): give one shard's archive lines", file=sys.stderr)
         return 2
+    if args.against_archive and not settings.windows.enabled:
+        print("aetherstream transform test: --against-archive compares window results, and "
+              f"{path} has windows.enabled = false", file=sys.stderr)
+        return 2
     shard = shards[0] if shards else None
     contract = contract_from(settings)
     engine = WindowEngine(window_spec(settings), shard or "input") \

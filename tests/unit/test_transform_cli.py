@@ -148,3 +148,25 @@ def test_batches_do_not_change_the_results(tmp_path: Path,
                 for r in lines(capsys, *argv, "--batch-size", batch) if r["type"] == "result"]
 
     assert results("1") == results("500") != []
+
+
+def test_inputs_it_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Archive lines of two shards (the service windows each alone), a URL that is not
+    s3://, and --against-archive without windows: exit 2, with why, before any S3 call."""
+    config = str(EXAMPLE / "settings.toml")
+    body = b"".join(archive_line(Provenance("events", shard), Event(
+        ("d", "m"), 1, 1.0, RawRecord(b'{"dev": "dev-1"}', "pk", Position(i, 0), 0)))
+        for i, shard in enumerate(["shardId-1", "shardId-2"]))
+    mixed = tmp_path / "mixed.ndjson"
+    mixed.write_bytes(body)
+    assert main(["transform", "test", "--config", config, "--input", str(mixed)]) == 2
+    assert "several shards (shardId-1, shardId-2)" in capsys.readouterr().err
+    sample = str(EXAMPLE / "sample.ndjson")
+    assert main(["transform", "test", "--config", config, "--input", sample,
+                 "--against-archive", "results/"]) == 2
+    assert "not an s3://bucket/prefix URL" in capsys.readouterr().err
+    off = tmp_path / "off.toml"
+    off.write_text("[windows]\nenabled = false\n")
+    assert main(["transform", "test", "--config", str(off), "--input", sample,
+                 "--against-archive", "s3://b/results/"]) == 2
+    assert "windows.enabled = false" in capsys.readouterr().err
