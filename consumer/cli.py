@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from consumer.config import (
     ConfigError,
@@ -191,12 +193,17 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
-    """The configured chain over a file, as NDJSON (consumer/transform/testrun.py)."""
+    """The configured chain and windows over a file, as NDJSON (consumer/transform/testrun.py);
+    with --against-archive, compared with the stored results (consumer/transform/against.py)."""
     import os
 
     from consumer.aws import client
+    from consumer.pipeline import contract_from, window_spec
     from consumer.transform.config import load_chain
-    from consumer.transform.testrun import run
+    from consumer.transform.inputs import archive_shards, raw_records
+    from consumer.transform.stage import TransformStage
+    from consumer.transform.testrun import read_lines, report, shard_order
+    from consumer.windows.engine import WindowEngine
 
     path = args.transform_config or args.config or os.environ.get("AETHERSTREAM_CONFIG")
     if not path:
@@ -204,15 +211,72 @@ def cmd_transform(args: argparse.Namespace) -> int:
               "AETHERSTREAM_CONFIG) names the one with the [[transform]] tables",
               file=sys.stderr)
         return 2
+    settings = load_settings(path)  # [contract] and [windows] as the service reads them
     configured = load_chain(path, s3=lambda: client("s3"))
     try:
-        for line in run(configured.chain, Path(args.input), args.batch_size):
-            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        lines = read_lines(Path(args.input))
     except OSError as exc:
         print(f"aetherstream transform test: {exc}", file=sys.stderr)
         return 1
+    shards = sorted(archive_shards(lines))
+    if len(shards) > 1:  # the service windows each shard on its own, with its own watermark
+        print(f"aetherstream transform test: {args.input} holds records of several shards "
+              f"({', '.join(shards)}): give one shard's archive lines", file=sys.stderr)
+        return 2
+    if args.against_archive and not settings.windows.enabled:
+        print("aetherstream transform test: --against-archive compares window results, and "
+              f"{path} has windows.enabled = false", file=sys.stderr)
+        return 2
+    shard = shards[0] if shards else None
+    contract = contract_from(settings)
+    engine = WindowEngine(window_spec(settings), shard or "input") \
+        if settings.windows.enabled else None
+    results = []
+    for line in report(TransformStage(configured.chain, contract), contract, engine,
+                       shard_order(raw_records(lines)), args.batch_size):
+        _emit(line)
+        if line["type"] == "result":
+            results.append(line)
+    if args.against_archive:
+        return _against_archive(args.against_archive, settings.s3.results_prefix, results,
+                                shard, lambda: client("s3"))
     sys.stdout.flush()
     return 0
+
+
+def _emit(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _against_archive(url: str, results_prefix: str, results: list[dict[str, Any]],
+                     shard: str | None, s3: Callable[[], Any]) -> int:
+    """Differences from the stored results as NDJSON: 0 if none, 1 if any (or S3 failed)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from consumer.transform import against
+
+    try:
+        bucket, prefix = against.parse_url(url, results_prefix)
+    except ValueError as exc:
+        print(f"aetherstream transform test: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows, objects = against.read_stored(s3(), bucket, against.prefixes(prefix, results,
+                                                                            shard))
+    except (BotoCoreError, ClientError) as exc:
+        print(f"aetherstream transform test: reading s3://{bucket}/{prefix}: {exc}",
+              file=sys.stderr)
+        return 1
+    stored, repeated = against.merged(rows)
+    equal = False
+    for line in against.compare(results, stored):
+        if line["type"] == "comparison":
+            line |= {"against": f"s3://{bucket}/{prefix}", "shard": shard or "all",
+                     "objects": objects, "repeated_result_ids": repeated}
+            equal = line["equal_overall"]
+        _emit(line)
+    sys.stdout.flush()
+    return 0 if equal else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,10 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("transform", help="the transform chain of the settings file")
     tr_sub = tr.add_subparsers(dest="transform_command", required=True)
     tr_test = tr_sub.add_parser(
-        "test", help="run the [[transform]] chain over an NDJSON file (or a raw archive "
-                     ".ndjson.gz object) and print each record before and after, the "
-                     "rejections and the filtered counts as NDJSON (window results and "
-                     "--against-archive: not yet, they come with the pipeline integration)")
+        "test", help="run the [[transform]] chain and the windows over an NDJSON file (or "
+                     "raw archive lines, e.g. a .ndjson.gz object) as the service would, and "
+                     "print each record before and after, the quarantine reasons, the window "
+                     "results and a summary as NDJSON")
     tr_test.add_argument("--input", required=True, help="NDJSON records, or a raw archive "
                                                         "object (.ndjson.gz)")
     tr_test.add_argument("--config", dest="transform_config",
@@ -306,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "--config, then $AETHERSTREAM_CONFIG)")
     tr_test.add_argument("--batch-size", type=int, default=500,
                          help="records per chain call, as KCL batches would be")
+    tr_test.add_argument("--against-archive", metavar="s3://BUCKET/PREFIX",
+                         help="compare the window results with the ones stored under this "
+                              "results prefix (default prefix: s3.results_prefix); exit 1 "
+                              "if they differ")
     tr_test.set_defaults(func=cmd_transform)
     return p
 
@@ -315,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     from consumer.metrics.logs import configure_logging
 
     try:
-        # `transform test` reads only the [[transform]] tables: a settings file whose other
-        # sections are for another environment must not stop it.
+        # `transform test` loads its own --config (cmd_transform); here only for logging.
         settings = Settings() if args.command == "transform" else _settings(args)
     except ConfigError as exc:
         return _config_error(exc)

@@ -40,6 +40,17 @@ def _archive_record(obj: dict[str, Any]) -> RawRecord | None:
                      position, int(obj.get("arrival_ms") or 0))
 
 
+def _archive_object(line: bytes) -> dict[str, Any] | None:
+    """The line as a raw-archive object (payload, sequence and sub_sequence), or None."""
+    if not (line.lstrip().startswith(b"{") and b'"payload"' in line):
+        return None
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) and obj.keys() >= ARCHIVE_KEYS else None
+
+
 def raw_records(lines: Iterable[bytes]) -> Iterator[tuple[int, RawRecord]]:
     """(line number, record) per non-empty line. A raw-archive line (an object with payload,
     sequence and sub_sequence) gives its payload and position; any other line is a record
@@ -47,12 +58,12 @@ def raw_records(lines: Iterable[bytes]) -> Iterator[tuple[int, RawRecord]]:
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        rec: RawRecord | None = None
-        if line.lstrip().startswith(b"{") and b'"payload"' in line:
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                obj = None
-            if isinstance(obj, dict) and obj.keys() >= ARCHIVE_KEYS:
-                rec = _archive_record(obj)
+        obj = _archive_object(line)
+        rec = _archive_record(obj) if obj is not None else None
         yield n, rec or RawRecord(line.rstrip(b"\r\n"), "", Position(n, 0), 0)
+
+
+def archive_shards(lines: Iterable[bytes]) -> set[str]:
+    """The shards the raw-archive lines among these name (their provenance)."""
+    return {str(obj["shard"]) for obj in map(_archive_object, lines)
+            if obj is not None and obj.get("shard")}

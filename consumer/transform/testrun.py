@@ -1,11 +1,19 @@
-"""`aetherstream transform test`: the configured chain over a file, shown record by record.
+"""`aetherstream transform test`: the configured chain and windows over a file, as the
+service would run them, shown record by record.
 
-The pure part, `report`, turns input records and the chain into jq-friendly NDJSON objects:
-one "record" line per input record, in input order (its provenance, "before", "after", and
-its outcome: kept, filtered with the filter's name, or rejected with stage, reason and
-message), then one "summary" line with the counts and the filtered counts by filter.
-Window results and `--against-archive` come with the transform stage's integration into the
-pipeline (issue 11); until then this shows the chain alone.
+`report` runs the service's own code over the input, in batches as KCL would deliver them:
+decode_received -> TransformStage.apply -> WindowEngine.process (ShardPipeline._transformed),
+then WindowEngine.close_all at the end of the input. It yields jq-friendly NDJSON objects,
+each with a "type":
+- per input record, in input order, with its provenance, "before" (the record as received)
+  and "after" (the chain's output, null where the chain kept nothing):
+  "record" (windowed: the key, ts_ms and value the windows read), "filtered" (the filter's
+  name), "quarantined" (stage, reason, message) or "late" (the window stage's message);
+- "result": one per window and key, the last emission, in the S3 results lines' fields
+  (consumer/sinks/rows.py), with "closed_by" ("watermark": final while the input ran, as
+  the service stores it; "end_of_input": closed only because the input ended) and
+  "emissions" (more than one with allowed lateness: the corrected re-emissions);
+- "summary": the counts, which reconcile: input = windowed + filtered + quarantined + late.
 """
 
 from __future__ import annotations
@@ -13,68 +21,142 @@ from __future__ import annotations
 import gzip
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer.records.model import RawRecord, Rejected
-from consumer.transform.chain import Chain
-from consumer.transform.inputs import from_raw, raw_records
+import orjson
+
+from consumer.records.contract import Contract
+from consumer.records.model import Event, RawRecord, Rejected
+from consumer.sinks.layout import window_sort_key
+from consumer.sinks.rows import result_columns, result_lines_of
+from consumer.transform.inputs import from_raw
 from consumer.transform.model import TRecord
+from consumer.transform.stage import StageOutput, TransformStage, decode_received
+from consumer.windows.engine import WindowEngine
+from consumer.windows.model import StepOutput, WindowResult
+
+RECORD_TYPES = ("record", "filtered", "quarantined", "late")
 
 
-def _provenance(line: int, rec: RawRecord) -> dict[str, Any]:
-    return {"type": "record", "line": line, "position": str(rec.position),
-            "partition_key": rec.partition_key}
+@dataclass
+class _Results:
+    """Every emission of the run, by result id: the last one, how many, how it closed."""
+
+    last: dict[str, WindowResult]
+    emissions: Counter[str]
+    by_watermark: set[str]
+
+    def add(self, results: Sequence[WindowResult], at_end: bool) -> None:
+        for r in results:
+            rid = r.result_id
+            self.last[rid] = r
+            self.emissions[rid] += 1
+            if r.is_final and not at_end:
+                self.by_watermark.add(rid)
+
+    def lines(self) -> list[dict[str, Any]]:
+        ordered = sorted(self.last.values(), key=window_sort_key)
+        rows = result_lines_of(result_columns(ordered))
+        return [{"type": "result", **orjson.loads(row),
+                 "closed_by": "watermark" if r.result_id in self.by_watermark
+                 else "end_of_input", "emissions": self.emissions[r.result_id]}
+                for r, row in zip(ordered, rows, strict=True)]
 
 
-def _before(rec: RawRecord, decoded: TRecord | Rejected) -> Any:
-    if isinstance(decoded, TRecord):
-        return decoded.fields
-    return rec.data.decode("utf-8", "replace")
+def _base(kind: str, line: int, rec: RawRecord, decoded: TRecord | Rejected,
+          after: Any) -> dict[str, Any]:
+    before = decoded.fields if isinstance(decoded, TRecord) \
+        else rec.data.decode("utf-8", "replace")
+    return {"type": kind, "line": line, "position": str(rec.position),
+            "partition_key": rec.partition_key, "before": before, "after": after}
 
 
-def _rejected(r: Rejected) -> dict[str, Any]:
-    return {"outcome": "rejected", "stage": r.stage, "reason": r.reason, "message": r.message}
+def _reading(e: Event) -> dict[str, Any]:
+    return {"key": list(e.key), "ts_ms": e.ts_ms, "value": e.value}
 
 
-def report(chain: Chain, records: Sequence[tuple[int, RawRecord]],
+def _why(r: Rejected) -> dict[str, Any]:
+    return {"stage": r.stage, "reason": r.reason, "message": r.message}
+
+
+def _batch_lines(stage: TransformStage, part: Sequence[tuple[int, RawRecord]],
+                 staged: StageOutput, out: StepOutput) -> Iterator[dict[str, Any]]:
+    """One line per record of a batch, its outcome as the stage and the engine decided it;
+    "after" is the chain over the record alone (display only: the chain is pure)."""
+    windowed = {id(e.record): e for e in staged.events}
+    refused = {id(r.record): r for r in staged.rejected}
+    late = {id(r.record): r for r in out.late}
+    chain = stage.chain
+    for line, rec in part:
+        decoded = from_raw(rec)
+        alone = chain.apply([decoded]) if isinstance(decoded, TRecord) else None
+        after = alone.records[0].fields if alone is not None and alone.records else None
+        key = id(rec)
+        if key in late:
+            yield _base("late", line, rec, decoded, after) | _reading(windowed[key]) \
+                | _why(late[key])
+        elif key in windowed:
+            yield _base("record", line, rec, decoded, after) | _reading(windowed[key])
+        elif key in refused:
+            yield _base("quarantined", line, rec, decoded, after) | _why(refused[key])
+        else:  # the stage counts it under its filter: which one, from the run alone
+            name = next(iter(alone.filtered), None) if alone is not None else None
+            yield _base("filtered", line, rec, decoded, after) | {"filter": name}
+
+
+def report(stage: TransformStage, contract: Contract, engine: WindowEngine | None,
+           records: Sequence[tuple[int, RawRecord]],
            batch_size: int = 500) -> Iterator[dict[str, Any]]:
-    totals: Counter[str] = Counter()
+    """The lines described in the module docstring (engine None: windows disabled)."""
+    counts: Counter[str] = Counter()
     filtered: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    results = _Results({}, Counter(), set())
     for start in range(0, len(records), batch_size):
         part = records[start:start + batch_size]
-        decoded = [from_raw(rec) for _, rec in part]
-        result = chain.apply([d for d in decoded if isinstance(d, TRecord)])
-        filtered.update(result.filtered)
-        after = {id(t.record): t.fields for t in result.records}
-        refused = {id(r.record): r for r in result.rejected}
-        for (line, rec), d in zip(part, decoded, strict=True):
-            out = _provenance(line, rec) | {"before": _before(rec, d)}
-            if isinstance(d, Rejected):
-                out |= _rejected(d) | {"after": None}
-            elif id(rec) in after:
-                out |= {"outcome": "kept", "after": after[id(rec)]}
-            elif id(rec) in refused:
-                out |= _rejected(refused[id(rec)]) | {"after": None}
-            else:  # which filter: this record alone through the chain (same result, tested)
-                alone = chain.apply([d]).filtered
-                out |= {"outcome": "filtered", "filter": next(iter(alone), None), "after": None}
-            totals[out["outcome"]] += 1
-            if out["outcome"] == "rejected":
-                reasons[f"{out['stage']}/{out['reason']}"] += 1
-            yield out
-    yield {"type": "summary", "input": len(records), "kept": totals["kept"],
-           "filtered": dict(filtered), "rejected": totals["rejected"],
-           "rejected_by_reason": dict(reasons),
-           "not_yet": "window results and --against-archive come with the pipeline integration"}
+        staged = stage.apply(*decode_received([rec for _, rec in part], contract))
+        # As the pipeline: a batch that leaves the windows nothing is not an idle tick.
+        out = engine.process(staged.events, 0) if engine is not None and staged.events \
+            else StepOutput([], [])
+        results.add(out.results, at_end=False)
+        filtered.update(staged.filtered)
+        for line in _batch_lines(stage, part, staged, out):
+            counts[line["type"]] += 1
+            if line["type"] in ("quarantined", "late"):
+                reasons[f"{line['stage']}/{line['reason']}"] += 1
+            yield line
+    if engine is not None:
+        results.add(engine.close_all().results, at_end=True)
+    lines = results.lines()
+    yield from lines
+    yield _summary(len(records), counts, filtered, reasons, lines,
+                   engine.watermark_ms if engine is not None else None)
 
 
-def read_lines(path: Path) -> Iterable[bytes]:
+def _summary(n: int, counts: Counter[str], filtered: Counter[str], reasons: Counter[str],
+             results: Sequence[dict[str, Any]], watermark_ms: int | None) -> dict[str, Any]:
+    by_watermark = sum(1 for r in results if r["closed_by"] == "watermark")
+    return {"type": "summary", "input": n, "windowed": counts["record"],
+            "filtered": counts["filtered"], "filtered_by": dict(filtered),
+            "quarantined": counts["quarantined"], "late": counts["late"],
+            "by_reason": dict(reasons),
+            "reconciles": n == sum(counts[t] for t in RECORD_TYPES),
+            "results": len(results), "final_by_watermark": by_watermark,
+            "closed_at_end_of_input": len(results) - by_watermark,
+            "watermark_ms": watermark_ms}
+
+
+def read_lines(path: Path) -> list[bytes]:
     """A file's lines; .gz (our raw archive's .ndjson.gz objects) is decompressed."""
     data = path.read_bytes()
     return (gzip.decompress(data) if path.name.endswith(".gz") else data).splitlines()
 
 
-def run(chain: Chain, path: Path, batch_size: int = 500) -> Iterator[dict[str, Any]]:
-    return report(chain, list(raw_records(read_lines(path))), batch_size)
+
+def shard_order(records: Iterable[tuple[int, RawRecord]]) -> list[tuple[int, RawRecord]]:
+    """The records in the order the shard delivered them: by position (raw archive lines
+    carry theirs, so objects concatenated in any order come back in shard order; a plain
+    file's records are at their line numbers, so keep the file's order)."""
+    return sorted(records, key=lambda item: item[1].position)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from consumer.cli import main
 from consumer.records.model import Event, Position, RawRecord
 from consumer.sinks.layout import Provenance, archive_line
+from tests.support import transform_case as case
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/transform"
@@ -27,10 +29,10 @@ def lines(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, Any]
 def test_example_sample(capsys: pytest.CaptureFixture[str]) -> None:
     out = lines(capsys, "--config", str(EXAMPLE / "settings.toml"),
                 "--input", str(EXAMPLE / "sample.ndjson"))
-    records, summary = out[:-1], out[-1]
-    assert [(r["line"], r["outcome"]) for r in records] == [
-        (1, "kept"), (2, "kept"), (3, "filtered"), (4, "kept"), (5, "rejected"),
-        (6, "rejected"), (7, "rejected")]
+    records, results, summary = out[:7], out[7:-1], out[-1]
+    assert [(r["line"], r["type"]) for r in records] == [
+        (1, "record"), (2, "record"), (3, "filtered"), (4, "record"), (5, "quarantined"),
+        (6, "quarantined"), (7, "quarantined")]
     first = records[0]
     assert first["before"] == {"dev": "dev-1", "ts": "2026-11-18T11:00:01Z", "temp_f": 98.6,
                                "debug": "x"}
@@ -41,27 +43,36 @@ def test_example_sample(capsys: pytest.CaptureFixture[str]) -> None:
     assert records[1]["after"]["temp_c"] == pytest.approx(5.0)  # "41" as a string, converted
     assert records[2]["filter"] == "plausible"
     assert records[3]["after"]["site"] == "unknown"  # dev-9: the lookup's default
+    assert (records[0]["key"], records[0]["value"]) == (["dev-1", "temp_c"], pytest.approx(37.0))
     assert [(r["stage"], r["reason"]) for r in records[4:]] == [
         ("transform", "temp-number:convert_error"), ("transform", "to-celsius:missing_field"),
         ("decode", "not_an_object")]
+    # one 60 s window (the default [windows]), closed because the input ended
+    assert [(r["type"], r["key"], r["count"], r["closed_by"]) for r in results] == [
+        ("result", ["dev-1", "temp_c"], 1, "end_of_input"),
+        ("result", ["dev-2", "temp_c"], 1, "end_of_input"),
+        ("result", ["dev-9", "temp_c"], 1, "end_of_input")]
     assert summary["type"] == "summary"
-    assert (summary["input"], summary["kept"], summary["rejected"]) == (7, 3, 3)
-    assert summary["filtered"] == {"plausible": 1}
+    assert (summary["input"], summary["windowed"], summary["quarantined"], summary["late"],
+            summary["filtered"]) == (7, 3, 3, 0, 1)
+    assert summary["filtered_by"] == {"plausible": 1} and summary["reconciles"]
 
 
 def test_raw_archive_object_keeps_its_provenance(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     prov = Provenance("events", "shardId-000000000001")
-    payloads = [b'{"dev": "dev-2", "temp_f": 50}', b'{"dev": "dev-1", "temp_f": -400}']
+    payloads = [b'{"dev": "dev-2", "ts": 1794999601000, "temp_f": 50}',
+                b'{"dev": "dev-1", "ts": 1794999602000, "temp_f": -400}']
     body = b"".join(archive_line(prov, Event(("d", "m"), 1, 1.0,
                                              RawRecord(p, f"pk{i}", Position(10**30 + i, i), 5)))
                     for i, p in enumerate(payloads))
     obj = tmp_path / "00000_00001.ndjson.gz"
     obj.write_bytes(gzip.compress(body))
     out = lines(capsys, "--config", str(EXAMPLE / "settings.toml"), "--input", str(obj))
-    assert [(r["position"], r["partition_key"], r["outcome"]) for r in out[:-1]] == [
-        (f"{10**30}/0", "pk0", "kept"), (f"{10**30 + 1}/1", "pk1", "filtered")]
-    assert out[0]["before"] == {"dev": "dev-2", "temp_f": 50}
+    assert [(r["position"], r["partition_key"], r["type"]) for r in out[:2]] == [
+        (f"{10**30}/0", "pk0", "record"), (f"{10**30 + 1}/1", "pk1", "filtered")]
+    assert out[2]["type"] == "result" and out[2]["shard"] == "shardId-000000000001"
+    assert out[0]["before"] == {"dev": "dev-2", "ts": 1794999601000, "temp_f": 50}
     assert out[0]["after"]["temp_c"] == pytest.approx(10.0)
 
 
@@ -88,3 +99,74 @@ def test_readme_shows_the_real_settings_and_output(capsys: pytest.CaptureFixture
                  "--input", "examples/transform/sample.ndjson"]) == 0
     out = capsys.readouterr().out
     assert out in section
+
+
+# ------------------------------------------- the chain and the windows against an oracle
+
+
+def test_results_equal_the_oracle_and_the_summary_reconciles(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = case.payloads()
+    want = case.oracle(data)
+    outcomes = Counter(want["outcome"].values())
+    assert all(outcomes[t] for t in ("record", "filtered", "quarantined", "late"))
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(data) + b"\n")
+    out = lines(capsys, "--config", str(case.settings_file(tmp_path)),
+                "--input", str(tmp_path / "in.ndjson"), "--batch-size", "7")
+    records = [r for r in out if r["type"] in ("record", "filtered", "quarantined", "late")]
+    assert [(r["line"] - 1, r["type"]) for r in records] == sorted(want["outcome"].items())
+    reasons = Counter(r["reason"] for r in records if r["type"] == "quarantined")
+    assert set(reasons) == {"factors:lookup_miss", "invalid_json", "contract:missing_field",
+                            "scaled:expr_error"}
+    got = {(*r["key"], r["window_start_ms"]): r for r in out if r["type"] == "result"}
+    assert got.keys() == want["results"].keys()
+    for k, o in want["results"].items():
+        r = got[k]
+        assert (r["count"], r["min"], r["max"], r["closed_by"]) == (
+            o["count"], o["min"], o["max"], o["closed_by"]), k
+        assert r["sum"] == pytest.approx(o["sum"], rel=1e-12) and r["is_final"], k
+    assert {r["closed_by"] for r in got.values()} == {"watermark", "end_of_input"}
+    assert any(r["emissions"] > 1 for r in got.values())  # a straggler within the lateness
+    summary = out[-1]
+    assert summary["type"] == "summary" and summary["reconciles"]
+    assert (summary["input"], summary["windowed"], summary["filtered"], summary["quarantined"],
+            summary["late"]) == (len(data), outcomes["record"], outcomes["filtered"],
+                                 outcomes["quarantined"], outcomes["late"])
+    assert summary["input"] == sum(summary[t] for t in ("windowed", "filtered", "quarantined",
+                                                        "late"))
+    assert summary["windowed"] == sum(r["count"] for r in got.values())
+    assert summary["watermark_ms"] == want["watermark"]
+
+
+def test_batches_do_not_change_the_results(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(case.payloads()))
+    argv = ("--config", str(case.settings_file(tmp_path)), "--input", str(tmp_path / "in.ndjson"))
+
+    def results(batch: str) -> list[tuple[Any, ...]]:
+        return [(r["result_id"], r["count"], r["sum"], r["closed_by"])
+                for r in lines(capsys, *argv, "--batch-size", batch) if r["type"] == "result"]
+
+    assert results("1") == results("500") != []
+
+
+def test_inputs_it_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Archive lines of two shards (the service windows each alone), a URL that is not
+    s3://, and --against-archive without windows: exit 2, with why, before any S3 call."""
+    config = str(EXAMPLE / "settings.toml")
+    body = b"".join(archive_line(Provenance("events", shard), Event(
+        ("d", "m"), 1, 1.0, RawRecord(b'{"dev": "dev-1"}', "pk", Position(i, 0), 0)))
+        for i, shard in enumerate(["shardId-1", "shardId-2"]))
+    mixed = tmp_path / "mixed.ndjson"
+    mixed.write_bytes(body)
+    assert main(["transform", "test", "--config", config, "--input", str(mixed)]) == 2
+    assert "several shards (shardId-1, shardId-2)" in capsys.readouterr().err
+    sample = str(EXAMPLE / "sample.ndjson")
+    assert main(["transform", "test", "--config", config, "--input", sample,
+                 "--against-archive", "results/"]) == 2
+    assert "not an s3://bucket/prefix URL" in capsys.readouterr().err
+    off = tmp_path / "off.toml"
+    off.write_text("[windows]\nenabled = false\n")
+    assert main(["transform", "test", "--config", str(off), "--input", sample,
+                 "--against-archive", "s3://b/results/"]) == 2
+    assert "windows.enabled = false" in capsys.readouterr().err
