@@ -6,7 +6,7 @@ sections. Every problem is reported at load, one line each, naming the aggregati
 and the rule.
 
     [[aggregation]]
-    name = "per-metric"            # letters, digits, '_', '-', '.'; unique
+    name = "per_metric"            # a-z, 0-9, '_' (a letter first); unique
     group_by = ["metric"]          # field paths, derived fields included
     value = "value"                # the numeric field measured (default: contract.value_field)
     filter = "value >= 0.0"        # optional CEL predicate over the record's fields
@@ -21,17 +21,20 @@ and the rule.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from consumer.config import ConfigError, Settings
-from consumer.transform.config import NAME
 from consumer.transform.expr import ExprSyntaxError, compile_expr
 from consumer.windows.aggregations import Aggregation
 from consumer.windows.model import WindowSpec
 
+# A name is part of an S3 prefix, a Redshift table and an OpenSearch index name: lower-case
+# letters, digits and '_', so it needs no quoting or escaping in any of them.
+NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 KEYS = frozenset({"name", "group_by", "value", "filter", "quantiles", "window"})
 WINDOW_KEYS = frozenset({"kind", "size_ms", "slide_ms", "gap_ms", "allowed_lateness_ms",
                          "out_of_orderness_ms", "idle_timeout_ms"})
@@ -84,7 +87,8 @@ def _one(t: Any, seen: set[str], settings: Settings) -> Aggregation:
         raise _Bad("(table)", "each [[aggregation]] entry must be a table")
     name = t.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise _Bad("name", f"needs a name of letters, digits, '_', '-', '.', got {name!r}")
+        raise _Bad("name", "needs a name of lower-case letters, digits and '_' (a letter "
+                   f"first, at most 40), got {name!r}")
     if name in seen:
         raise _Bad("name", "names must be unique: results prefixes and ids use them")
     seen.add(name)

@@ -32,9 +32,9 @@ BUCKET = "aggregations-test"
 SHARD = "shardId-000000000003"
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % 300_000
 TABLES: list[dict[str, Any]] = [
-    {"name": "per-device", "group_by": ["device_id"],
+    {"name": "per_device", "group_by": ["device_id"],
      "window": {"kind": "tumbling", "size_ms": 60_000, "out_of_orderness_ms": 2_000}},
-    {"name": "per-metric", "group_by": ["metric"], "quantiles": True, "filter": "value > 2",
+    {"name": "per_metric", "group_by": ["metric"], "quantiles": True, "filter": "value > 2",
      "window": {"kind": "sliding", "size_ms": 300_000, "slide_ms": 60_000,
                 "allowed_lateness_ms": 30_000, "out_of_orderness_ms": 1_000}},
 ]
@@ -119,11 +119,11 @@ def test_each_aggregation_has_its_own_results_and_the_default_is_unchanged(
         assert {r["result_id"]: (r["count"], r["sum"]) for r in got} == pure(cfg, recs,
                                                                             a["name"])
         assert all(r["is_final"] for r in got)
-    per_metric = rows(s3, "two", "per-metric")
+    per_metric = rows(s3, "two", "per_metric")
     assert {tuple(r["key"]) for r in per_metric} == {("t",), ("h",)}
     assert all(r["window_end_ms"] - r["window_start_ms"] == 300_000 and "p50" in r["quantiles"]
                for r in per_metric)
-    assert sum(r["count"] for r in rows(s3, "two", "per-device")) < 400  # late ones dropped
+    assert sum(r["count"] for r in rows(s3, "two", "per_device")) < 400  # late ones dropped
 
 
 def test_after_a_crash_every_aggregation_equals_one_clean_run(s3: S3Endpoint) -> None:

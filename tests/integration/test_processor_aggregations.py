@@ -138,5 +138,5 @@ def test_two_aggregations_survive_a_failover_through_the_processor(s3: S3Endpoin
             count, total = expected[r["result_id"]]
             assert r["count"] == count and math.isclose(r["sum"], total, rel_tol=1e-9), agg
     metric_keys = {tuple(r["key"]) for r in s3_result_rows(s3.client(), NAME,
-                                                          "results/agg=per-metric/")}
+                                                          "results/agg=per_metric/")}
     assert {k[1] for k in metric_keys} == {"high", "normal"}

@@ -54,7 +54,7 @@ def stream(draw: st.DrawFn) -> list[Batch]:
                   "meta": {"site": draw(st.sampled_from(["s1", "s2"]))},
                   "value": draw(st.integers(-20, 20)), "ts": ts}
         if draw(st.integers(0, 9)) == 0:
-            del fields["device"]  # not readable by a per-device aggregation
+            del fields["device"]  # not readable by a per_device aggregation
         rec = RawRecord(orjson.dumps(fields), "pk", Position(10**25 + i, 0), 0)
         out.append((fields, Event(("x",), ts, float(fields["value"]), rec)))
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=5)))
@@ -70,8 +70,8 @@ def aggregations(draw: st.DrawFn) -> list[Aggregation]:
                           kind == "sliding" else None,
                           allowed_lateness_ms=draw(st.sampled_from([0, 15])),
                           out_of_orderness_ms=draw(st.sampled_from([0, 10])))
-    return [_agg("per-device", ["device"], spec()),
-            _agg("per-metric-site", ["metric", "meta.site"], spec(), "value >= 0")]
+    return [_agg("per_device", ["device"], spec()),
+            _agg("per_metric_site", ["metric", "meta.site"], spec(), "value >= 0")]
 
 
 def _run(aggs: list[Aggregation], batches: list[Batch]) -> dict[str, list[Any]]:
@@ -174,7 +174,7 @@ def test_ids_name_the_aggregation_and_default_keeps_todays() -> None:
 
 
 def test_unreadable_records_are_counted_not_windowed() -> None:
-    agg = _agg("per-device", ["device"], WindowSpec(), "value > 0")
+    agg = _agg("per_device", ["device"], WindowSpec(), "value > 0")
     rec = RawRecord(b"{}", "pk", Position(1, 0), 0)
     batch = [({"device": "d", "value": 1}, Event(("x",), 5, 1.0, rec)),
              ({"value": 1}, Event(("x",), 5, 1.0, rec)),  # no group-by field
@@ -183,26 +183,29 @@ def test_unreadable_records_are_counted_not_windowed() -> None:
              ({"device": "d", "value": 2, "_aggregations": ["other"]},
               Event(("x",), 5, 2.0, rec))]  # routed elsewhere
     s = AggregationSet([agg], SHARD)
-    assert s.process(batch, 0).skipped == {"per-device": 4}
-    (r,) = s.close_all()["per-device"].results
-    assert (r.key, r.aggregates.count, r.aggregation) == (("d",), 1, "per-device")
+    assert s.process(batch, 0).skipped == {"per_device": 4}
+    (r,) = s.close_all()["per_device"].results
+    assert (r.key, r.aggregates.count, r.aggregation) == (("d",), 1, "per_device")
 
 
 def test_settings_tables() -> None:
     aggs = parse_aggregations([
-        {"name": "per-device", "group_by": ["device_id"]},
-        {"name": "per-metric", "group_by": ["metric"], "quantiles": True, "filter": "value > 0",
+        {"name": "per_device", "group_by": ["device_id"]},
+        {"name": "per_metric", "group_by": ["metric"], "quantiles": True, "filter": "value > 0",
          "window": {"kind": "sliding", "size_ms": 300_000, "slide_ms": 60_000,
                     "allowed_lateness_ms": 10_000}}], "test", Settings())
-    assert [a.name for a in aggs] == ["per-device", "per-metric"]
+    assert [a.name for a in aggs] == ["per_device", "per_metric"]
     assert aggs[0].spec == WindowSpec() and aggs[0].value == ("value",)
     assert aggs[1].spec == WindowSpec(kind="sliding", size_ms=300_000, slide_ms=60_000,
                                       allowed_lateness_ms=10_000, quantiles=True)
     with pytest.raises(ConfigError) as err:
         parse_aggregations([{"name": "a", "group_by": ["x"], "window": {"kind": "hop"}},
                             {"name": "a", "group_by": ["x"]},
-                            {"name": "b", "group_by": [], "colour": 1}], "test", Settings())
+                            {"name": "b", "group_by": [], "colour": 1},
+                            {"name": "Per-Device", "group_by": ["x"]}], "test", Settings())
     lines = err.value.problems
     assert any("aggregation[0] 'a': window: kind" in line for line in lines)
     assert any("aggregation[1] 'a': name: names must be unique" in line for line in lines)
     assert any("aggregation[2] 'b': colour: unknown" in line for line in lines)
+    assert any("aggregation[3] 'Per-Device': name: needs a name of lower-case" in line
+               for line in lines)
