@@ -229,8 +229,11 @@ class RouteFactory:
         return Route(name, ResultsBuffer(name, self.hints, prefix), deliver, manifest,
                      aggregation)
 
-    def redshift(self, connect: Callable[[], Any], staging_client: Any) -> tuple[
-            Route[Event], Route[WindowResult]]:
+    def redshift(self, connect: Callable[[], Any], staging_client: Any,
+                 aggregations: Sequence[str] = ()) -> tuple[
+            Route[Event], list[Route[WindowResult]]]:
+        """The raw rows' route, and a results route per aggregation (the default's first),
+        each into its own table (redshift.results_table)."""
         from consumer.sinks import redshift as rs
 
         cfg = self.settings.redshift
@@ -246,24 +249,29 @@ class RouteFactory:
                                    loader, connect,
                                    self.retriers("redshift-raw", rs.retryable), writer,
                                    deadline)
-        results_sink = rs.RedshiftSink("redshift-results", rs.WINDOW_BINDING, loader, connect,
-                                       self.retriers("redshift-results", rs.retryable),
-                                       writer, deadline)
 
         def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
             return Delivered(raw_sink.write_batch(events, "").written)
 
-        def deliver_results(results: Sequence[WindowResult], _: Position) -> Delivered:
-            return Delivered(results_sink.write_batch(results, "").written)
+        def results_route(aggregation: str) -> Route[WindowResult]:
+            name = f"redshift-results:{aggregation}" if aggregation else "redshift-results"
+            sink = rs.RedshiftSink(name, rs.window_binding(aggregation), loader, connect,
+                                   self.retriers(name, rs.retryable), writer, deadline)
+
+            def deliver(results: Sequence[WindowResult], _: Position) -> Delivered:
+                return Delivered(sink.write_batch(results, "").written)
+
+            return Route(name, self.buffer(name), deliver, aggregation=aggregation)
 
         return (Route("redshift-raw", self.buffer("redshift-raw"), deliver_raw),
-                Route("redshift-results", self.buffer("redshift-results"), deliver_results))
+                [results_route(a) for a in ("", *aggregations)])
 
-    def opensearch(self, client: Any) -> Route[WindowResult]:
+    def opensearch(self, client: Any, aggregation: str = "") -> Route[WindowResult]:
         from consumer.sinks import opensearch as osr
 
+        name = f"opensearch-results:{aggregation}" if aggregation else "opensearch-results"
         sink = osr.window_results_sink(client, self.settings.opensearch.index_prefix,
-                                       self.retriers("opensearch-results", osr.retryable))
+                                       self.retriers(name, osr.retryable), aggregation)
 
         def deliver(results: Sequence[WindowResult], position: Position) -> Delivered:
             outcome = sink.write_batch(results)  # one document per result id, the last
@@ -275,7 +283,7 @@ class RouteFactory:
             ]
             return Delivered(outcome.written, rejected)
 
-        return Route("opensearch-results", self.buffer("opensearch-results"), deliver)
+        return Route(name, self.buffer(name), deliver, aggregation=aggregation)
 
 
 def opensearch_for(settings: Settings) -> Any:
@@ -292,8 +300,8 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
                 token: FenceToken | None = None, aggregations: Sequence[str] = ()) -> Routes:
     """Every route the settings enable, with the clients they need. With a fence token, the
     sinks that can refuse a stale writer themselves are told who writes (Redshift).
-    `aggregations`: the declared ones' names, each with its own S3 results route (Redshift
-    and OpenSearch take the default aggregation's results only)."""
+    `aggregations`: the declared ones' names, each with its own results routes: S3 objects
+    under its prefix, its Redshift table, its OpenSearch indices."""
     factory = RouteFactory(settings, shard_id, s3_client, retriers, now_ms, token)
     raw: list[Route[Event]] = []
     results: list[Route[WindowResult]] = []
@@ -302,14 +310,16 @@ def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
         windows += [factory.s3_results(name) for name in ("", *aggregations)]
     if settings.redshift.enabled:
         rs = settings.redshift
-        raw_route, results_route = factory.redshift(lambda: redshift_connect(
+        raw_route, results_routes = factory.redshift(lambda: redshift_connect(
             rs.connect_dsn(), connect_timeout_s=rs.connect_timeout_s,
-            statement_timeout_ms=rs.statement_timeout_ms, dialect=rs.dialect), s3_client)
+            statement_timeout_ms=rs.statement_timeout_ms, dialect=rs.dialect), s3_client,
+            aggregations)
         if settings.redshift.load_raw:
             raw.append(raw_route)
         if settings.windows.enabled:
-            results.append(results_route)
+            results += results_routes
     if settings.opensearch.enabled and settings.windows.enabled:
-        results.append(factory.opensearch(opensearch_for(settings)))
+        client = opensearch_for(settings)
+        results += [factory.opensearch(client, a) for a in ("", *aggregations)]
     return Routes(factory.archive(), factory.quarantine(), raw, results, windows,
                   factory.manifest)

@@ -1,9 +1,11 @@
 """The README's settings file with two aggregations (examples/aggregations/settings.toml),
-through the KCL callbacks of the real ShardProcessor, against moto (S3 and DynamoDB).
+through the KCL callbacks of the real ShardProcessor, against moto (S3 and DynamoDB),
+PostgreSQL (the Redshift sink's postgres dialect) and an in-memory OpenSearch.
 
 Worker A processes half the stream (each batch committed: results, then the set snapshot,
 then the checkpoint) and dies; worker B takes the lease, restores every aggregation from the
-snapshot at the checkpoint and goes on. Every aggregation's S3 results are exactly the final
+snapshot at the checkpoint and goes on. Every aggregation's results, in each sink (its S3
+prefix, its Redshift table and merged view, its OpenSearch indices), are exactly the final
 results of one pure run over the chain's output: per device (60 s tumbling), per metric and
 derived band (5-minute sliding, quantiles, a filter), and the default aggregation as ever.
 """
@@ -21,8 +23,10 @@ from typing import Any
 
 import boto3
 import orjson
+import psycopg2
 import pytest
 from amazon_kclpy import dispatch
+from opensearchpy import OpenSearch
 
 from consumer.config import Settings, load_settings, with_overrides
 from consumer.kcl.processor import ShardProcessor
@@ -31,11 +35,12 @@ from consumer.local.reconcile import s3_result_rows
 from consumer.pipeline import contract_from, window_spec
 from consumer.records.decode import decode_batch
 from consumer.records.model import Position, RawRecord
+from consumer.sinks.migrate import migrate_all
 from consumer.windows.aggconfig import load_aggregations
 from consumer.windows.aggregations import AggregationSet
 from consumer.windows.engine import WindowEngine
 from tests.support.checkpointer import RecordingCheckpointer
-from tests.support.servers import S3Endpoint, moto_s3
+from tests.support.servers import S3Endpoint, moto_s3, osmem, tcp_postgres
 
 NAME = "aggs-proc"
 SHARD = "shardId-000000000000"
@@ -43,16 +48,20 @@ FILE = Path(__file__).resolve().parents[2] / "examples/aggregations/settings.tom
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[S3Endpoint]:
-    with moto_s3() as endpoint:
+def servers() -> Iterator[tuple[S3Endpoint, str, str]]:
+    with moto_s3() as endpoint, tcp_postgres() as dsn, osmem() as os_url:
         endpoint.client().create_bucket(Bucket=NAME)
-        yield endpoint
+        yield endpoint, dsn, os_url
 
 
-def settings(worker: str) -> Settings:
+def settings(worker: str, dsn: str = "", os_url: str = "") -> Settings:
     return with_overrides(load_settings(FILE, env={}), stream={"name": NAME, "app_name": NAME},
                           s3={"bucket": NAME}, kcl={"worker_id": worker},
-                          flush={"max_age_ms": 0}, windows={"idle_timeout_ms": 0})
+                          flush={"max_age_ms": 0}, windows={"idle_timeout_ms": 0},
+                          redshift={"enabled": True, "dsn": dsn, "dialect": "postgres",
+                                    "schema": "aggs"},
+                          opensearch={"enabled": True, "endpoint": os_url, "auth": "none",
+                                      "index_prefix": NAME})
 
 
 def produced() -> list[RawRecord]:
@@ -106,7 +115,38 @@ def pure(cfg: Settings, records: list[RawRecord]) -> dict[str, dict[str, tuple[i
             for n, rs in out.items()}
 
 
-def test_two_aggregations_survive_a_failover_through_the_processor(s3: S3Endpoint) -> None:
+def table(dsn: str, relation: str) -> dict[str, tuple[int, float]]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT result_id, value_count, value_sum FROM aggs.{relation}"
+                    " WHERE is_final")
+        return {rid: (n, total) for rid, n, total in cur.fetchall()}
+
+
+def merged(dsn: str, view: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT coalesce(sum(value_count), 0) FROM aggs.{view} WHERE is_final")
+        (n,) = cur.fetchone()
+        return int(n)
+
+
+def documents(os_url: str, index: str) -> dict[str, tuple[int, float]]:
+    client = OpenSearch(hosts=[os_url])
+    client.indices.refresh(index=index)
+    hits = client.search(index=index, size=10_000)["hits"]["hits"]
+    return {h["_id"]: (h["_source"]["count"], h["_source"]["sum"]) for h in hits
+            if h["_source"]["is_final"]}
+
+
+def same(got: dict[str, tuple[int, float]], want: dict[str, tuple[int, float]]) -> bool:
+    return got.keys() == want.keys() and all(
+        got[k][0] == want[k][0] and math.isclose(got[k][1], want[k][1], rel_tol=1e-9)
+        for k in want)
+
+
+def test_two_aggregations_survive_a_failover_through_the_processor(
+        servers: tuple[S3Endpoint, str, str]) -> None:
+    s3, dsn, os_url = servers
+    migrate_all(settings("worker-a", dsn, os_url), ["per_device", "per_metric"])
     ddb = boto3.client("dynamodb", endpoint_url=s3.url, region_name="us-east-1",
                        aws_access_key_id="t", aws_secret_access_key="t")
     ddb.create_table(TableName=NAME, BillingMode="PAY_PER_REQUEST",
@@ -115,13 +155,14 @@ def test_two_aggregations_survive_a_failover_through_the_processor(s3: S3Endpoin
     records = produced()
     half = len(records) // 2
     lease(ddb, "worker-a", 1)
-    a, ckpt = ShardProcessor(settings("worker-a"), s3.client(), ddb, time.time_ns(),
+    a, ckpt = ShardProcessor(settings("worker-a", dsn, os_url), s3.client(), ddb, time.time_ns(),
                              str(FILE)), RecordingCheckpointer()
     run(a, ckpt, records[:half], None)
     checkpoint = ckpt.last
     assert checkpoint == records[half - 1].position  # then A dies, without a shutdown
     lease(ddb, "worker-b", 2)
-    b = ShardProcessor(settings("worker-b"), s3.client(), ddb, time.time_ns(), str(FILE))
+    b = ShardProcessor(settings("worker-b", dsn, os_url), s3.client(), ddb, time.time_ns(),
+                       str(FILE))
     run(b, ckpt, records[half:], checkpoint)
     message("shutdownRequested").dispatch(ckpt, b)
     assert ckpt.last == records[-1].position
@@ -134,9 +175,13 @@ def test_two_aggregations_survive_a_failover_through_the_processor(s3: S3Endpoin
             got = [r for r in got if r["result_id"] not in declared]
         assert got and Counter(r["result_id"] for r in got).most_common(1)[0][1] == 1, agg
         assert {r["result_id"] for r in got} == set(expected), agg
-        for r in got:
-            count, total = expected[r["result_id"]]
-            assert r["count"] == count and math.isclose(r["sum"], total, rel_tol=1e-9), agg
+        assert same({r["result_id"]: (r["count"], r["sum"]) for r in got}, expected), agg
+        assert same(table(dsn, f"window_results_{agg}" if agg else "window_results"),
+                    expected), agg
+        assert merged(dsn, f"window_results_{agg}_merged" if agg else "window_results_merged"
+                      ) == sum(n for n, _ in expected.values()), agg
+        assert same(documents(os_url, f"{NAME}-results_{agg}" if agg else f"{NAME}-results"),
+                    expected), agg
     metric_keys = {tuple(r["key"]) for r in s3_result_rows(s3.client(), NAME,
                                                           "results/agg=per_metric/")}
     assert {k[1] for k in metric_keys} == {"high", "normal"}

@@ -209,3 +209,26 @@ def test_settings_tables() -> None:
     assert any("aggregation[2] 'b': colour: unknown" in line for line in lines)
     assert any("aggregation[3] 'Per-Device': name: needs a name of lower-case" in line
                for line in lines)
+
+
+def test_each_declared_aggregation_has_its_own_table_view_and_indices() -> None:
+    from fnmatch import fnmatch
+
+    from consumer.sinks import opensearch as osr
+    from consumer.sinks import redshift as rs
+
+    plain, more = rs.ddl_statements("a"), rs.ddl_statements("a", aggregations=["per_device"])
+    assert set(plain) < set(more)
+    assert set(more) - set(plain) == {
+        next(s for s in more if "TABLE IF NOT EXISTS a.window_results_per_device (" in s),
+        rs.merged_view_sql("a", "per_device")}
+    view = rs.merged_view_sql("a", "per_device")
+    assert "VIEW a.window_results_per_device_merged AS" in view
+    assert "FROM a.window_results_per_device\n" in view and "window_results\n" not in view
+    templates = osr.index_templates("x", aggregations=["per_device"])
+    mine = templates["x-results_per_device"]
+    assert mine["template"]["aliases"] == {"x-results_per_device": {}}
+    assert mine["template"]["mappings"] == templates["x-results"]["template"]["mappings"]
+    index = osr.daily_index("x", osr.results_kind("per_device"), 0)
+    assert index == "x-results_per_device-1970.01.01"
+    assert not fnmatch(index, templates["x-results"]["index_patterns"][0])
