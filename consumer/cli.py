@@ -177,11 +177,13 @@ def cmd_runbook(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from consumer.config import settings_path
     from consumer.sinks.migrate import migrate_all
     from consumer.windows.aggconfig import load_aggregations
 
     settings = _settings(args)
-    declared = [a.name for a in load_aggregations(getattr(args, "config", None), settings)]
+    path = getattr(args, "config", None) or settings_path()
+    declared = [a.name for a in load_aggregations(path, settings)]
     for item in migrate_all(settings, declared) or ["nothing to migrate: no sink enabled"]:
         say(item)
     return 0
