@@ -232,3 +232,34 @@ def test_each_declared_aggregation_has_its_own_table_view_and_indices() -> None:
     index = osr.daily_index("x", osr.results_kind("per_device"), 0)
     assert index == "x-results_per_device-1970.01.01"
     assert not fnmatch(index, templates["x-results"]["index_patterns"][0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=15), st.booleans())
+def test_the_stage_hands_each_event_its_output_fields(kinds: list[int], writes: bool) -> None:
+    """StageOutput.fields[i] is the chain's output for events[i] (what declared aggregations
+    group by), whether or not the chain may write a contract path (the two stage paths)."""
+    from pathlib import Path
+
+    from consumer.records.contract import Contract
+    from consumer.records.decode import decode_batch
+    from consumer.transform.config import parse_chain
+    from consumer.transform.stage import run_stage
+
+    rows = [{"device_id": f"d{k}", "metric": "t", "value": k + 0.5, "ts": 1000 + i}
+            for i, k in enumerate(kinds)]
+    records = [RawRecord(orjson.dumps(r), "k", Position(i, 0), 0) for i, r in enumerate(rows)]
+    events, rejected = decode_batch(records, Contract())
+    steps = [{"name": "odd", "kind": "filter", "expr": "value != 2.5"},
+             {"name": "band", "kind": "derive", "field": "band",
+              "expr": "value > 1.5 ? 'hi' : 'lo'"}]
+    if writes:
+        steps.append({"name": "twice", "kind": "derive", "field": "value",
+                      "expr": "value * 2.0"})
+    chain = parse_chain(steps, "t", Path("."), lambda _: None).chain  # type: ignore[arg-type,return-value]
+    out = run_stage(chain, events, rejected, Contract(), keep_decoded=not writes)
+    assert len(out.fields) == len(out.events) == sum(k != 2 for k in kinds)
+    for fields, ev in zip(out.fields, out.events, strict=True):
+        k = orjson.loads(ev.record.data)["value"]
+        assert fields["band"] == ("hi" if k > 1.5 else "lo")
+        assert fields["value"] == (2 * k if writes else k) == ev.value
