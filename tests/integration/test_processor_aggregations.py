@@ -54,14 +54,19 @@ def servers() -> Iterator[tuple[S3Endpoint, str, str]]:
         yield endpoint, dsn, os_url
 
 
-def settings(worker: str, dsn: str = "", os_url: str = "") -> Settings:
-    return with_overrides(load_settings(FILE, env={}), stream={"name": NAME, "app_name": NAME},
-                          s3={"bucket": NAME}, kcl={"worker_id": worker},
+def settings(worker: str, dsn: str = "", os_url: str = "", name: str = NAME) -> Settings:
+    """The file's settings; Redshift and OpenSearch only given their servers."""
+    return with_overrides(load_settings(FILE, env={}), stream={"name": name, "app_name": name},
+                          s3={"bucket": NAME, "results_prefix": f"{name}/results/",
+                              "archive_prefix": f"{name}/raw/",
+                              "quarantine_prefix": f"{name}/quarantine/",
+                              "state_prefix": f"{name}/state/"},
+                          kcl={"worker_id": worker},
                           flush={"max_age_ms": 0}, windows={"idle_timeout_ms": 0},
-                          redshift={"enabled": True, "dsn": dsn, "dialect": "postgres",
+                          redshift={"enabled": bool(dsn), "dsn": dsn, "dialect": "postgres",
                                     "schema": "aggs"},
-                          opensearch={"enabled": True, "endpoint": os_url, "auth": "none",
-                                      "index_prefix": NAME})
+                          opensearch={"enabled": bool(os_url), "endpoint": os_url,
+                                      "auth": "none", "index_prefix": NAME})
 
 
 def produced() -> list[RawRecord]:
@@ -81,8 +86,8 @@ def message(action: str, **fields: Any) -> Any:
                       object_hook=dispatch.message_decode)
 
 
-def lease(ddb: Any, worker: str, counter: int) -> None:
-    ddb.put_item(TableName=NAME, Item={
+def lease(ddb: Any, worker: str, counter: int, table: str = NAME) -> None:
+    ddb.put_item(TableName=table, Item={
         "leaseKey": {"S": SHARD}, "leaseOwner": {"S": worker},
         "leaseCounter": {"N": str(counter)}, "checkpoint": {"S": "TRIM_HORIZON"}})
 
@@ -143,15 +148,20 @@ def same(got: dict[str, tuple[int, float]], want: dict[str, tuple[int, float]]) 
         for k in want)
 
 
+def lease_table(s3: S3Endpoint, name: str) -> Any:
+    ddb = boto3.client("dynamodb", endpoint_url=s3.url, region_name="us-east-1",
+                       aws_access_key_id="t", aws_secret_access_key="t")
+    ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}])
+    return ddb
+
+
 def test_two_aggregations_survive_a_failover_through_the_processor(
         servers: tuple[S3Endpoint, str, str]) -> None:
     s3, dsn, os_url = servers
     migrate_all(settings("worker-a", dsn, os_url), ["per_device", "per_metric"])
-    ddb = boto3.client("dynamodb", endpoint_url=s3.url, region_name="us-east-1",
-                       aws_access_key_id="t", aws_secret_access_key="t")
-    ddb.create_table(TableName=NAME, BillingMode="PAY_PER_REQUEST",
-                     KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-                     AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}])
+    ddb = lease_table(s3, NAME)
     records = produced()
     half = len(records) // 2
     lease(ddb, "worker-a", 1)
@@ -170,7 +180,8 @@ def test_two_aggregations_survive_a_failover_through_the_processor(
     want = pure(settings("worker-a"), records)
     declared = {rid for name, results in want.items() if name for rid in results}
     for agg, expected in want.items():
-        got = s3_result_rows(s3.client(), NAME, f"results/agg={agg}/" if agg else "results/")
+        got = s3_result_rows(s3.client(), NAME, f"{NAME}/results/agg={agg}/" if agg
+                             else f"{NAME}/results/")
         if not agg:  # the default's: the objects outside agg=<name>/
             got = [r for r in got if r["result_id"] not in declared]
         assert got and Counter(r["result_id"] for r in got).most_common(1)[0][1] == 1, agg
@@ -183,5 +194,40 @@ def test_two_aggregations_survive_a_failover_through_the_processor(
         assert same(documents(os_url, f"{NAME}-results_{agg}" if agg else f"{NAME}-results"),
                     expected), agg
     metric_keys = {tuple(r["key"]) for r in s3_result_rows(s3.client(), NAME,
-                                                          "results/agg=per_metric/")}
+                                                          f"{NAME}/results/agg=per_metric/")}
     assert {k[1] for k in metric_keys} == {"high", "normal"}
+
+
+def test_declaring_and_dropping_aggregations_between_owners(
+        servers: tuple[S3Endpoint, str, str], tmp_path: Path) -> None:
+    """An existing deployment adds aggregations, then drops them: owner A has none (its
+    snapshot is the default engine's own), B declares two (it restores the default engine
+    from A's snapshot and starts them empty at the checkpoint), C has none again (it takes
+    the default engine out of B's set snapshot). The default aggregation's results are those
+    of one uninterrupted run; each declared one's are those of a run over B's records."""
+    s3, _, _ = servers
+    name = "aggs-upgrade"
+    plain = tmp_path / "plain.toml"
+    plain.write_text(FILE.read_text().split("[[aggregation]]")[0])
+    ddb = lease_table(s3, name)
+    records = produced()
+    thirds = [records[:1000], records[1000:2000], records[2000:]]
+    ckpt, start = RecordingCheckpointer(), None
+    for n, (worker, path) in enumerate([("a", plain), ("b", FILE), ("c", plain)]):
+        lease(ddb, worker, n + 1, name)
+        p = ShardProcessor(settings(worker, name=name), s3.client(), ddb, time.time_ns(),
+                           str(path))
+        run(p, ckpt, thirds[n], start)
+        start = ckpt.last
+        assert start == thirds[n][-1].position
+    want_default = pure(settings("a"), records)[""]
+    want_declared = pure(settings("a"), thirds[1])
+    for agg in ("", "per_device", "per_metric"):
+        got = s3_result_rows(s3.client(), NAME, f"{name}/results/agg={agg}/" if agg
+                             else f"{name}/results/")
+        expected = want_declared[agg] if agg else want_default
+        if not agg:
+            got = [r for r in got if r["result_id"] not in {
+                rid for a in ("per_device", "per_metric") for rid in want_declared[a]}]
+        assert expected and same({r["result_id"]: (r["count"], r["sum"]) for r in got},
+                                 expected), agg
