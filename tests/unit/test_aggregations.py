@@ -263,3 +263,29 @@ def test_the_stage_hands_each_event_its_output_fields(kinds: list[int], writes: 
         k = orjson.loads(ev.record.data)["value"]
         assert fields["band"] == ("hi" if k > 1.5 else "lo")
         assert fields["value"] == (2 * k if writes else k) == ev.value
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["a", "b"]),
+                    st.floats(allow_nan=True, allow_infinity=True), st.just({"x": "a"}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["device", "metric", "value", "_aggregations",
+                                                 "meta"]),
+                                scalars | st.just(["per_device"]) | st.just(["other"]),
+                                max_size=5), max_size=12),
+       st.sampled_from([["device"], ["device", "metric"], ["meta.x"]]), st.booleans())
+def test_reading_by_columns_equals_reading_each_record(rows: list[dict[str, Any]],
+                                                       group_by: list[str],
+                                                       filtered: bool) -> None:
+    from consumer.windows.aggregations import read_events
+
+    agg = _agg("per_device", group_by, WindowSpec(), "value > 0" if filtered else None)
+    rec = RawRecord(b"{}", "pk", Position(1, 0), 0)
+    batch = [(f, Event(("x",), i, 0.0, rec)) for i, f in enumerate(rows)]
+    want = [e for e in (read_event(agg, f, ev) for f, ev in batch) if e is not None]
+    assert read_events(agg, batch) == want
+    # and the fast path itself, without the route field
+    plain = [({k: v for k, v in f.items() if k != "_aggregations"}, ev) for f, ev in batch]
+    assert read_events(agg, plain) == [e for e in (read_event(agg, f, ev)
+                                                   for f, ev in plain) if e is not None]
