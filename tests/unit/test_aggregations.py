@@ -63,13 +63,15 @@ def stream(draw: st.DrawFn) -> list[Batch]:
 
 
 @st.composite
-def aggregations(draw: st.DrawFn) -> list[Aggregation]:
+def aggregations(draw: st.DrawFn, kinds: tuple[str, ...] = ("tumbling", "sliding")
+                 ) -> list[Aggregation]:
     def spec() -> WindowSpec:
-        kind = draw(st.sampled_from(["tumbling", "sliding"]))
+        kind = draw(st.sampled_from(kinds))
         return WindowSpec(kind=kind, size_ms=draw(st.sampled_from([20, 60])), slide_ms=10 if  # type: ignore[arg-type]
-                          kind == "sliding" else None,
+                          kind == "sliding" else None, gap_ms=draw(st.sampled_from([5, 30])),
                           allowed_lateness_ms=draw(st.sampled_from([0, 15])),
-                          out_of_orderness_ms=draw(st.sampled_from([0, 10])))
+                          out_of_orderness_ms=draw(st.sampled_from([0, 10])),
+                          quantiles=draw(st.booleans()))
     return [_agg("per_device", ["device"], spec()),
             _agg("per_metric_site", ["metric", "meta.site"], spec(), "value >= 0")]
 
@@ -86,7 +88,7 @@ def _run(aggs: list[Aggregation], batches: list[Batch]) -> dict[str, list[Any]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(stream(), aggregations())
+@given(stream(), aggregations(("tumbling", "sliding", "session")))
 def test_several_equal_separate_runs_and_plain_engines(batches: list[Batch],
                                                        aggs: list[Aggregation]) -> None:
     together = _run(aggs, batches)
@@ -153,7 +155,7 @@ def test_equal_a_polars_group_by(batches: list[Batch], aggs: list[Aggregation]) 
 
 
 @settings(max_examples=40, deadline=None)
-@given(stream(), aggregations(), st.integers(0, 6))
+@given(stream(), aggregations(("tumbling", "sliding", "session")), st.integers(0, 6))
 def test_snapshot_restore_mid_stream(batches: list[Batch], aggs: list[Aggregation],
                                      at: int) -> None:
     at = min(at, len(batches))
