@@ -264,8 +264,11 @@ class ShardPipeline:
             m.SINK_BUFFER_BYTES.labels(route.name, self.shard_id).set(route.buffer.pending_bytes)
         m.CHECKPOINT_LAG_RECORDS.labels(self.shard_id).set(self._uncheckpointed)
         if self.engine is not None:
-            m.OPEN_WINDOWS.labels(self.shard_id).set(self.engine.open_windows)
-            m.WINDOW_STATE_BYTES.labels(self.shard_id).set(self.engine.state_bytes)
+            # Every engine of the shard: the state limit (_check_state) counts them all.
+            engines = [self.engine, *(self.aggregations.engines.values()
+                                      if self.aggregations is not None else ())]
+            m.OPEN_WINDOWS.labels(self.shard_id).set(sum(e.open_windows for e in engines))
+            m.WINDOW_STATE_BYTES.labels(self.shard_id).set(sum(e.state_bytes for e in engines))
             wm = self.engine.watermark_ms
             if wm is not None:
                 m.WATERMARK_LAG_SECONDS.labels(self.shard_id).set(max(0.0, (now_ms - wm) / 1000))
