@@ -179,9 +179,14 @@ def cmd_runbook(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from consumer.config import settings_path
     from consumer.sinks.migrate import migrate_all
+    from consumer.windows.aggconfig import load_aggregations
 
-    for item in migrate_all(_settings(args)) or ["nothing to migrate: no sink enabled"]:
+    settings = _settings(args)
+    path = getattr(args, "config", None) or settings_path()
+    declared = [a.name for a in load_aggregations(path, settings)]
+    for item in migrate_all(settings, declared) or ["nothing to migrate: no sink enabled"]:
         say(item)
     return 0
 

@@ -209,6 +209,7 @@ Sources = dict[str, str]
 
 
 TRANSFORM_KEY = "transform"
+AGGREGATION_KEY = "aggregation"  # [[aggregation]]: consumer/windows/aggconfig.py
 
 
 def settings_path(env: Mapping[str, str] | None = None) -> str | None:
@@ -236,8 +237,10 @@ def load_settings_with_sources(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
     # The [[transform]] tables are an ordered chain, not a section of scalars: their own
-    # loader (consumer/transform/config.py) reads and checks them from the same file.
+    # loader (consumer/transform/config.py) reads and checks them from the same file; so do
+    # the [[aggregation]] tables (consumer/windows/aggconfig.py).
     data.pop(TRANSFORM_KEY, None)
+    data.pop(AGGREGATION_KEY, None)
     sources: Sources = {}
     type_errors: dict[str, str] = {}
     file_source = f"file {path}" if path else "defaults"

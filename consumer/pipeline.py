@@ -13,14 +13,24 @@ With a transform chain (the settings file's [[transform]] tables), the windows s
 chain's output and the archive and raw routes the records as received (with the contract's
 reading of the output where there is one): consumer/transform/stage.py. Without one, decode
 and windows stay one pass.
+
+Declared aggregations (the settings file's [[aggregation]] tables, consumer/windows/
+aggregations.py) run beside the default engine over the same records (their fields: the
+chain's output, else the record's JSON), each result going to the routes of its own
+aggregation. A record one of them skips, or that is late for it, stays archived and is
+counted (aetherstream_records_filtered_total, filter "aggregation:<name>" or
+"late:<name>"); only the default aggregation's late records are quarantined, so quarantine
+holds each record at most once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
+
+import orjson
 
 from consumer.commit.checkpoint import Checkpointer
 from consumer.commit.committer import Committer
@@ -35,6 +45,7 @@ from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.layout import window_sort_key
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers
 from consumer.transform.stage import TransformStage, decode_received
+from consumer.windows.aggregations import AggregationSet
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
@@ -62,9 +73,13 @@ class ShardPipeline:
                  engine: WindowEngine | None, checkpointed: Position | None = None, *,
                  ownership: Ownership | None = None, snapshots: SnapshotStore | None = None,
                  retriers: ShardRetriers | None = None, generation: int = 0,
-                 transform: TransformStage | None = None) -> None:
+                 transform: TransformStage | None = None,
+                 aggregations: AggregationSet | None = None) -> None:
         if transform is not None and engine is None:
             raise ValueError("a transform chain needs windows: they alone see its output")
+        if aggregations is not None and engine is None:
+            raise ValueError("declared aggregations need windows (windows.enabled = true)")
+        self.aggregations = aggregations
         self.shard_id = shard_id
         self.transform = transform
         self._contract = contract_from(settings)
@@ -85,8 +100,9 @@ class ShardPipeline:
         record lands in the archive or in quarantine (or, removed by a transform filter, in
         its counter), and windows see every valid one."""
         out: StepOutput | None = None
+        pairs: list[tuple[Any, Event]] | None = None  # the declared aggregations' input
         if self.transform is not None:
-            events, rejected, out = self._transformed(records, now_ms)
+            events, rejected, out, pairs = self._transformed(records, now_ms)
         elif self.engine is not None:
             # One pass decodes and windows a clean batch (same results as the two steps).
             events, rejected, out = self.engine.process_records(records, self._contract, now_ms)
@@ -105,9 +121,23 @@ class ShardPipeline:
                            + RECORD_OVERHEAD * len(records))
         if out is not None:
             self._emit(out, now_ms)
+        if self.aggregations is not None:
+            if pairs is None:  # the decoder accepted each as one JSON object
+                pairs = [(orjson.loads(e.record.data), e) for e in events]
+            self._aggregate(pairs, now_ms)
+
+    def _aggregate(self, batch: list[tuple[Any, Event]], now_ms: int) -> None:
+        if not batch:  # as for the default engine: only tick() is an idle step
+            return
+        assert self.aggregations is not None
+        step = self.aggregations.process(batch, now_ms)
+        for name, n in step.skipped.items():
+            m.RECORDS_FILTERED.labels(self.shard_id, f"aggregation:{name}").inc(n)
+        for name, out in step.outputs.items():
+            self._emit(out, now_ms, name)
 
     def _transformed(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
-            list[Event], list[Rejected], StepOutput]:
+            list[Event], list[Rejected], StepOutput, list[tuple[Any, Event]]]:
         """Decode, the chain, then windows over what it kept (consumer/transform/stage.py
         says what the archive and quarantine get)."""
         assert self.engine is not None and self.transform is not None
@@ -118,7 +148,8 @@ class ShardPipeline:
         # watermark must not move by processing time on it, or a replay batched otherwise
         # would judge lateness otherwise.
         out = self.engine.process(staged.events, now_ms) if staged.events else StepOutput([], [])
-        return staged.archive, staged.rejected, out
+        pairs = list(zip(staged.fields, staged.events, strict=True))
+        return staged.archive, staged.rejected, out, pairs
 
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""
@@ -127,28 +158,48 @@ class ShardPipeline:
             out = self.engine.tick(now_ms)
             self.ticked |= bool(out.results) or self.engine.watermark_ms != before
             self._emit(out, now_ms)
+        if self.aggregations is not None:
+            marks = self._watermarks()
+            for name, step in self.aggregations.tick(now_ms).items():
+                self.ticked |= bool(step.results)
+                self._emit(step, now_ms, name)
+            self.ticked |= self._watermarks() != marks
+
+    def _watermarks(self) -> list[int | None]:
+        assert self.aggregations is not None
+        return [e.watermark_ms for e in self.aggregations.engines.values()]
 
     def close(self, now_ms: int) -> None:
         """Shard end: the parent's contribution to every window is final."""
         if self.engine is not None:
             self._emit(self.engine.close_all(), now_ms)
+        if self.aggregations is not None:
+            for name, out in self.aggregations.close_all().items():
+                self._emit(out, now_ms, name)
 
-    def _emit(self, out: StepOutput, now_ms: int) -> None:
+    def _emit(self, out: StepOutput, now_ms: int, aggregation: str = "") -> None:
         self._check_state()
-        self._add(self.routes.quarantine, out.late, now_ms)
-        if out.late:
-            m.LATE_RECORDS.labels(self.shard_id).inc(len(out.late))
+        if aggregation:
+            if out.late:
+                m.RECORDS_FILTERED.labels(self.shard_id, f"late:{aggregation}").inc(
+                    len(out.late))
+        else:
+            self._add(self.routes.quarantine, out.late, now_ms)
+            if out.late:
+                m.LATE_RECORDS.labels(self.shard_id).inc(len(out.late))
         if not out.results or self._last_seen is None:
             return
         m.WINDOW_RESULTS_EMITTED.labels(self.shard_id).inc(len(out.results))
         n, at = len(out.results), self._last_seen
         self.budget.charge(RESULT_SIZE * n)
         for route in self.routes.results:
-            route.buffer.add_many(out.results, [at] * n, [RESULT_SIZE] * n, now_ms)
+            if route.aggregation == aggregation:
+                route.buffer.add_many(out.results, [at] * n, [RESULT_SIZE] * n, now_ms)
         finals = final_in_order(out.results)
         for window_route in self.routes.windows:
-            window_route.buffer.add_many(finals, [at] * len(finals), [RESULT_SIZE] * len(finals),
-                                         now_ms)
+            if window_route.aggregation == aggregation:
+                window_route.buffer.add_many(finals, [at] * len(finals),
+                                             [RESULT_SIZE] * len(finals), now_ms)
 
     def _add(self, route: Route[Any], items: Sequence[Any], now_ms: int) -> None:
         route.buffer.add_many(items, _positions(items), _sizes(items), now_ms)
@@ -170,22 +221,32 @@ class ShardPipeline:
 
     def _check_state(self) -> None:
         engine = self.engine
-        if engine is not None and engine.state_bytes > self._max_state_bytes:
+        held = (engine.state_bytes if engine is not None else 0) + (
+            self.aggregations.state_bytes if self.aggregations is not None else 0)
+        if held > self._max_state_bytes:
             raise WindowStateTooLarge(
-                f"{self.shard_id}: open window state is about {engine.state_bytes} bytes, over "
+                f"{self.shard_id}: open window state is about {held} bytes, over "
                 f"windows.max_state_bytes = {self._max_state_bytes}: fewer keys or shorter "
                 "windows, a larger limit with more task memory, or fewer leases per task")
 
     def commit(self, checkpointer: Checkpointer) -> bool:
         """Drain every route, snapshot the windows, checkpoint the last record seen."""
-        engine = self.engine
-        done = self.committer.commit(checkpointer, self._last_seen,
-                                     engine.snapshot if engine is not None else None,
+        done = self.committer.commit(checkpointer, self._last_seen, self._snapshot(),
                                      self.ticked)
         self._release_if_drained()
         if done:
             self._uncheckpointed, self.ticked = 0, False
         return done
+
+    def _snapshot(self) -> Callable[[], bytes] | None:
+        """The windows' state: the default engine's own bytes (as before there were
+        declared aggregations), or every engine's in one AggregationSet snapshot."""
+        engine, aggs = self.engine, self.aggregations
+        if engine is None:
+            return None
+        if aggs is None:
+            return engine.snapshot
+        return lambda: aggs.snapshot(engine.snapshot())
 
     def end_shard(self, checkpointer: Checkpointer, now_ms: int) -> None:
         """Shard end: the parent's windows are final (children emit their own), then
@@ -203,8 +264,11 @@ class ShardPipeline:
             m.SINK_BUFFER_BYTES.labels(route.name, self.shard_id).set(route.buffer.pending_bytes)
         m.CHECKPOINT_LAG_RECORDS.labels(self.shard_id).set(self._uncheckpointed)
         if self.engine is not None:
-            m.OPEN_WINDOWS.labels(self.shard_id).set(self.engine.open_windows)
-            m.WINDOW_STATE_BYTES.labels(self.shard_id).set(self.engine.state_bytes)
+            # Every engine of the shard: the state limit (_check_state) counts them all.
+            engines = [self.engine, *(self.aggregations.engines.values()
+                                      if self.aggregations is not None else ())]
+            m.OPEN_WINDOWS.labels(self.shard_id).set(sum(e.open_windows for e in engines))
+            m.WINDOW_STATE_BYTES.labels(self.shard_id).set(sum(e.state_bytes for e in engines))
             wm = self.engine.watermark_ms
             if wm is not None:
                 m.WATERMARK_LAG_SECONDS.labels(self.shard_id).set(max(0.0, (now_ms - wm) / 1000))

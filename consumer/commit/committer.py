@@ -45,7 +45,9 @@ class Committer:
         self._retriers = retriers
         self.checkpointed = checkpointed
         self.generation = generation  # of the snapshot at `checkpointed`
-        self._results_durable: tuple[int, int] | None = None  # newest window made durable
+        # Per results route: the newest window made durable (each route has its own window
+        # order and manifest: one per aggregation).
+        self._results_durable: dict[str, tuple[int, int] | None] = {}
 
     def confirm_owner(self) -> None:
         """Fenced unless this worker still holds the shard's lease (DynamoDB errors retry)."""
@@ -76,7 +78,7 @@ class Committer:
             m.SINK_BATCHES.labels(route.name, "ok").inc()
             m.SINK_RECORDS.labels(route.name).inc(outcome.written)
             if isinstance(route.buffer, ResultsBuffer):
-                self._results_durable = route.buffer.newest
+                self._results_durable[route.name] = route.buffer.newest
         if route is self.routes.archive:
             m.RECORDS_ARCHIVED.labels(self.shard_id).inc(written)
         return written
@@ -123,7 +125,7 @@ class Committer:
         self.checkpointed, self.generation = position, 0
         if self.routes.manifest is not None:  # its next reservation drops what these cover
             self.routes.manifest.checkpointed = position
-            self.routes.manifest.results_checkpointed = self._results_durable
+        self._results_checkpointed()
         if previous is not None and snapshot is not None and self._snapshots is not None:
             self._snapshots.forget(previous, generations)
         return True
@@ -133,9 +135,15 @@ class Committer:
             return False
         self._save(position, self.generation + 1, snapshot())
         self.generation += 1
-        if self.routes.manifest is not None:  # the new generation has these windows final
-            self.routes.manifest.results_checkpointed = self._results_durable
+        self._results_checkpointed()  # the new generation has these windows final
         return True
+
+    def _results_checkpointed(self) -> None:
+        """Each results route's manifest: its next reservation drops the windows the
+        checkpoint's snapshot has final (the newest this route had made durable)."""
+        for route in self.routes.windows:
+            if route.manifest is not None:
+                route.manifest.results_checkpointed = self._results_durable.get(route.name)
 
     def _save(self, position: Position, generation: int, data: bytes) -> None:
         self.confirm_owner()

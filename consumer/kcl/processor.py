@@ -22,7 +22,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from amazon_kclpy.v3 import processor
@@ -43,6 +43,8 @@ from consumer.sinks.routes import ShardRetriers, open_routes
 from consumer.transform.config import load_chain
 from consumer.transform.stage import TransformStage, open_stage
 from consumer.transform.tables import Refresher
+from consumer.windows.aggconfig import load_aggregations
+from consumer.windows.aggregations import Aggregation, AggregationSet, is_set_snapshot
 from consumer.windows.engine import WindowEngine
 
 log = logging.getLogger(__name__)
@@ -139,24 +141,27 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         s = self._settings
         # First: a bad chain stops the start, not a record.
         transform = load_transform(self._config_path, s, lambda: self._s3_client)
+        declared = load_declared(self._config_path, s)
         ownership = Ownership(LeaseTable(self._dynamodb or client("dynamodb"), s.stream.app_name),
                               self.shard_id, s.kcl.worker_id, self._spawned_ns)
         token = self._retriers("dynamodb-lease").call(ownership.claim)  # Fenced: started late
         snapshots = SnapshotStore(self._s3_client, s.s3.bucket, s.s3.state_prefix,
                                   s.stream.app_name, self.shard_id)
-        routes = open_routes(s, self.shard_id, self._retriers, _now_ms, self._s3_client, token)
-        engine, generation = (self._restore_engine(snapshots, start) if s.windows.enabled
-                              else (None, 0))
+        routes = open_routes(s, self.shard_id, self._retriers, _now_ms, self._s3_client, token,
+                             [a.name for a in declared])
+        engine, aggs, generation = (self._restore_engine(snapshots, start, declared)
+                                    if s.windows.enabled else (None, None, 0))
         self._pipeline = ShardPipeline(s, self.shard_id, routes, engine, start,
                                        ownership=ownership, snapshots=snapshots,
                                        retriers=self._retriers, generation=generation,
-                                       transform=transform)
+                                       transform=transform, aggregations=aggs)
         self._metrics.lease_acquired()
         log.info("initialized", extra={"start": str(start) if start else "none",
                                        "lease_counter": token.lease_counter,
                                        "routes": [r.name for r in routes.all()],
                                        "transform": [st.name for st in transform.chain.steps]
-                                       if transform else []})
+                                       if transform else [],
+                                       "aggregations": [a.name for a in declared]})
 
     @exit_on_error
     def process_records(self, process_records_input: Any) -> None:
@@ -229,16 +234,40 @@ class ShardProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             raise RuntimeError("record processor used before initialize")
         return self._metrics
 
-    def _restore_engine(self, snapshots: SnapshotStore,
-                        start: Position | None) -> tuple[WindowEngine, int]:
+    def _restore_engine(self, snapshots: SnapshotStore, start: Position | None,
+                        declared: Sequence[Aggregation]) -> tuple[
+                            WindowEngine, AggregationSet | None, int]:
+        """The default engine and the declared aggregations' set as of the checkpoint."""
         found = self._retriers("s3-state").call(lambda: snapshots.load(start)) if start else None
+        fresh = AggregationSet(declared, self.shard_id) if declared else None
         if found is not None:
             data, generation = found
-            return WindowEngine.restore(data, _now_ms()), generation
+            engine_data, aggs = data, fresh
+            if is_set_snapshot(data):
+                restored, default = AggregationSet.restore(declared, self.shard_id, data,
+                                                           _now_ms())
+                assert default is not None  # the set is snapshotted with the default engine
+                engine_data, aggs = default, restored if declared else None
+            return WindowEngine.restore(engine_data, _now_ms()), aggs, generation
         if start is not None:
             log.warning("no window snapshot for the checkpoint; windows restart empty",
                         extra={"checkpoint": str(start)})
-        return WindowEngine(window_spec(self._settings), self.shard_id), 0
+        return WindowEngine(window_spec(self._settings), self.shard_id), fresh, 0
+
+
+def load_declared(config_path: str | None, settings: Settings) -> tuple[Aggregation, ...]:
+    """The settings file's [[aggregation]] tables; ConfigError (logged one line per problem)
+    ends the processor at initialize."""
+    try:
+        declared = load_aggregations(config_path, settings)
+        if declared and not settings.windows.enabled:
+            raise ConfigError(f"file {config_path}: [[aggregation]] needs windows.enabled = "
+                              "true")
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            log.error("aggregations not loaded: %s", line)
+        raise
+    return declared
 
 
 def load_transform(config_path: str | None, settings: Settings,

@@ -3,7 +3,9 @@
 - Redshift: the schema, the raw-records and window-results tables (no primary keys: Redshift
   would not enforce them) and the view that merges partial results from several shards.
 - OpenSearch: the index templates behind the daily indices and their aliases.
-Both as consumer/sinks/schema.py derives them from the settings' contract.
+Both as consumer/sinks/schema.py derives them from the settings' contract, and for each
+declared aggregation (the settings file's [[aggregation]] tables) its own results table,
+merged view and index template.
 Fencing needs no table of ours: processors read KCL's own lease table, and the Redshift
 fence rows are created with the schema.
 """
@@ -11,6 +13,7 @@ fence rows are created with the schema.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from consumer.config import Settings
 from consumer.sinks.schema import output_schema
@@ -18,7 +21,7 @@ from consumer.sinks.schema import output_schema
 log = logging.getLogger(__name__)
 
 
-def migrate_all(settings: Settings) -> list[str]:
+def migrate_all(settings: Settings, aggregations: Sequence[str] = ()) -> list[str]:
     schema = output_schema(settings.contract.key_fields)  # the same tables the sinks write
     done = []
     if settings.redshift.enabled:
@@ -28,7 +31,7 @@ def migrate_all(settings: Settings) -> list[str]:
 
         conn = psycopg2.connect(settings.redshift.connect_dsn())
         try:
-            migrate(conn, settings.redshift.schema, schema)
+            migrate(conn, settings.redshift.schema, schema, aggregations)
         finally:
             conn.close()
         done.append(f"redshift schema {settings.redshift.schema}")
@@ -37,7 +40,7 @@ def migrate_all(settings: Settings) -> list[str]:
         from consumer.sinks.routes import opensearch_for
 
         install_templates(opensearch_for(settings), settings.opensearch.index_prefix,
-                          schema=schema)
+                          schema=schema, aggregations=aggregations)
         done.append(f"opensearch templates {settings.opensearch.index_prefix}-*")
     for item in done:
         log.info("migrated", extra={"what": item})

@@ -98,14 +98,23 @@ def daily_indices(prefix: str, kind: str, ts_ms: Sequence[int]) -> list[str]:
     return out
 
 
+def results_kind(aggregation: str = "") -> str:
+    """An aggregation's index kind: `results`, or `results_<name>` for a declared one, so
+    its daily indices (`<prefix>-results_<name>-YYYY.MM.DD`) and alias are its own: the
+    default's pattern `<prefix>-results-*` does not match them."""
+    return f"{RESULTS}_{aggregation}" if aggregation else RESULTS
+
+
 def index_templates(prefix: str, shards: int = 1, replicas: int = 0,
-                    schema: OutputSchema = DEFAULT_SCHEMA) -> dict[str, Any]:
+                    schema: OutputSchema = DEFAULT_SCHEMA,
+                    aggregations: Sequence[str] = ()) -> dict[str, Any]:
     """Composable templates: every daily index gets the mapping and joins the alias.
 
     dynamic=strict: an unexpected field is rejected (and quarantined) instead of silently
     growing the mapping.
     """
-    mappings = {RESULTS: schema.results, RAW: schema.raw}
+    mappings = {RESULTS: schema.results, RAW: schema.raw,
+                **{results_kind(a): schema.results for a in aggregations}}
     return {
         f"{prefix}-{kind}": {
             "index_patterns": [f"{prefix}-{kind}-*"],
@@ -176,16 +185,16 @@ def _line(value: Any) -> bytes:
     return orjson.dumps(value) + b"\n"
 
 
-def _result_docs(prefix: str, batch: Columns, sources: Sequence[Mapping[str, Any] | bytes]
-                 ) -> list[IndexDoc]:
-    indices = daily_indices(prefix, RESULTS, batch["start_ms"])
+def _result_docs(prefix: str, batch: Columns, sources: Sequence[Mapping[str, Any] | bytes],
+                 kind: str = RESULTS) -> list[IndexDoc]:
+    indices = daily_indices(prefix, kind, batch["start_ms"])
     return list(map(IndexDoc, indices, batch["result_id"], sources, batch[RESULT_VERSION]))
 
 
-def result_docs(prefix: str, batch: Columns) -> list[IndexDoc]:
+def result_docs(prefix: str, batch: Columns, kind: str = RESULTS) -> list[IndexDoc]:
     """Window results' documents: _id the result id, in the daily index of the window start,
     the result's version as the external version; bodies encoded."""
-    return _result_docs(prefix, batch, encoded_sources(RESULT_FIELDS, batch))
+    return _result_docs(prefix, batch, encoded_sources(RESULT_FIELDS, batch), kind)
 
 
 def result_doc(prefix: str, row: ResultRow) -> IndexDoc:
@@ -280,9 +289,10 @@ def classify_items(docs: Sequence[IndexDoc], response: Mapping[str, Any]) -> Bul
 
 
 def install_templates(client: Any, prefix: str, shards: int = 1, replicas: int = 0,
-                      schema: OutputSchema = DEFAULT_SCHEMA) -> None:
+                      schema: OutputSchema = DEFAULT_SCHEMA,
+                      aggregations: Sequence[str] = ()) -> None:
     """Idempotent: PUT replaces a template with the same body."""
-    for name, body in index_templates(prefix, shards, replicas, schema).items():
+    for name, body in index_templates(prefix, shards, replicas, schema, aggregations).items():
         client.indices.put_index_template(name=name, body=body)
 
 
@@ -363,11 +373,15 @@ def results_sink(
 
 
 def window_results_sink(
-    client: Any, prefix: str, retrier: Retrier | None = None
+    client: Any, prefix: str, retrier: Retrier | None = None, aggregation: str = ""
 ) -> OpenSearchSink[WindowResult]:
-    """The pipeline's results sink: documents straight from its WindowResults."""
-    return OpenSearchSink("opensearch-results", client,
-                          lambda results: result_docs(prefix, result_columns(results)), retrier)
+    """The pipeline's results sink: documents straight from its WindowResults (into the
+    aggregation's own indices: results_kind)."""
+    kind = results_kind(aggregation)
+    name = f"opensearch-results:{aggregation}" if aggregation else "opensearch-results"
+    return OpenSearchSink(name, client,
+                          lambda results: result_docs(prefix, result_columns(results), kind),
+                          retrier)
 
 
 def raw_sink(client: Any, prefix: str, retrier: Retrier | None = None,

@@ -128,6 +128,15 @@ RAW_TABLE_NAME = "raw_records"
 RESULTS_TABLE = table_spec("window_results", RESULT_FIELDS, RESULT_IDENTITY, RESULT_VERSION)
 
 
+def results_table(aggregation: str = "") -> TableSpec:
+    """The window results table of an aggregation: `window_results` for the default one,
+    `window_results_<name>` for a declared one (consumer/windows/aggconfig.py names)."""
+    if not aggregation:
+        return RESULTS_TABLE
+    return table_spec(f"window_results_{aggregation}", RESULT_FIELDS, RESULT_IDENTITY,
+                      RESULT_VERSION)
+
+
 def raw_table(schema: OutputSchema) -> TableSpec:
     return table_spec(RAW_TABLE_NAME, schema.raw, RAW_IDENTITY)
 
@@ -149,6 +158,10 @@ FENCE_DDL = """CREATE TABLE IF NOT EXISTS {schema}.shard_fences (
 )"""
 
 MERGED_VIEW = "window_results_merged"
+
+
+def merged_view_name(aggregation: str = "") -> str:
+    return f"window_results_{aggregation}_merged" if aggregation else MERGED_VIEW
 
 
 def fit_varchar(text: str, max_bytes: int) -> str:
@@ -230,6 +243,13 @@ WINDOW_BINDING: TableBinding[WindowResult] = TableBinding(
     RESULTS_TABLE, RESULT_FIELDS, result_columns, RESULT_IDENTITY)
 
 
+def window_binding(aggregation: str = "") -> TableBinding[WindowResult]:
+    if not aggregation:
+        return WINDOW_BINDING
+    return TableBinding(results_table(aggregation), RESULT_FIELDS, result_columns,
+                        RESULT_IDENTITY)
+
+
 # ---------------------------------------------------------------- pure transforms
 
 
@@ -295,15 +315,17 @@ def encode_csv(spec: TableSpec, columns: Sequence[Sequence[Value]]) -> bytes:
 # ---------------------------------------------------------------- SQL builders (pure)
 
 
-def ddl_statements(schema: str, tables: tuple[TableSpec, ...] = (RAW_TABLE, RESULTS_TABLE)
-                   ) -> list[str]:
+def ddl_statements(schema: str, tables: tuple[TableSpec, ...] = (RAW_TABLE, RESULTS_TABLE),
+                   aggregations: Sequence[str] = ()) -> list[str]:
+    """The schema, the tables, the fence table and the merged view; for each declared
+    aggregation its own results table (after `tables`) and merged view."""
     s = ident(schema)
     stmts = [f"CREATE SCHEMA IF NOT EXISTS {s}"]
-    for spec in tables:
+    for spec in (*tables, *map(results_table, aggregations)):
         cols = ",\n  ".join(f"{ident(c.name)} {c.sql_type}" for c in spec.columns)
         stmts.append(f"CREATE TABLE IF NOT EXISTS {s}.{ident(spec.name)} (\n  {cols}\n)")
     stmts.append(FENCE_DDL.format(schema=s))
-    stmts.append(merged_view_sql(s))
+    stmts += [merged_view_sql(s, a) for a in ("", *aggregations)]
     return stmts
 
 
@@ -324,7 +346,7 @@ def _merged_columns(col: dict[str, str]) -> str:
     return "\n  " + ",\n  ".join(measure(*m) for m in MERGED_MEASURES)
 
 
-def merged_view_sql(schema: str) -> str:
+def merged_view_sql(schema: str, aggregation: str = "") -> str:
     """One row per window and key: partial results of several shards combined.
 
     count and sum add up, min/max combine, and mean is recomputed from the sums (a mean of
@@ -339,12 +361,12 @@ def merged_view_sql(schema: str) -> str:
     opens a new session.
     """
     s = ident(schema)
-    table = f"{s}.{RESULTS_TABLE.name}"
+    table = f"{s}.{results_table(aggregation).name}"
     col = {f.source: f.redshift for f in RESULT_FIELDS if f.redshift}
     kind, start, end, key = col["kind"], col["start_ms"], col["end_ms"], col["key"]
     measures = _merged_columns(col)
     order = f"ORDER BY {start}, {end}, {col['shard_id']}, {col['result_id']}"
-    return f"""CREATE OR REPLACE VIEW {s}.{MERGED_VIEW} AS
+    return f"""CREATE OR REPLACE VIEW {s}.{merged_view_name(aggregation)} AS
 SELECT {kind}, {start}, {end}, {key},{measures}
 FROM {table}
 WHERE {kind} <> 'session'
@@ -578,15 +600,16 @@ class PostgresDialect:
 # ---------------------------------------------------------------- I/O shell
 
 
-def migrate(conn: Any, schema: str, out: OutputSchema = DEFAULT_SCHEMA) -> None:
+def migrate(conn: Any, schema: str, out: OutputSchema = DEFAULT_SCHEMA,
+            aggregations: Sequence[str] = ()) -> None:
     """Create the schema, both tables of the output schema (no primary keys), the fence table
-    and the merged view; add columns that tables of an earlier release (or contract) lack.
-    Idempotent."""
+    and the merged view, and each declared aggregation's results table and merged view; add
+    columns that tables of an earlier release (or contract) lack. Idempotent."""
     tables = (raw_table(out), RESULTS_TABLE)
     with conn, conn.cursor() as cur:
-        for stmt in ddl_statements(schema, tables):
+        for stmt in ddl_statements(schema, tables, aggregations):
             cur.execute(stmt)
-        for spec in tables:
+        for spec in (*tables, *map(results_table, aggregations)):
             cur.execute("SELECT column_name FROM information_schema.columns"
                         " WHERE table_schema = %s AND table_name = %s", (schema, spec.name))
             have = {name for (name,) in cur.fetchall()}

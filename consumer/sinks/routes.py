@@ -58,6 +58,7 @@ class Route(Generic[T]):
     # Objects reserved in the shard's manifest: everything buffered goes in one delivery (the
     # writer cuts the objects), and only once the shard is past every reserved object.
     manifest: ShardManifest | None = None
+    aggregation: str = ""  # whose window results it takes ("": the default aggregation's)
 
 
 class ResultsBuffer(SinkBuffer[WindowResult]):
@@ -136,9 +137,10 @@ class RouteFactory:
         self.prov = layout.Provenance(settings.stream.name, shard_id)
         self.schema = output_schema(settings.contract.key_fields)
         s3 = settings.s3
-        self.manifest = ShardManifest(
-            s3_client, s3.bucket, f"{s3.state_prefix}{settings.stream.app_name}/shard={shard_id}/"
-            "manifest.json", token)
+        self.s3_client = s3_client
+        self.state_dir = f"{s3.state_prefix}{settings.stream.app_name}/shard={shard_id}/"
+        self.manifest = ShardManifest(s3_client, s3.bucket, f"{self.state_dir}manifest.json",
+                                      token)
         self.writer = S3ObjectWriter(s3_client, s3.bucket, s3.format, self.manifest,
                                      settings.flush.max_records)
         f = settings.flush
@@ -195,13 +197,25 @@ class RouteFactory:
             written += int(retry.call(functools.partial(self.writer.put_if_absent, key, body)))
         return written
 
-    def s3_results(self) -> Route[WindowResult]:
+    def s3_results(self, aggregation: str = "") -> Route[WindowResult]:
         """Final results, many windows to an object. The pipeline buffers each engine
         step's final results in the shard's window order (layout.WindowOrder, the same in
         every replay), so objects are named by the range of window order they hold and are
         reserved in the manifest, like archive objects by position: a replay, or an old
-        owner's late PUT, writes the same objects."""
-        prefix = self.settings.s3.results_prefix
+        owner's late PUT, writes the same objects.
+
+        A declared aggregation has its own prefix (results_prefix + "agg=<name>/") and its
+        own manifest next to the shard's: window order is per aggregation (each has its
+        own watermark), so its reservations are compared and dropped apart."""
+        prefix, writer, manifest, name = self.settings.s3.results_prefix, self.writer, \
+            self.manifest, "s3-results"
+        if aggregation:
+            prefix, name = f"{prefix}agg={aggregation}/", f"s3-results:{aggregation}"
+            manifest = ShardManifest(self.s3_client, self.settings.s3.bucket,
+                                     f"{self.state_dir}agg={aggregation}/manifest.json",
+                                     self.token)
+            writer = S3ObjectWriter(self.s3_client, self.settings.s3.bucket, writer.format,
+                                    manifest, self.settings.flush.max_records)
 
         def deliver(results: Sequence[WindowResult], _: Position) -> Delivered:
             lines = result_lines_of(result_columns(results))  # in window order
@@ -209,14 +223,17 @@ class RouteFactory:
                                         [r.start_ms for r in results], lines, prefix,
                                         self.shard_id)
             kind = results[0].kind if results else ""
-            return Delivered(self.retriers("s3-results").call(
-                functools.partial(self.writer.write_results, plans, kind)))
+            return Delivered(self.retriers(name).call(
+                functools.partial(writer.write_results, plans, kind)))
 
-        return Route("s3-results", ResultsBuffer("s3-results", self.hints, prefix), deliver,
-                     self.manifest)
+        return Route(name, ResultsBuffer(name, self.hints, prefix), deliver, manifest,
+                     aggregation)
 
-    def redshift(self, connect: Callable[[], Any], staging_client: Any) -> tuple[
-            Route[Event], Route[WindowResult]]:
+    def redshift(self, connect: Callable[[], Any], staging_client: Any,
+                 aggregations: Sequence[str] = ()) -> tuple[
+            Route[Event], list[Route[WindowResult]]]:
+        """The raw rows' route, and a results route per aggregation (the default's first),
+        each into its own table (redshift.results_table)."""
         from consumer.sinks import redshift as rs
 
         cfg = self.settings.redshift
@@ -232,24 +249,29 @@ class RouteFactory:
                                    loader, connect,
                                    self.retriers("redshift-raw", rs.retryable), writer,
                                    deadline)
-        results_sink = rs.RedshiftSink("redshift-results", rs.WINDOW_BINDING, loader, connect,
-                                       self.retriers("redshift-results", rs.retryable),
-                                       writer, deadline)
 
         def deliver_raw(events: Sequence[Event], _: Position) -> Delivered:
             return Delivered(raw_sink.write_batch(events, "").written)
 
-        def deliver_results(results: Sequence[WindowResult], _: Position) -> Delivered:
-            return Delivered(results_sink.write_batch(results, "").written)
+        def results_route(aggregation: str) -> Route[WindowResult]:
+            name = f"redshift-results:{aggregation}" if aggregation else "redshift-results"
+            sink = rs.RedshiftSink(name, rs.window_binding(aggregation), loader, connect,
+                                   self.retriers(name, rs.retryable), writer, deadline)
+
+            def deliver(results: Sequence[WindowResult], _: Position) -> Delivered:
+                return Delivered(sink.write_batch(results, "").written)
+
+            return Route(name, self.buffer(name), deliver, aggregation=aggregation)
 
         return (Route("redshift-raw", self.buffer("redshift-raw"), deliver_raw),
-                Route("redshift-results", self.buffer("redshift-results"), deliver_results))
+                [results_route(a) for a in ("", *aggregations)])
 
-    def opensearch(self, client: Any) -> Route[WindowResult]:
+    def opensearch(self, client: Any, aggregation: str = "") -> Route[WindowResult]:
         from consumer.sinks import opensearch as osr
 
+        name = f"opensearch-results:{aggregation}" if aggregation else "opensearch-results"
         sink = osr.window_results_sink(client, self.settings.opensearch.index_prefix,
-                                       self.retriers("opensearch-results", osr.retryable))
+                                       self.retriers(name, osr.retryable), aggregation)
 
         def deliver(results: Sequence[WindowResult], position: Position) -> Delivered:
             outcome = sink.write_batch(results)  # one document per result id, the last
@@ -261,7 +283,7 @@ class RouteFactory:
             ]
             return Delivered(outcome.written, rejected)
 
-        return Route("opensearch-results", self.buffer("opensearch-results"), deliver)
+        return Route(name, self.buffer(name), deliver, aggregation=aggregation)
 
 
 def opensearch_for(settings: Settings) -> Any:
@@ -275,25 +297,29 @@ def opensearch_for(settings: Settings) -> Any:
 
 def open_routes(settings: Settings, shard_id: str, retriers: ShardRetriers,
                 now_ms: Callable[[], int], s3_client: Any,
-                token: FenceToken | None = None) -> Routes:
+                token: FenceToken | None = None, aggregations: Sequence[str] = ()) -> Routes:
     """Every route the settings enable, with the clients they need. With a fence token, the
-    sinks that can refuse a stale writer themselves are told who writes (Redshift)."""
+    sinks that can refuse a stale writer themselves are told who writes (Redshift).
+    `aggregations`: the declared ones' names, each with its own results routes: S3 objects
+    under its prefix, its Redshift table, its OpenSearch indices."""
     factory = RouteFactory(settings, shard_id, s3_client, retriers, now_ms, token)
     raw: list[Route[Event]] = []
     results: list[Route[WindowResult]] = []
     windows: list[Route[WindowResult]] = []
     if settings.windows.enabled:
-        windows.append(factory.s3_results())
+        windows += [factory.s3_results(name) for name in ("", *aggregations)]
     if settings.redshift.enabled:
         rs = settings.redshift
-        raw_route, results_route = factory.redshift(lambda: redshift_connect(
+        raw_route, results_routes = factory.redshift(lambda: redshift_connect(
             rs.connect_dsn(), connect_timeout_s=rs.connect_timeout_s,
-            statement_timeout_ms=rs.statement_timeout_ms, dialect=rs.dialect), s3_client)
+            statement_timeout_ms=rs.statement_timeout_ms, dialect=rs.dialect), s3_client,
+            aggregations)
         if settings.redshift.load_raw:
             raw.append(raw_route)
         if settings.windows.enabled:
-            results.append(results_route)
+            results += results_routes
     if settings.opensearch.enabled and settings.windows.enabled:
-        results.append(factory.opensearch(opensearch_for(settings)))
+        client = opensearch_for(settings)
+        results += [factory.opensearch(client, a) for a in ("", *aggregations)]
     return Routes(factory.archive(), factory.quarantine(), raw, results, windows,
                   factory.manifest)

@@ -63,6 +63,8 @@ class StageOutput:
     archive: list[Event]  # for the archive and raw routes, shard order
     rejected: list[Rejected]  # the decoder's and the stage's, shard order
     filtered: Mapping[str, int] = field(default_factory=dict)  # by filter (step) name
+    # The chain's output fields of each of `events` (declared aggregations group by them).
+    fields: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 def decode_received(records: Sequence[RawRecord],
@@ -109,7 +111,7 @@ def _keeping_decoded(chain: Chain, events: Sequence[Event],
     passed = chain.run(list(map(orjson.loads, map(_DATA, map(_RECORD, events)))))
     refused = [rejected_by(step, events[i].record, why) for i, step, why in passed.refused]
     return StageOutput(list(map(events.__getitem__, passed.index)), list(events),
-                       _merged(rejected, refused), passed.filtered)
+                       _merged(rejected, refused), passed.filtered, list(passed.fields))
 
 
 def _reading_output(chain: Chain, events: Sequence[Event], rejected: Sequence[Rejected],
@@ -131,8 +133,9 @@ def _reading_output(chain: Chain, events: Sequence[Event], rejected: Sequence[Re
                                      contract)
     read = {id(e.record): e for e in windows}
     archive = [e for e in (raw or read.get(id(rec)) for rec, raw, _ in inputs) if e is not None]
+    out_of = {id(inputs[i][0]): f for i, f in zip(passed.index, passed.fields, strict=True)}
     return StageOutput(windows, archive, _merged(kept_rejects, refused, broken),
-                       passed.filtered)
+                       passed.filtered, [out_of[id(e.record)] for e in windows])
 
 
 def _object(data: bytes) -> dict[str, Any] | None:

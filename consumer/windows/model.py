@@ -112,10 +112,13 @@ def merge_aggregates(a: Aggregates, b: Aggregates) -> Aggregates:
     )
 
 
-def result_id(kind: str, start_ms: int, end_ms: int, key: tuple[str, ...], shard_id: str) -> str:
-    """Deterministic 128-bit hex id of (kind, start, end, key, shard); msgpack keeps it
-    unambiguous whatever characters the key holds."""
-    blob = msgspec.msgpack.encode((kind, start_ms, end_ms, key, shard_id))
+def result_id(kind: str, start_ms: int, end_ms: int, key: tuple[str, ...], shard_id: str,
+              aggregation: str = "") -> str:
+    """Deterministic 128-bit hex id of (aggregation, kind, start, end, key, shard); msgpack
+    keeps it unambiguous whatever characters the key holds. The default aggregation ("")
+    keeps the id it had before there were several."""
+    ident = (kind, start_ms, end_ms, key, shard_id)
+    blob = msgspec.msgpack.encode((aggregation, *ident) if aggregation else ident)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
@@ -124,6 +127,8 @@ class WindowResult(msgspec.Struct, frozen=True, gc=False):
 
     is_final: no later emission for this result_id will follow from this engine (see
     consumer.windows.engine for exactly when results are emitted).
+    aggregation: the declared aggregation's name; "" for the default one (consumer/windows/
+    aggregations.py).
     """
 
     kind: str
@@ -133,11 +138,13 @@ class WindowResult(msgspec.Struct, frozen=True, gc=False):
     shard_id: str
     aggregates: Aggregates
     is_final: bool
+    aggregation: str = ""
 
     @property
     def result_id(self) -> str:
         # Computed on access: the engine emits ~1 result per record on sparse streams.
-        return result_id(self.kind, self.start_ms, self.end_ms, self.key, self.shard_id)
+        return result_id(self.kind, self.start_ms, self.end_ms, self.key, self.shard_id,
+                         self.aggregation)
 
 
 def merge(a: WindowResult, b: WindowResult) -> WindowResult:
@@ -146,7 +153,8 @@ def merge(a: WindowResult, b: WindowResult) -> WindowResult:
     The merged shard_id is the sorted '+'-joined set of contributing shards; it is final
     only when both parts are.
     """
-    if (a.kind, a.start_ms, a.end_ms, a.key) != (b.kind, b.start_ms, b.end_ms, b.key):
+    if (a.aggregation, a.kind, a.start_ms, a.end_ms, a.key) != (
+            b.aggregation, b.kind, b.start_ms, b.end_ms, b.key):
         raise ValueError("merge: results are for different windows or keys")
     shards = sorted(set(a.shard_id.split("+")) | set(b.shard_id.split("+")))
     return WindowResult(
@@ -157,6 +165,7 @@ def merge(a: WindowResult, b: WindowResult) -> WindowResult:
         "+".join(shards),
         merge_aggregates(a.aggregates, b.aggregates),
         a.is_final and b.is_final,
+        a.aggregation,
     )
 
 
