@@ -130,7 +130,9 @@ _drift_lock = threading.Lock()
 # --- transform --------------------------------------------------------------------------------
 RECORDS_FILTERED = Counter(
     "aetherstream_records_filtered_total",
-    "Records a transform filter step removed, by filter (step) name.",
+    "Records left out: by a transform filter (filter = its step name), or by a declared "
+    "aggregation that could not read them or filtered them (aggregation:<name>) or found them "
+    "late (late:<name>), which stay archived.",
     ("shard", "filter"), registry=REGISTRY,
 )
 LOOKUP_REFRESH_FAILURES = Counter(
