@@ -15,6 +15,8 @@ def test_bench_main_runs_and_approaches_agree(capsys: pytest.CaptureFixture[str]
     assert "agree ours vs naive (ms): yes" in out
     assert "agree transform chain vs naive without rssi (iso): yes" in out
     assert "transform chain / engine = " in out
+    assert "agree two aggregations vs naive + its per-device roll-up (iso): yes" in out
+    assert "two aggregations / engine = " in out
     assert "agree polars vs naive (ms): yes" in out
     assert ("bytewax: not installed" in out) != ("agree bytewax vs naive, prefix (iso): yes" in out)
 
