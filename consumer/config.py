@@ -224,18 +224,29 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     return load_settings_with_sources(path, env)[0]
 
 
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """The settings file's TOML, or ConfigError naming the file."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+
+
+def settings_tables(path: str | Path, key: str) -> list[Any]:
+    """The settings file's `[[key]]` array of tables (empty when there is none)."""
+    tables = read_settings_file(path).get(key, [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"file {path}: {key} must be an array of tables ([[{key}]])")
+    return tables
+
+
 def load_settings_with_sources(
     path: str | Path | None = None, env: dict[str, str] | None = None
 ) -> tuple[Settings, Sources]:
     """load_settings, and where each value came from (for later checks, e.g. `local up`'s)."""
     env = dict(os.environ) if env is None else env
     path = path or settings_path(env)
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from exc
+    data: dict[str, Any] = read_settings_file(path) if path else {}
     # The [[transform]] tables are an ordered chain, not a section of scalars: their own
     # loader (consumer/transform/config.py) reads and checks them from the same file; so do
     # the [[aggregation]] tables (consumer/windows/aggconfig.py).

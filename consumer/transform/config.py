@@ -10,13 +10,12 @@ tables and plug-ins loaded here, so a bad one stops the start, not a record.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer.config import ConfigError
+from consumer.config import ConfigError, settings_tables
 from consumer.transform import steps as st
 from consumer.transform.chain import Chain
 from consumer.transform.expr import ExprSyntaxError, compile_expr
@@ -61,14 +60,7 @@ TableLoader = Callable[[LookupSource], LookupTable]
 
 def read_transform_tables(path: str | Path) -> list[Any]:
     """The file's `transform` array (empty when there is none); the rest is the settings'."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from exc
-    tables = data.get("transform", [])
-    if not isinstance(tables, list):
-        raise ConfigError(f"file {path}: transform must be an array of tables ([[transform]])")
-    return tables
+    return settings_tables(path, "transform")
 
 
 def load_chain(path: str | Path, s3: Callable[[], Any] | None = None) -> Configured:

@@ -22,12 +22,11 @@ and the rule.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from consumer.config import ConfigError, Settings
+from consumer.config import ConfigError, Settings, settings_tables
 from consumer.transform.expr import ExprSyntaxError, compile_expr
 from consumer.windows.aggregations import Aggregation
 from consumer.windows.model import WindowSpec
@@ -47,15 +46,7 @@ class _Bad(Exception):
 
 
 def read_aggregation_tables(path: str | Path) -> list[Any]:
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from exc
-    tables = data.get("aggregation", [])
-    if not isinstance(tables, list):
-        raise ConfigError(f"file {path}: aggregation must be an array of tables "
-                          "([[aggregation]])")
-    return tables
+    return settings_tables(path, "aggregation")
 
 
 def load_aggregations(path: str | Path | None, settings: Settings) -> tuple[Aggregation, ...]:
