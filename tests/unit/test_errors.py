@@ -241,9 +241,15 @@ def moto_url() -> Iterator[str]:
         server.stop()
 
 
+# moto's answers, not timeouts, are under test: its first request to a service loads that
+# backend, which took over ONE_SHOT's 0.5 s on a loaded machine (a ReadTimeoutError instead).
+MOTO_ONE_SHOT = ONE_SHOT.merge(Config(read_timeout=30))
+
+
 def _moto(service: str, url: str, key: str = "test", secret: str = "test") -> Any:
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", config=ONE_SHOT,
-                        aws_access_key_id=key, aws_secret_access_key=secret)
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1",
+                        config=MOTO_ONE_SHOT, aws_access_key_id=key,
+                        aws_secret_access_key=secret)
 
 
 def test_moto_no_such_bucket_is_fatal(moto_url: str) -> None:
