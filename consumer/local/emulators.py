@@ -321,7 +321,9 @@ class LocalStack:
 
     def _spawn_dynalite(self, node: str, modules: Path, port: int) -> ManagedProcess:
         cli = modules / "dynalite" / "cli.js"
-        argv = [node, str(cli), "--host", LOCALHOST, "--port", str(port),
+        keepalive = Path(__file__).with_name("dynalite_keepalive.js")
+        argv = [node, "--require", str(keepalive), str(cli),
+                "--host", LOCALHOST, "--port", str(port),
                 "--createTableMs", "10", "--deleteTableMs", "10", "--updateTableMs", "10"]
         return self._spawn("dynalite", argv)
 

@@ -113,6 +113,22 @@ def test_dynamodb_table_round_trip(ep: Endpoints) -> None:
     assert got["Item"] == item
 
 
+def test_dynamodb_survives_a_client_that_drops_a_request_mid_body(stack: LocalStack,
+                                                                 ep: Endpoints) -> None:
+    # A SIGKILLed KCL worker closes its socket mid-request. dynalite itself rethrows that
+    # error and exits, taking every worker's leases with it; the stack preloads a guard.
+    port = urlsplit(ep.dynamodb_endpoint).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port)) as half:
+        half.sendall(b"POST / HTTP/1.1\r\nHost: dynamodb\r\nContent-Length: 100\r\n"
+                     b"Content-Type: application/x-amz-json-1.0\r\n\r\n{\"TableName\":")
+        time.sleep(0.2)  # the server has read the partial body before the socket closes
+    time.sleep(0.3)
+    boto3_client("dynamodb", ep).list_tables()  # refused if dynalite exited
+    log = (stack.log_dir / "dynalite.log").read_text()
+    assert "a client dropped a request mid-body" in log
+
+
 def test_s3_conditional_put_refuses_second_create(ep: Endpoints) -> None:
     s3 = boto3_client("s3", ep)
     s3.put_object(Bucket=BUCKET, Key="a/part-0", Body=b"first", IfNoneMatch="*")
