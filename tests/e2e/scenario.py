@@ -41,6 +41,7 @@ from consumer.local.reconcile import (
     s3_results_by_id,
 )
 from consumer.local.stack import aws_env
+from consumer.pipeline import contract_from
 from consumer.sinks.migrate import migrate_all
 from tests.support.steady_producer import SteadyProducer
 
@@ -268,8 +269,8 @@ class Scenario:
         return out
 
     def _against_archive(self, c: Contents, late: set[Identity]) -> list[str]:
-        w, contract = self.settings.windows, self.settings.contract
-        expected = expected_results(c.archive.rows, late, w.size_ms, contract.key_fields)
+        w = self.settings.windows
+        expected = expected_results(c.archive.rows, late, w.size_ms, contract_from(self.settings))
         held = {(r.shard, r.start_ms, r.key): r for rs in c.results["s3"].values() for r in rs}
         out = []
         if missing := sorted(set(expected) - set(held)):
