@@ -8,8 +8,9 @@ The settings file (written below, modelled on examples/aggregations/settings.tom
   rejected: quarantined with stage `transform`), a derive of `reading` (degrees F from either
   version's value) and a filter dropping the `battery` metric;
 - the default aggregation (60 s tumbling over device and metric, the contract's value), and
-  `per_device` (60 s tumbling over `reading`) and `per_metric` (5-minute windows sliding by a
-  minute over metric and site, with quantiles).
+  `per_device` (60 s tumbling; no `value`, so each record's own version's value field, as
+  the default aggregation reads it) and `per_metric` (5-minute windows sliding by a minute
+  over metric and site, with quantiles, measuring the derived `reading`).
 
 The stream mixes both versions, unknown devices, battery readings, a v2 producer sending
 `value` as a string (quarantined as a type change, counted as drift), records far behind the
@@ -107,7 +108,6 @@ expr = "metric != 'battery'"
 [[aggregation]]
 name = "per_device"
 group_by = ["device_id"]
-value = "reading"
 [aggregation.window]
 kind = "tumbling"
 size_ms = 60000
@@ -223,7 +223,7 @@ class Agg:
 
 AGGS = (
     Agg("", 60_000, 60_000, 10_000, lambda r: (r.device, r.metric), lambda r: r.value),
-    Agg("per_device", 60_000, 60_000, 5_000, lambda r: (r.device,), lambda r: r.reading),
+    Agg("per_device", 60_000, 60_000, 5_000, lambda r: (r.device,), lambda r: r.value),
     Agg("per_metric", 300_000, 60_000, 30_000, lambda r: (r.metric, SITES[r.device]),
         lambda r: r.reading, quantiles=True),
 )
