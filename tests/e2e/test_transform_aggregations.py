@@ -28,6 +28,7 @@ quarantined (transform) + late, with the filter and late counters read from /met
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import random
@@ -461,7 +462,6 @@ def test_chain_versions_and_aggregations_reach_every_sink(stack: LocalStack,
     assert by_stage == {("contract", "type_change"): len(changed),
                         ("transform", "sites:lookup_miss"): len(want.quarantined),
                         ("window", "late"): len(want.late[""])}
-    import base64
     assert sorted(base64.b64decode(q["data_b64"]) for q in quarantine.rows
                   if q["stage"] == "contract") == sorted(r.data for r in changed)
     assert drift == all_drift == len(changed)
