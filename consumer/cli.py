@@ -208,6 +208,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from consumer.transform.inputs import archive_shards, raw_records
     from consumer.transform.stage import TransformStage
     from consumer.transform.testrun import read_lines, report, shard_order
+    from consumer.windows.aggconfig import load_aggregations
+    from consumer.windows.aggregations import AggregationSet
     from consumer.windows.engine import WindowEngine
 
     path = args.transform_config or args.config or os.environ.get("AETHERSTREAM_CONFIG")
@@ -218,6 +220,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
         return 2
     settings = load_settings(path)  # [contract] and [windows] as the service reads them
     configured = load_chain(path, s3=lambda: client("s3"))
+    declared = load_aggregations(path, settings)
     try:
         lines = read_lines(Path(args.input))
     except OSError as exc:
@@ -236,9 +239,11 @@ def cmd_transform(args: argparse.Namespace) -> int:
     contract = contract_from(settings)
     engine = WindowEngine(window_spec(settings), shard or "input") \
         if settings.windows.enabled else None
+    aggregations = AggregationSet(declared, shard or "input") \
+        if declared and engine is not None else None
     results = []
     for line in report(TransformStage(configured.chain, contract), contract, engine,
-                       shard_order(raw_records(lines)), args.batch_size):
+                       shard_order(raw_records(lines)), args.batch_size, aggregations):
         _emit(line)
         if line["type"] == "result":
             results.append(line)
@@ -255,7 +260,9 @@ def _emit(line: dict[str, Any]) -> None:
 
 def _against_archive(url: str, results_prefix: str, results: list[dict[str, Any]],
                      shard: str | None, s3: Callable[[], Any]) -> int:
-    """Differences from the stored results as NDJSON: 0 if none, 1 if any (or S3 failed)."""
+    """Differences from the stored results as NDJSON: 0 if none, 1 if any (or S3 failed).
+    Each aggregation against its own results: the default's under the prefix, a declared
+    one's under <prefix>agg=<name>/."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from consumer.transform import against
@@ -265,21 +272,25 @@ def _against_archive(url: str, results_prefix: str, results: list[dict[str, Any]
     except ValueError as exc:
         print(f"aetherstream transform test: {exc}", file=sys.stderr)
         return 2
-    try:
-        rows, objects = against.read_stored(s3(), bucket, against.prefixes(prefix, results,
-                                                                            shard))
-    except (BotoCoreError, ClientError) as exc:
-        print(f"aetherstream transform test: reading s3://{bucket}/{prefix}: {exc}",
-              file=sys.stderr)
-        return 1
-    stored, repeated = against.merged(rows)
-    equal = False
-    for line in against.compare(results, stored):
-        if line["type"] == "comparison":
-            line |= {"against": f"s3://{bucket}/{prefix}", "shard": shard or "all",
-                     "objects": objects, "repeated_result_ids": repeated}
-            equal = line["equal_overall"]
-        _emit(line)
+    equal = True
+    for name in sorted({r["aggregation"] for r in results} | {""}):
+        mine = [r for r in results if r["aggregation"] == name]
+        where = prefix + (f"agg={name}/" if name else "")
+        try:
+            rows, objects = against.read_stored(s3(), bucket,
+                                                against.prefixes(where, mine, shard))
+        except (BotoCoreError, ClientError) as exc:
+            print(f"aetherstream transform test: reading s3://{bucket}/{where}: {exc}",
+                  file=sys.stderr)
+            return 1
+        stored, repeated = against.merged(rows)
+        for line in against.compare(mine, stored):
+            line = {"type": line.pop("type"), "aggregation": name, **line}
+            if line["type"] == "comparison":
+                line |= {"against": f"s3://{bucket}/{where}", "shard": shard or "all",
+                         "objects": objects, "repeated_result_ids": repeated}
+                equal = equal and line["equal_overall"]
+            _emit(line)
     sys.stdout.flush()
     return 0 if equal else 1
 

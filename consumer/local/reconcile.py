@@ -6,9 +6,12 @@ Used by the demo, the end-to-end tests and operators checking a bucket by hand.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumer.records.contract import Contract, split_path
+from consumer.records.versions import VersionRule, get_path, select
 from consumer.sinks.layout import decode_body
 
 Identity = tuple[str, str, int]
@@ -229,20 +232,41 @@ def shard_order(row: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def expected_results(archive_rows: list[dict[str, Any]], late: set[Identity], size_ms: int,
-                     key_fields: tuple[str, ...], value_field: str = "value",
+                     contract: Contract,
                      ) -> dict[tuple[str, int, tuple[str, ...]], ResultContent]:
     """The final tumbling-window results the archive implies: every archived record that was
     not quarantined as late, in its shard's window, folded in shard order (as the engine
-    does). Keyed by (shard, window start, key)."""
+    does). Keyed by (shard, window start, key). Each payload's key and value are read at the
+    paths of its schema version (the first whose selector holds, as the decoder picks it),
+    so a v1 `temp` and a v2 `value` both count; the event time is the archive's column."""
+    read = _reader(contract)
     acc: dict[tuple[str, int, tuple[str, ...]], list[float]] = {}
     for row in sorted(archive_rows, key=shard_order):
         if (row["shard"], row["sequence"], row["sub_sequence"]) in late:
             continue
+        key, value = read(row["payload"])
         start = row["event_ts_ms"] // size_ms * size_ms
-        key = tuple(str(row["payload"][f]) for f in key_fields)
-        acc.setdefault((row["shard"], start, key), []).append(float(row["payload"][value_field]))
+        acc.setdefault((row["shard"], start, key), []).append(value)
     return {
         (shard, start, key): ResultContent(shard, start, key, len(v), sum(v), min(v), max(v),
                                            True)
         for (shard, start, key), v in acc.items()
     }
+
+
+def _reader(contract: Contract) -> Callable[[dict[str, Any]], tuple[tuple[str, ...], float]]:
+    """A payload -> (key, value), at the paths of the payload's schema version."""
+    rules = [VersionRule(v, contract.version_field) for v in contract.versions]
+    version_segs = split_path(contract.version_field) if contract.version_field else ()
+
+    def read(payload: dict[str, Any]) -> tuple[tuple[str, ...], float]:
+        keys, value = contract.key_fields, contract.value_field
+        if rules:
+            rule = select(payload, rules, version_segs)
+            if rule is None:  # the decoder quarantines such a record: it is never archived
+                raise ValueError(f"an archived payload of no declared version: {payload!r}")
+            keys, value = rule.version.key_fields, rule.version.value_field
+        return (tuple(str(get_path(payload, split_path(f))) for f in keys),
+                float(get_path(payload, split_path(value))))  # type: ignore[arg-type]
+
+    return read

@@ -9,11 +9,16 @@ each with a "type":
   and "after" (the chain's output, null where the chain kept nothing):
   "record" (windowed: the key, ts_ms and value the windows read), "filtered" (the filter's
   name), "quarantined" (stage, reason, message) or "late" (the window stage's message);
-- "result": one per window and key, the last emission, in the S3 results lines' fields
-  (consumer/sinks/rows.py), with "closed_by" ("watermark": final while the input ran, as
-  the service stores it; "end_of_input": closed only because the input ended) and
+- "result": one per aggregation, window and key, the last emission, in the S3 results
+  lines' fields (consumer/sinks/rows.py), with "aggregation" (the declared aggregation's
+  name, "" for the default one: the settings file's [[aggregation]] tables run beside it,
+  fed the chain's output as the pipeline feeds them), "closed_by" ("watermark": final
+  while the input ran, as the service stores it; "end_of_input": closed only because the
+  input ended) and
   "emissions" (more than one with allowed lateness: the corrected re-emissions);
-- "summary": the counts, which reconcile: input = windowed + filtered + quarantined + late.
+- "summary": the counts, which reconcile: input = windowed + filtered + quarantined + late
+  (the default aggregation's), and per declared aggregation its results, its late records
+  and the records it could not read or its filter refused ("aggregations").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import gzip
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from consumer.sinks.rows import result_columns, result_lines_of
 from consumer.transform.inputs import from_raw
 from consumer.transform.model import TRecord
 from consumer.transform.stage import StageOutput, TransformStage, decode_received
+from consumer.windows.aggregations import AggregationSet
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult
 
@@ -57,9 +63,10 @@ class _Results:
                 self.by_watermark.add(rid)
 
     def lines(self) -> list[dict[str, Any]]:
-        ordered = sorted(self.last.values(), key=window_sort_key)
+        # The default aggregation's first, then each declared one's, each in window order.
+        ordered = sorted(self.last.values(), key=lambda r: (r.aggregation, window_sort_key(r)))
         rows = result_lines_of(result_columns(ordered))
-        return [{"type": "result", **orjson.loads(row),
+        return [{"type": "result", "aggregation": r.aggregation, **orjson.loads(row),
                  "closed_by": "watermark" if r.result_id in self.by_watermark
                  else "end_of_input", "emissions": self.emissions[r.result_id]}
                 for r, row in zip(ordered, rows, strict=True)]
@@ -107,12 +114,13 @@ def _batch_lines(stage: TransformStage, part: Sequence[tuple[int, RawRecord]],
 
 
 def report(stage: TransformStage, contract: Contract, engine: WindowEngine | None,
-           records: Sequence[tuple[int, RawRecord]],
-           batch_size: int = 500) -> Iterator[dict[str, Any]]:
+           records: Sequence[tuple[int, RawRecord]], batch_size: int = 500,
+           aggregations: AggregationSet | None = None) -> Iterator[dict[str, Any]]:
     """The lines described in the module docstring (engine None: windows disabled)."""
     counts: Counter[str] = Counter()
     filtered: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    declared = _Declared(aggregations)
     results = _Results({}, Counter(), set())
     for start in range(0, len(records), batch_size):
         part = records[start:start + batch_size]
@@ -121,6 +129,7 @@ def report(stage: TransformStage, contract: Contract, engine: WindowEngine | Non
         out = engine.process(staged.events, 0) if engine is not None and staged.events \
             else StepOutput([], [])
         results.add(out.results, at_end=False)
+        results.add(declared.process(staged), at_end=False)
         filtered.update(staged.filtered)
         for line in _batch_lines(stage, part, staged, out):
             counts[line["type"]] += 1
@@ -129,10 +138,46 @@ def report(stage: TransformStage, contract: Contract, engine: WindowEngine | Non
             yield line
     if engine is not None:
         results.add(engine.close_all().results, at_end=True)
+    results.add(declared.close_all(), at_end=True)
     lines = results.lines()
     yield from lines
-    yield _summary(len(records), counts, filtered, reasons, lines,
-                   engine.watermark_ms if engine is not None else None)
+    summary = _summary(len(records), counts, filtered, reasons,
+                       [r for r in lines if not r["aggregation"]],
+                       engine.watermark_ms if engine is not None else None)
+    yield summary | declared.summary(lines) if aggregations is not None else summary
+
+
+@dataclass
+class _Declared:
+    """The declared aggregations beside the default engine, as ShardPipeline runs them:
+    each batch's kept records with the chain's output fields, no step on an empty one."""
+
+    aggregations: AggregationSet | None
+    late: Counter[str] = field(default_factory=Counter)
+    not_read: Counter[str] = field(default_factory=Counter)
+
+    def process(self, staged: StageOutput) -> list[WindowResult]:
+        if self.aggregations is None or not staged.events:
+            return []
+        step = self.aggregations.process(list(zip(staged.fields, staged.events, strict=True)),
+                                         0)
+        self.not_read.update(step.skipped)
+        for name, out in step.outputs.items():
+            self.late[name] += len(out.late)
+        return [r for out in step.outputs.values() for r in out.results]
+
+    def close_all(self) -> list[WindowResult]:
+        if self.aggregations is None:
+            return []
+        return [r for out in self.aggregations.close_all().values() for r in out.results]
+
+    def summary(self, lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        assert self.aggregations is not None
+        names = [a.name for a in self.aggregations.aggregations]
+        return {"aggregations": {n: {
+            "results": sum(1 for r in lines if r["aggregation"] == n),
+            "late": self.late[n], "not_read": self.not_read[n],
+            "watermark_ms": self.aggregations.engines[n].watermark_ms} for n in names}}
 
 
 def _summary(n: int, counts: Counter[str], filtered: Counter[str], reasons: Counter[str],

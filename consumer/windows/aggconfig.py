@@ -8,7 +8,8 @@ and the rule.
     [[aggregation]]
     name = "per_metric"            # a-z, 0-9, '_' (a letter first); unique
     group_by = ["metric"]          # field paths, derived fields included
-    value = "value"                # the numeric field measured (default: contract.value_field)
+    value = "value"                # the numeric field measured (default: contract.value_field;
+                                   # with schema versions, each record's version's)
     filter = "value >= 0.0"        # optional CEL predicate over the record's fields
     quantiles = true               # p50/p90/p99 sketches (default false)
     [aggregation.window]           # default: tumbling 60 s, lateness 0, out-of-orderness 5 s
@@ -94,10 +95,12 @@ def _one(t: Any, seen: set[str], settings: Settings) -> Aggregation:
     if not isinstance(quantiles, bool):
         raise _Bad("quantiles", f"must be true or false, got {quantiles!r}")
     c = settings.contract
+    # With schema versions the value field is each version's own: the decoder's reading.
+    value = None if "value" not in t and c.versions else _path(
+        "value", t.get("value", c.value_field))
     return Aggregation(
-        name=name, group_by=tuple(_path("group_by", p) for p in group_by),
-        value=_path("value", t.get("value", c.value_field)), spec=_spec(t, quantiles),
-        filter=_filter(t))
+        name=name, group_by=tuple(_path("group_by", p) for p in group_by), value=value,
+        spec=_spec(t, quantiles), filter=_filter(t))
 
 
 def _path(key: str, value: Any) -> tuple[str, ...]:

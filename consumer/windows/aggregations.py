@@ -41,11 +41,12 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class Aggregation:
-    """One declared aggregation. group_by and value are field paths (split on '.')."""
+    """One declared aggregation. group_by and value are field paths (split on '.'); value
+    None: the record's contract reading (its schema version's value field)."""
 
     name: str
     group_by: tuple[Path, ...]
-    value: Path
+    value: Path | None
     spec: WindowSpec
     filter: Expr | None = field(default=None, compare=False)
 
@@ -83,7 +84,7 @@ def read_event(agg: Aggregation, fields: Mapping[str, Any], ev: Event) -> Event 
     parts = [_key_part(_get(fields, p)) for p in agg.group_by]
     if None in parts:
         return None
-    v = _get(fields, agg.value)
+    v = ev.value if agg.value is None else _get(fields, agg.value)
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         return None
     return Event(tuple(parts), ev.ts_ms, float(v), ev.record)  # type: ignore[arg-type]
@@ -95,12 +96,12 @@ def read_events(agg: Aggregation, batch: Sequence[tuple[Mapping[str, Any], Event
     declaration (top-level fields, no filter, no route step in the chain) the fields are
     read by columns and a record whose key parts are strings and whose value is a float
     is taken without a call per record."""
-    paths = (*agg.group_by, agg.value)
+    paths = agg.group_by if agg.value is None else (*agg.group_by, agg.value)
     if agg.filter is not None or any(len(p) != 1 for p in paths) or any(
             ROUTE_FIELD in f for f, _ in batch):
         return [e for e in (read_event(agg, f, ev) for f, ev in batch) if e is not None]
     cols = [[f.get(p[0]) for f, _ in batch] for p in paths]
-    values = cols.pop()
+    values = [ev.value for _, ev in batch] if agg.value is None else cols.pop()
     keys = list(zip(*cols, strict=True))
     out: list[Event] = []
     for key, v, (fields, ev) in zip(keys, values, batch, strict=True):

@@ -41,6 +41,7 @@ from consumer.local.reconcile import (
     s3_results_by_id,
 )
 from consumer.local.stack import aws_env
+from consumer.pipeline import contract_from
 from consumer.sinks.migrate import migrate_all
 from tests.support.steady_producer import SteadyProducer
 
@@ -71,11 +72,15 @@ class Scenario:
 
     def __init__(self, stack: LocalStack, name: str, run_dir: Path,
                  opensearch_url: str | None = None, shards: int = 4,
-                 windows: dict[str, Any] | None = None) -> None:
+                 windows: dict[str, Any] | None = None, config: Path | None = None,
+                 aggregations: tuple[str, ...] = ()) -> None:
+        """config: a settings file for the workers (its [[transform]] and [[aggregation]]
+        tables; the overrides below win over its sections); aggregations: the names it
+        declares, whose tables and templates are migrated too."""
         e = stack.endpoints
-        self.stack, self.name, self.run_dir = stack, name, run_dir
+        self.stack, self.name, self.run_dir, self.config = stack, name, run_dir, config
         self.settings: Settings = with_overrides(
-            load_settings(None, env={}),
+            load_settings(config, env={}),
             stream={"name": name, "app_name": name},
             s3={"bucket": name},
             kcl={"failover_time_ms": 5000, "shutdown_grace_ms": 10_000},
@@ -91,7 +96,8 @@ class Scenario:
         stack.create_stream(name, shards)
         stack.prepare_leases(name, name)  # KCL skips its random wait on an empty lease table
         stack.create_bucket(name)
-        migrate_all(with_overrides(self.settings, opensearch={"endpoint": e.opensearch_url}))
+        migrate_all(with_overrides(self.settings, opensearch={"endpoint": e.opensearch_url}),
+                    aggregations)
         self.sent: list[UserRecord] = []
         self.workers: list[Supervisor] = []
         self.producers: list[SteadyProducer] = []
@@ -108,6 +114,8 @@ class Scenario:
     def worker(self, label: str) -> Supervisor:
         settings = with_overrides(self.settings, kcl={"worker_id": self.worker_id(label)})
         env = {**aws_env(self.stack.endpoints), **to_env(settings)}
+        if self.config is not None:
+            env["AETHERSTREAM_CONFIG"] = str(self.config)
         worker = Supervisor(settings, self.run_dir / label, env)
         worker.start()
         self.workers.append(worker)
@@ -261,8 +269,8 @@ class Scenario:
         return out
 
     def _against_archive(self, c: Contents, late: set[Identity]) -> list[str]:
-        w, contract = self.settings.windows, self.settings.contract
-        expected = expected_results(c.archive.rows, late, w.size_ms, contract.key_fields)
+        w = self.settings.windows
+        expected = expected_results(c.archive.rows, late, w.size_ms, contract_from(self.settings))
         held = {(r.shard, r.start_ms, r.key): r for rs in c.results["s3"].values() for r in rs}
         out = []
         if missing := sorted(set(expected) - set(held)):

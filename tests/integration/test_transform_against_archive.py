@@ -25,6 +25,8 @@ from consumer.records.model import Position, RawRecord
 from consumer.sinks.layout import decode_body, gzip_body
 from consumer.transform.config import load_chain
 from consumer.transform.stage import open_stage
+from consumer.windows.aggconfig import load_aggregations
+from consumer.windows.aggregations import AggregationSet
 from tests.support import transform_case as case
 from tests.support.pipelines import make_pipeline
 from tests.support.servers import S3Endpoint, moto_s3
@@ -64,7 +66,9 @@ def store(s3: S3Endpoint, prefix: str, path: Path) -> None:
             "state_prefix": f"{prefix}/state/"},
         flush={"max_records": 100_000, "max_age_ms": 10**9})
     stage = open_stage(load_chain(path).chain, contract_from(cfg), None)
-    pipeline = make_pipeline(cfg, SHARD, s3.client(), transform=stage)
+    declared = load_aggregations(path, cfg)
+    pipeline = make_pipeline(cfg, SHARD, s3.client(), transform=stage,
+                             aggregations=AggregationSet(declared, SHARD) if declared else None)
     batch = records()
     for start in range(0, len(batch), 40):
         pipeline.ingest(batch[start:start + 40], now_ms=0)
@@ -165,3 +169,49 @@ def test_a_plain_file_compares_with_every_shard(s3: S3Endpoint, aws_env: None,
         (r["window_start_ms"], tuple(r["key"])) for r in gone}
     assert "missing" in {d["difference"] for d in of_type(out, "difference")}
     assert all(d["difference"] == "open" for d in of_type(out, "open"))
+
+
+PER_DEVICE = """
+[[aggregation]]
+name = "per_device"
+group_by = ["device_id"]
+[aggregation.window]
+size_ms = 30000
+allowed_lateness_ms = 4000
+out_of_orderness_ms = 2000
+"""
+
+
+def test_each_declared_aggregation_against_its_own_results(
+        s3: S3Endpoint, aws_env: None, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A declared aggregation's results are compared with those under agg=<name>/, the
+    default's with the others: equal, then one per_device object altered -> only its
+    comparison differs."""
+    path = case.settings_file(tmp_path, PER_DEVICE)
+    store(s3, "c1", path)
+    data = tmp_path / "archive.ndjson.gz"
+    data.write_bytes(gzip.compress(b"\n".join(archive_lines(s3, "c1"))))
+    rc, out = run(capsys, path, data, "c1")
+    comparisons = {c["aggregation"]: c for c in of_type(out, "comparison")}
+    assert rc == 0 and of_type(out, "difference") == [] and set(comparisons) == {"", "per_device"}
+    for agg, c in comparisons.items():
+        computed = [r for r in of_type(out, "result") if r["aggregation"] == agg]
+        assert c["equal_overall"] and c["windows"] == c["equal"] == len(computed) > 0, agg
+    assert comparisons["per_device"]["against"] == f"s3://{BUCKET}/c1/results/agg=per_device/"
+    assert comparisons["per_device"]["objects"] == len(objects(s3, "c1/results/agg=per_device/"))
+    assert comparisons[""]["objects"] == len(objects(s3, "c1/results/")) - len(
+        objects(s3, "c1/results/agg=per_device/"))
+
+    client = s3.client()
+    key = objects(s3, "c1/results/agg=per_device/")[0]
+    rows = decode_body(key, client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    rows[0] |= {"count": rows[0]["count"] + 1}
+    client.put_object(Bucket=BUCKET, Key=key,
+                      Body=gzip_body(orjson.dumps(r) + b"\n" for r in rows))
+    rc, out = run(capsys, path, data, "c1")
+    [diff] = of_type(out, "difference")
+    assert rc == 1 and diff["aggregation"] == "per_device" and diff["key"] == rows[0]["key"]
+    assert diff["fields"]["count"] == {"input": rows[0]["count"] - 1, "stored": rows[0]["count"]}
+    assert {c["aggregation"]: c["equal_overall"] for c in of_type(out, "comparison")} == {
+        "": True, "per_device": False}

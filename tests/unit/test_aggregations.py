@@ -18,12 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.config import ConfigError, Settings
+from consumer.config import ConfigError, Settings, load_settings
+from consumer.pipeline import contract_from
+from consumer.records.decode import decode_batch
 from consumer.records.model import Event, Position, RawRecord
 from consumer.transform.expr import compile_expr
 from consumer.windows import WindowEngine, WindowSpec, result_id
 from consumer.windows.aggconfig import parse_aggregations
-from consumer.windows.aggregations import Aggregation, AggregationSet, read_event
+from consumer.windows.aggregations import Aggregation, AggregationSet, read_event, read_events
 from consumer.windows.model import WindowResult
 
 SHARD = "shardId-000000000001"
@@ -291,3 +293,34 @@ def test_reading_by_columns_equals_reading_each_record(rows: list[dict[str, Any]
     plain = [({k: v for k, v in f.items() if k != "_aggregations"}, ev) for f, ev in batch]
     assert read_events(agg, plain) == [e for e in (read_event(agg, f, ev)
                                                    for f, ev in plain) if e is not None]
+
+
+def test_a_declared_aggregation_reads_each_schema_versions_value() -> None:
+    """Without `value`, a versioned contract's aggregation measures each record's own
+    version's value field (v1 `temp`, v2 `value`), as the default aggregation does; an
+    explicit `value` stays that field, and an unversioned contract's default its path."""
+    versions = ('[{"name": "v1", "when": 1, "value_field": "temp"}, '
+                '{"name": "v2", "when": 2}]')
+    cfg = load_settings(None, env={"AETHERSTREAM_CONTRACT_VERSION_FIELD": "schema_version",
+                                   "AETHERSTREAM_CONTRACT_VERSIONS": versions})
+    tables = [{"name": "by_version", "group_by": ["device_id"]},
+              {"name": "explicit", "group_by": ["device_id"], "value": "value"}]
+    implicit, explicit = parse_aggregations(tables, "test", cfg)
+    assert (implicit.value, explicit.value) == (None, ("value",))
+    assert parse_aggregations(tables[:1], "test", Settings())[0].value == ("value",)
+    events, rejected = decode_batch([RawRecord(orjson.dumps(o), "pk", Position(i, 0), 0)
+                                     for i, o in enumerate([
+        {"schema_version": 1, "device_id": "d", "metric": "m", "ts": 1000, "temp": 5.0},
+        {"schema_version": 2, "device_id": "d", "metric": "m", "ts": 2000, "value": 7.0}])],
+        contract_from(cfg))
+    assert rejected == [] and [e.value for e in events] == [5.0, 7.0]
+    batch = [(orjson.loads(e.record.data), e) for e in events]
+    both = AggregationSet([implicit, explicit], SHARD)
+    assert both.process(batch, 0).skipped == {"explicit": 1}  # the v1 record has no `value`
+    out = both.close_all()
+    assert [(r.aggregates.count, r.aggregates.sum) for r in out["by_version"].results] == [
+        (2, 12.0)]
+    assert [(r.aggregates.count, r.aggregates.sum) for r in out["explicit"].results] == [
+        (1, 7.0)]
+    # record by record, the same
+    assert [read_event(implicit, f, e) for f, e in batch] == read_events(implicit, batch)

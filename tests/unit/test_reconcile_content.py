@@ -3,7 +3,14 @@ relies on to call two sinks equal, so each difference it must see is shown to be
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from consumer.local.reconcile import ResultContent, expected_results, result_differences
+from consumer.records.contract import Contract, parse_versions
+
+PLAIN = Contract()
 
 
 def content(count: int = 2, total: float = 3.0, final: bool = True) -> ResultContent:
@@ -39,7 +46,7 @@ def test_expected_results_fold_the_archive_by_shard_window_and_key_without_late(
             row(4, "s1", 10_001, 7.0), row(5, "s0", 10_002, 9.0, device="e"),
             row(6, "s0", 11_000, 100.0)]
     late = {("s0", "106", 0)}
-    got = expected_results(rows, late, 10_000, ("device_id", "metric"))
+    got = expected_results(rows, late, 10_000, PLAIN)
     assert got == {
         ("s0", 10_000, ("d", "m")): ResultContent("s0", 10_000, ("d", "m"), 2, 1.0, -1.0, 2.0,
                                                   True),
@@ -50,3 +57,35 @@ def test_expected_results_fold_the_archive_by_shard_window_and_key_without_late(
         ("s0", 10_000, ("e", "m")): ResultContent("s0", 10_000, ("e", "m"), 1, 9.0, 9.0, 9.0,
                                                   True),
     }
+
+
+def versioned() -> Contract:
+    base = Contract()
+    text = json.dumps([
+        {"name": "v1", "when": 1, "value_field": "temp"},
+        {"name": "v2", "when": 2, "key_fields": ["sensor.id", "metric"], "ts_field": "time"},
+    ])
+    return Contract(version_field="schema_version",
+                    versions=parse_versions(text, base, "schema_version"))
+
+
+def test_expected_results_read_each_payload_at_its_versions_paths() -> None:
+    """v1 carries the value in `temp`, v2 in `value` and its device in `sensor.id`: both
+    count in the same window and key, as the decoder reads them."""
+    rows = [
+        {"shard": "s0", "sequence": "1", "sub_sequence": 0, "event_ts_ms": 10_100,
+         "payload": {"schema_version": 1, "device_id": "d", "metric": "m", "ts": 10_100,
+                     "temp": 4.0}},
+        {"shard": "s0", "sequence": "2", "sub_sequence": 0, "event_ts_ms": 10_200,
+         "payload": {"schema_version": 2, "sensor": {"id": "d"}, "metric": "m",
+                     "time": 10_200, "value": 6.5}},
+        {"shard": "s0", "sequence": "3", "sub_sequence": 0, "event_ts_ms": 10_300,
+         "payload": {"schema_version": 1, "device_id": "d", "metric": "m", "ts": 10_300,
+                     "temp": -1.0, "value": 1000.0}},  # v1: `value` is just another field
+    ]
+    got = expected_results(rows, set(), 10_000, versioned())
+    assert got == {("s0", 10_000, ("d", "m")): ResultContent("s0", 10_000, ("d", "m"), 3, 9.5,
+                                                             -1.0, 6.5, True)}
+    with pytest.raises(ValueError, match="no declared version"):
+        expected_results([{**rows[0], "payload": {**rows[0]["payload"], "schema_version": 3}}],
+                         set(), 10_000, versioned())

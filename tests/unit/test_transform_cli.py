@@ -170,3 +170,88 @@ def test_inputs_it_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["transform", "test", "--config", str(off), "--input", sample,
                  "--against-archive", "s3://b/results/"]) == 2
     assert "windows.enabled = false" in capsys.readouterr().err
+
+
+# ------------------------------------------------- declared aggregations beside the default
+
+AGGS_SETTINGS = """
+[windows]
+size_ms = 10000
+out_of_orderness_ms = 0
+
+[[transform]]
+name = "band"
+kind = "derive"
+field = "band"
+expr = "value >= 50.0 ? 'high' : 'normal'"
+
+[[aggregation]]
+name = "per_device"
+group_by = ["device_id"]
+[aggregation.window]
+size_ms = 10000
+out_of_orderness_ms = 0
+
+[[aggregation]]
+name = "per_band"
+group_by = ["band"]
+quantiles = true
+filter = "value >= 0.0"
+[aggregation.window]
+kind = "sliding"
+size_ms = 20000
+slide_ms = 10000
+out_of_orderness_ms = 0
+"""
+T = 1_800_000_000_000  # a multiple of 10 s
+
+
+def test_every_declared_aggregation_has_its_results(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The [[aggregation]] tables run beside the default one, fed the chain's output (the
+    derived band), each with its own watermark: the straggler at +3 s is late for the 10 s
+    tumbling windows but fits the sliding window [0, 20 s); the negative reading is refused
+    by per_band's filter only. Expected results worked out by hand."""
+    (tmp_path / "s.toml").write_text(AGGS_SETTINGS)
+    readings = [("d1", 1000, 10.0), ("d2", 2000, 60.0), ("d1", 11000, -5.0),
+                ("d1", 12000, 70.0), ("d2", 3000, 20.0), ("d2", 25000, 30.0)]
+    (tmp_path / "in.ndjson").write_text("".join(
+        json.dumps({"device_id": d, "metric": "m", "ts": T + t, "value": v}) + "\n"
+        for d, t, v in readings))
+    out = lines(capsys, "--config", str(tmp_path / "s.toml"),
+                "--input", str(tmp_path / "in.ndjson"), "--batch-size", "2")
+    assert [r["type"] for r in out[:6]] == ["record"] * 4 + ["late", "record"]
+
+    def results(agg: str) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        return {(tuple(r["key"]), r["window_start_ms"] - T): (
+                    r["count"], r["sum"], r["min"], r["max"], r["closed_by"])
+                for r in out if r["type"] == "result" and r["aggregation"] == agg}
+
+    w, e = "watermark", "end_of_input"
+    assert results("") == {
+        (("d1", "m"), 0): (1, 10.0, 10.0, 10.0, w), (("d2", "m"), 0): (1, 60.0, 60.0, 60.0, w),
+        (("d1", "m"), 10000): (2, 65.0, -5.0, 70.0, w),
+        (("d2", "m"), 20000): (1, 30.0, 30.0, 30.0, e)}
+    assert results("per_device") == {
+        (("d1",), 0): (1, 10.0, 10.0, 10.0, w), (("d2",), 0): (1, 60.0, 60.0, 60.0, w),
+        (("d1",), 10000): (2, 65.0, -5.0, 70.0, w), (("d2",), 20000): (1, 30.0, 30.0, 30.0, e)}
+    assert results("per_band") == {
+        (("normal",), -10000): (1, 10.0, 10.0, 10.0, w),
+        (("high",), -10000): (1, 60.0, 60.0, 60.0, w),
+        (("normal",), 0): (2, 30.0, 10.0, 20.0, w), (("high",), 0): (2, 130.0, 60.0, 70.0, w),
+        (("high",), 10000): (1, 70.0, 70.0, 70.0, e),
+        (("normal",), 10000): (1, 30.0, 30.0, 30.0, e),
+        (("normal",), 20000): (1, 30.0, 30.0, 30.0, e)}
+    band = [r for r in out if r["type"] == "result" and r["aggregation"] == "per_band"]
+    assert all(r["kind"] == "sliding" and set(r["quantiles"]) == {"p50", "p90", "p99"}
+               for r in band)
+    normal = next(r for r in band if r["key"] == ["normal"] and r["window_start_ms"] == T)
+    assert normal["quantiles"]["p50"] == pytest.approx(10.0, rel=0.01)
+    assert all(r["quantiles"] == {} for r in out
+               if r["type"] == "result" and r["aggregation"] != "per_band")
+    summary = out[-1]
+    assert (summary["input"], summary["windowed"], summary["late"], summary["results"],
+            summary["reconciles"]) == (6, 5, 1, 4, True)
+    assert summary["aggregations"] == {
+        "per_device": {"results": 4, "late": 1, "not_read": 0, "watermark_ms": T + 25000},
+        "per_band": {"results": 7, "late": 0, "not_read": 1, "watermark_ms": T + 25000}}
