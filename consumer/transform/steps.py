@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from itertools import repeat
 from typing import Any, Protocol
 
 from consumer.transform import fields as f
+from consumer.transform.columns import FieldBatch
 from consumer.transform.expr import Expr
 from consumer.transform.lookup import LookupTable, key_text
 from consumer.transform.model import ROUTE_FIELD, Reject
@@ -35,6 +37,15 @@ class Step(Protocol):
     def writes(self) -> tuple[Path, ...] | None:
         """Every field path the step may add, change or remove (None: any, a plug-in)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A step's output over a FieldBatch (its run_columns): the records it kept, and which
+    of its input those are (mask; None: all of them)."""
+
+    batch: FieldBatch
+    mask: list[bool] | None = None
 
 
 class RecordStep:
@@ -137,6 +148,15 @@ class Derive(RecordStep):
             return {**fields, self.path[0]: value}
         return _put(fields, self.path, value)
 
+    def run_columns(self, batch: FieldBatch) -> Kept | None:
+        """run() over columns; None when the record path must say which record fails."""
+        if len(self.path) != 1:
+            return None
+        values = self.expr.evaluate_columns(batch)
+        if Reject in set(map(type, values)):
+            return None
+        return Kept(batch.with_column(self.path[0], values))
+
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         if len(self.path) != 1:
             return RecordStep.run(self, batch)
@@ -192,6 +212,13 @@ class Filter(RecordStep):
             return keep
         return fields if keep else None
 
+    def run_columns(self, batch: FieldBatch) -> Kept | None:
+        """run() over columns; None unless every record's value is true or false."""
+        keep = self.expr.evaluate_columns(batch)
+        if not set(map(type, keep)) <= {bool}:
+            return None
+        return Kept(batch.compress(keep), keep)
+
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         one = self.one
         return [fields if keep is True else None if keep is False else one(fields)
@@ -236,6 +263,38 @@ class Lookup(RecordStep):
             return RecordStep.run(self, batch)
         return [one(fields) if row is None else {**fields, **row}
                 for fields, row in zip(batch, rows, strict=True)]
+
+    def run_columns(self, batch: FieldBatch) -> Kept | None:
+        """run() over columns, for a top-level key. None when a miss is not simply kept
+        as it is: on_miss "default" or "reject", or a key that is not a string (its text
+        may still find a row: one() decides)."""
+        if len(self.key) != 1:
+            return None
+        keys = batch.column(self.key[0])
+        try:
+            hit_all = self._added.keys() >= set(keys)
+        except TypeError:  # a list or object as the key
+            return None
+        if not hit_all:
+            misses = {type(k) for k in keys if k not in self._added}
+            if self.on_miss != "keep" or not misses <= {str, type(None), type(f.MISSING)}:
+                return None
+        for name, by_key in self._by_name.items():  # a miss adds nothing: MISSING
+            got = list(map(by_key.get, keys, repeat(f.MISSING)))
+            if name in batch.columns:  # the row's value wins where it has one
+                got = [o if g is f.MISSING else g
+                       for g, o in zip(got, batch.columns[name], strict=True)]
+            batch = batch.with_column(name, got)
+        return Kept(batch)
+
+    @cached_property
+    def _by_name(self) -> dict[str, dict[str, Any]]:
+        """Per field a hit may add: key text -> its value (where the row has it)."""
+        out: dict[str, dict[str, Any]] = {}
+        for text, row in self._added.items():
+            for name, value in row.items():
+                out.setdefault(name, {})[text] = value
+        return out
 
     @cached_property
     def _added(self) -> Mapping[str, Mapping[str, Any]]:
