@@ -40,6 +40,7 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch, schema_drift
+from consumer.records.gcpause import paused_gc
 from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.layout import window_sort_key
@@ -108,8 +109,9 @@ class ShardPipeline:
             events, rejected, out, declared = self._transformed(records, now_ms)
         elif self.engine is not None and self.aggregations is not None:
             # Decoded once: the declared aggregations read the fields the decoder read.
-            events, rejected, fields = decode_with_fields(records, self._contract)
-            out = self.engine.process(events, now_ms)
+            with paused_gc():
+                events, rejected, fields = decode_with_fields(records, self._contract)
+                out = self.engine.process(events, now_ms)
             declared = (fields, events) if fields is not None else None
         elif self.engine is not None:
             # One pass decodes and windows a clean batch (same results as the two steps).
@@ -139,9 +141,10 @@ class ShardPipeline:
         if not events:  # as for the default engine: only tick() is an idle step
             return
         assert self.aggregations is not None
-        step = self.aggregations.process_columns(fields, events, now_ms) \
-            if isinstance(fields, FieldBatch) else \
-            self.aggregations.process(list(zip(fields, events, strict=True)), now_ms)
+        with paused_gc():
+            step = self.aggregations.process_columns(fields, events, now_ms) \
+                if isinstance(fields, FieldBatch) else \
+                self.aggregations.process(list(zip(fields, events, strict=True)), now_ms)
         for name, n in step.skipped.items():
             m.RECORDS_FILTERED.labels(self.shard_id, f"aggregation:{name}").inc(n)
         for name, out in step.outputs.items():
@@ -152,13 +155,15 @@ class ShardPipeline:
         """Decode, the chain, then windows over what it kept (consumer/transform/stage.py
         says what the archive and quarantine get)."""
         assert self.engine is not None and self.transform is not None
-        staged = self.transform.apply(*decode_with_fields(records, self._contract))
+        with paused_gc():
+            staged = self.transform.apply(*decode_with_fields(records, self._contract))
+            # A batch that leaves the windows nothing is not an idle tick (tick() is): the
+            # watermark must not move by processing time on it, or a replay batched
+            # otherwise would judge lateness otherwise.
+            out = self.engine.process(staged.events, now_ms) if staged.events else \
+                StepOutput([], [])
         for name, n in staged.filtered.items():
             m.RECORDS_FILTERED.labels(self.shard_id, name).inc(n)
-        # A batch that leaves the windows nothing is not an idle tick (tick() is): the
-        # watermark must not move by processing time on it, or a replay batched otherwise
-        # would judge lateness otherwise.
-        out = self.engine.process(staged.events, now_ms) if staged.events else StepOutput([], [])
         fields = staged.columns if staged.columns is not None else staged.fields
         return staged.archive, staged.rejected, out, (fields, staged.events)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import repeat
+from operator import itemgetter
 from typing import Any, Protocol
 
 from consumer.transform import fields as f
@@ -23,6 +24,7 @@ from consumer.transform.lookup import LookupTable, key_text
 from consumer.transform.model import ROUTE_FIELD, Reject
 
 Outcome = Mapping[str, Any] | Reject | None
+_KEPT_AS_IS = {str, type(None), type(f.MISSING)}  # key types whose miss changes nothing
 Path = tuple[str, ...]
 
 
@@ -265,22 +267,26 @@ class Lookup(RecordStep):
                 for fields, row in zip(batch, rows, strict=True)]
 
     def run_columns(self, batch: FieldBatch) -> Kept | None:
-        """run() over columns, for a top-level key. None when a miss is not simply kept
-        as it is: on_miss "default" or "reject", or a key that is not a string (its text
-        may still find a row: one() decides)."""
+        """run() over columns, for a top-level key. None when a record misses and the miss
+        is not simply kept as it is: on_miss "default" or "reject", or a key that is not a
+        string (its text may still find a row: one() decides)."""
         if len(self.key) != 1:
             return None
         keys = batch.column(self.key[0])
-        try:
-            hit_all = self._added.keys() >= set(keys)
-        except TypeError:  # a list or object as the key
-            return None
-        if not hit_all:
-            misses = {type(k) for k in keys if k not in self._added}
-            if self.on_miss != "keep" or not misses <= {str, type(None), type(f.MISSING)}:
+        # A string, null or missing key that misses keeps the record as it is; any other
+        # key might still hit by its text (key_text), and other on_miss modes add or refuse.
+        if not set(map(type, keys)) <= _KEPT_AS_IS or self.on_miss != "keep":
+            try:
+                hit_all = self._added.keys() >= set(keys)
+            except TypeError:  # a list or object as the key
                 return None
-        for name, by_key in self._by_name.items():  # a miss adds nothing: MISSING
-            got = list(map(by_key.get, keys, repeat(f.MISSING)))
+            if not hit_all:
+                return None
+        names, by_key = self._by_key
+        # One probe per record; a miss adds nothing (MISSING in every field).
+        rows = list(map(by_key.get, keys, repeat((f.MISSING,) * len(names))))
+        for i, name in enumerate(names):
+            got = list(map(itemgetter(i), rows))
             if name in batch.columns:  # the row's value wins where it has one
                 got = [o if g is f.MISSING else g
                        for g, o in zip(got, batch.columns[name], strict=True)]
@@ -288,13 +294,12 @@ class Lookup(RecordStep):
         return Kept(batch)
 
     @cached_property
-    def _by_name(self) -> dict[str, dict[str, Any]]:
-        """Per field a hit may add: key text -> its value (where the row has it)."""
-        out: dict[str, dict[str, Any]] = {}
-        for text, row in self._added.items():
-            for name, value in row.items():
-                out.setdefault(name, {})[text] = value
-        return out
+    def _by_key(self) -> tuple[tuple[str, ...], dict[str, tuple[Any, ...]]]:
+        """Every field a hit may add, and per key text the values a hit adds to them
+        (MISSING where its row has none), built once per table."""
+        names = tuple(dict.fromkeys(n for row in self._added.values() for n in row))
+        return names, {text: tuple(row.get(n, f.MISSING) for n in names)
+                       for text, row in self._added.items()}
 
     @cached_property
     def _added(self) -> Mapping[str, Mapping[str, Any]]:
