@@ -40,16 +40,20 @@ from consumer.config import Settings
 from consumer.metrics import registry as m
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch, schema_drift
+from consumer.records.gcpause import paused_gc
 from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.layout import window_sort_key
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers
-from consumer.transform.stage import TransformStage, decode_received
+from consumer.transform.columns import FieldBatch
+from consumer.transform.stage import TransformStage, decode_with_fields
 from consumer.windows.aggregations import AggregationSet
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
 log = logging.getLogger(__name__)
+# Each record's fields (as dicts, or by column) and Event, for the declared aggregations.
+DeclaredInput = tuple[Sequence[Any] | FieldBatch, Sequence[Event]]
 
 
 def contract_from(settings: Settings) -> Contract:
@@ -100,9 +104,15 @@ class ShardPipeline:
         record lands in the archive or in quarantine (or, removed by a transform filter, in
         its counter), and windows see every valid one."""
         out: StepOutput | None = None
-        pairs: list[tuple[Any, Event]] | None = None  # the declared aggregations' input
+        declared: DeclaredInput | None = None  # the declared aggregations' input
         if self.transform is not None:
-            events, rejected, out, pairs = self._transformed(records, now_ms)
+            events, rejected, out, declared = self._transformed(records, now_ms)
+        elif self.engine is not None and self.aggregations is not None:
+            # Decoded once: the declared aggregations read the fields the decoder read.
+            with paused_gc():
+                events, rejected, fields = decode_with_fields(records, self._contract)
+                out = self.engine.process(events, now_ms)
+            declared = (fields, events) if fields is not None else None
         elif self.engine is not None:
             # One pass decodes and windows a clean batch (same results as the two steps).
             events, rejected, out = self.engine.process_records(records, self._contract, now_ms)
@@ -122,34 +132,40 @@ class ShardPipeline:
         if out is not None:
             self._emit(out, now_ms)
         if self.aggregations is not None:
-            if pairs is None:  # the decoder accepted each as one JSON object
-                pairs = [(orjson.loads(e.record.data), e) for e in events]
-            self._aggregate(pairs, now_ms)
+            if declared is None:  # the decoder accepted each as one JSON object
+                declared = ([orjson.loads(e.record.data) for e in events], events)
+            self._aggregate(*declared, now_ms)
 
-    def _aggregate(self, batch: list[tuple[Any, Event]], now_ms: int) -> None:
-        if not batch:  # as for the default engine: only tick() is an idle step
+    def _aggregate(self, fields: Sequence[Any] | FieldBatch, events: Sequence[Event],
+                   now_ms: int) -> None:
+        if not events:  # as for the default engine: only tick() is an idle step
             return
         assert self.aggregations is not None
-        step = self.aggregations.process(batch, now_ms)
+        with paused_gc():
+            step = self.aggregations.process_columns(fields, events, now_ms) \
+                if isinstance(fields, FieldBatch) else \
+                self.aggregations.process(list(zip(fields, events, strict=True)), now_ms)
         for name, n in step.skipped.items():
             m.RECORDS_FILTERED.labels(self.shard_id, f"aggregation:{name}").inc(n)
         for name, out in step.outputs.items():
             self._emit(out, now_ms, name)
 
     def _transformed(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
-            list[Event], list[Rejected], StepOutput, list[tuple[Any, Event]]]:
+            list[Event], list[Rejected], StepOutput, DeclaredInput]:
         """Decode, the chain, then windows over what it kept (consumer/transform/stage.py
         says what the archive and quarantine get)."""
         assert self.engine is not None and self.transform is not None
-        staged = self.transform.apply(*decode_received(records, self._contract))
+        with paused_gc():
+            staged = self.transform.apply(*decode_with_fields(records, self._contract))
+            # A batch that leaves the windows nothing is not an idle tick (tick() is): the
+            # watermark must not move by processing time on it, or a replay batched
+            # otherwise would judge lateness otherwise.
+            out = self.engine.process(staged.events, now_ms) if staged.events else \
+                StepOutput([], [])
         for name, n in staged.filtered.items():
             m.RECORDS_FILTERED.labels(self.shard_id, name).inc(n)
-        # A batch that leaves the windows nothing is not an idle tick (tick() is): the
-        # watermark must not move by processing time on it, or a replay batched otherwise
-        # would judge lateness otherwise.
-        out = self.engine.process(staged.events, now_ms) if staged.events else StepOutput([], [])
-        pairs = list(zip(staged.fields, staged.events, strict=True))
-        return staged.archive, staged.rejected, out, pairs
+        fields = staged.columns if staged.columns is not None else staged.fields
+        return staged.archive, staged.rejected, out, (fields, staged.events)
 
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""

@@ -48,6 +48,7 @@ from typing import Any
 
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch
+from consumer.records.gcpause import paused_gc
 from consumer.records.model import Position, RawRecord
 from consumer.windows import WindowEngine, WindowResult, WindowSpec
 
@@ -143,12 +144,12 @@ def _sites(src: Any) -> Any:
 
 
 def run_chain(records: list[RawRecord], batch: int) -> tuple[list[WindowResult], dict[str, float]]:
-    """decode_received, TransformStage.apply and engine.process per batch: the pipeline's
-    path when the settings declare [[transform]] tables."""
+    """decode_with_fields, TransformStage.apply and engine.process per batch: the
+    pipeline's path when the settings declare [[transform]] tables."""
     from pathlib import Path
 
     from consumer.transform.config import parse_chain
-    from consumer.transform.stage import TransformStage, decode_received
+    from consumer.transform.stage import TransformStage, decode_with_fields
 
     spec = WindowSpec(size_ms=WINDOW_MS, out_of_orderness_ms=5_000)
     engine = WindowEngine(spec, "shardId-000000000000")
@@ -156,9 +157,9 @@ def run_chain(records: list[RawRecord], batch: int) -> tuple[list[WindowResult],
     stage = TransformStage(parse_chain(CHAIN_TABLES, "bench", Path("."), _sites).chain, contract)
     results = []
     for chunk in batches(records, batch):
-        events, _rejected = decode_received(chunk, contract)
-        staged = stage.apply(events)
-        results.extend(engine.process(staged.events, chunk[-1].arrival_ms).results)
+        with paused_gc():  # as ShardPipeline._transformed
+            staged = stage.apply(*decode_with_fields(chunk, contract))
+            results.extend(engine.process(staged.events, chunk[-1].arrival_ms).results)
     results.extend(engine.close_all().results)
     return results, {}
 
@@ -169,10 +170,12 @@ TWO_ROW = "two aggregations (+ per device, 60 s)"
 
 def run_two(records: list[RawRecord], batch: int) -> tuple[list[WindowResult], dict[str, float]]:
     """The pipeline's path with one declared aggregation beside the default engine (two
-    aggregations over one stream): process_records, then the record's JSON for the declared
-    one's fields and its own engine (consumer/pipeline.py ingest)."""
+    aggregations over one stream): decode_with_fields, the default engine, then the
+    declared one over the fields the decoder read (the record's JSON if it has none) and
+    its own engine (consumer/pipeline.py ingest)."""
     import orjson
 
+    from consumer.transform.stage import decode_with_fields
     from consumer.windows.aggregations import Aggregation, AggregationSet
 
     spec = WindowSpec(size_ms=WINDOW_MS, out_of_orderness_ms=5_000)
@@ -183,9 +186,12 @@ def run_two(records: list[RawRecord], batch: int) -> tuple[list[WindowResult], d
     results: list[WindowResult] = []
     for chunk in batches(records, batch):
         now = chunk[-1].arrival_ms
-        events, _rejected, out = engine.process_records(chunk, contract, now)
-        results.extend(out.results)
-        step = declared.process([(orjson.loads(e.record.data), e) for e in events], now)
+        with paused_gc():  # as ShardPipeline.ingest and _aggregate
+            events, _rejected, fields = decode_with_fields(chunk, contract)
+            results.extend(engine.process(events, now).results)
+        with paused_gc():
+            step = declared.process_columns(fields, events, now) if fields is not None else \
+                declared.process([(orjson.loads(e.record.data), e) for e in events], now)
         results.extend(r for o in step.outputs.values() for r in o.results)
     results.extend(engine.close_all().results)
     results.extend(r for o in declared.close_all().values() for r in o.results)

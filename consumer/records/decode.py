@@ -237,6 +237,13 @@ class _Plan:
             forbid_unknown_fields=True,
         )  # fmt: skip
         self.columns: msgspec.json.Decoder[Any] = msgspec.json.Decoder(columnar)
+        # For decode_fields: the same, keeping a JSON integer value an int (as orjson does).
+        raw_numbers = msgspec.defstruct(
+            "FieldsRecord", [*nonempty, ("v", int | float), ("t", col_ts)], rename=rename,
+            gc=False, forbid_unknown_fields=True,
+        )  # fmt: skip
+        self.fields: msgspec.json.Decoder[Any] = msgspec.json.Decoder(raw_numbers)
+        self.field_names = (*c.key_fields, c.value_field, c.ts_field)
         names = [f"k{i}" for i in range(len(c.key_fields))]
         self.key_cols = [attrgetter(n) for n in names]
         if len(names) == 1:
@@ -598,6 +605,49 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> Columns 
     caller falls back to decode_batch on None. Call it with cyclic GC disabled.
     """
     plan = _plan(contract)
+    structs = _clean_structs(records, contract, plan, fields=False)
+    if structs is None:
+        return None
+    values: list[float] = list(map(_V, structs))  # finite: msgspec rejects out of range
+    ts = _columns_ts(list(map(_T, structs)), contract.ts_format)
+    return None if ts is None else (_key_column(plan, structs), ts, values)
+
+
+FieldColumns = dict[str, list[Any]]
+# orjson reads integers of 64 bits as ints, larger ones as floats.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def decode_fields(records: Sequence[RawRecord],
+                  contract: Contract) -> tuple[Columns, FieldColumns] | None:
+    """decode_columns' columns, and the records' fields as orjson.loads reads them: name ->
+    column, in the contract's order (a clean record has exactly the contract's fields, all
+    top-level). None where decode_columns gives None, and for an integer value orjson would
+    read as a float (beyond 64 bits). Call it with cyclic GC disabled."""
+    plan = _plan(contract)
+    if len(set(plan.field_names)) != len(plan.field_names):
+        return None  # one field read twice: not worth a path of its own
+    structs = _clean_structs(records, contract, plan, fields=True)
+    if structs is None:
+        return None
+    raw_v = values = list(map(_V, structs))
+    if int in set(map(type, raw_v)):
+        ints = [v for v in raw_v if type(v) is int]
+        if min(ints) < _INT_MIN or max(ints) > _INT_MAX:
+            return None
+        values = list(map(float, raw_v))
+    raw_t = list(map(_T, structs))
+    ts = _columns_ts(raw_t, contract.ts_format)
+    if ts is None:
+        return None
+    cols = [list(map(k, structs)) for k in plan.key_cols]
+    fields = dict(zip(plan.field_names, [*cols, raw_v, raw_t], strict=True))
+    return (list(zip(*cols, strict=True)), ts, values), fields
+
+
+def _clean_structs(records: Sequence[RawRecord], contract: Contract, plan: _Plan,
+                   fields: bool) -> list[Any] | None:
+    """Every record decoded by the plan's exact columnar shape, or None (see above)."""
     if plan.decoder is None or not records:
         return None
     datas = list(map(_DATA, records))
@@ -605,18 +655,17 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> Columns 
         return None
     try:
         # Contract fields only, all scalars, keys non-empty: UTF-8 is validated, depth is 1.
-        structs = list(map(plan.columns.decode, datas))
+        return list(map((plan.fields if fields else plan.columns).decode, datas))
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         return None
+
+
+def _key_column(plan: _Plan, structs: list[Any]) -> list[tuple[str, ...]]:
     kcols = plan.key_cols
     if len(kcols) == 1:
-        keys: list[tuple[str, ...]] = list(zip(map(kcols[0], structs)))
-    else:
-        assert plan.keys is not None
-        keys = list(map(plan.keys, structs))
-    values: list[float] = list(map(_V, structs))  # finite: msgspec rejects out of range
-    ts = _columns_ts(list(map(_T, structs)), contract.ts_format)
-    return None if ts is None else (keys, ts, values)
+        return list(zip(map(kcols[0], structs)))
+    assert plan.keys is not None
+    return list(map(plan.keys, structs))
 
 
 def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:

@@ -9,6 +9,7 @@ from itertools import compress, repeat
 from operator import is_not, itemgetter
 from typing import Any
 
+from consumer.transform.columns import FieldBatch, Rows
 from consumer.transform.lookup import LookupTable
 from consumer.transform.model import ChainResult, Reject, TRecord, rejected
 from consumer.transform.steps import Lookup, Outcome, Step
@@ -21,9 +22,10 @@ class Passed:
     index order, and how many records each filter removed."""
 
     index: list[int]
-    fields: list[Mapping[str, Any]]
+    fields: Sequence[Mapping[str, Any]]
     refused: list[tuple[int, str, Reject]]
     filtered: dict[str, int]
+    columns: FieldBatch | None = None  # the output fields by column, if it ran by columns
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,32 @@ class Chain:
     def run(self, batch: Sequence[Mapping[str, Any]]) -> Passed:
         """The steps over a batch of fields. Parallel lists (input index, current fields):
         a step sees only fields, and the caller pairs the output with its records once."""
-        idx = list(range(len(batch)))
-        cur: list[Mapping[str, Any]] = list(batch)
-        refused: list[tuple[int, str, Reject]] = []
+        return self._rows(self.steps, list(range(len(batch))), batch, {})
+
+    def run_columns(self, batch: FieldBatch) -> Passed:
+        """run(batch.rows()), by columns while the steps allow it (run_columns not None):
+        from the first step that does not, over the rows of what is left."""
+        idx = list(range(batch.size))
         filtered: dict[str, int] = {}
-        for step in self.steps:
+        for at, step in enumerate(self.steps):
+            if not batch.size:
+                break
+            by_columns = getattr(step, "run_columns", None)
+            kept = by_columns(batch) if by_columns is not None else None
+            if kept is None:
+                return self._rows(self.steps[at:], idx, batch.rows(), filtered)
+            dropped = batch.size - kept.batch.size
+            if kept.mask is not None and dropped:  # counted as the record path counts
+                filtered[step.name] = filtered.get(step.name, 0) + dropped
+                idx = list(compress(idx, kept.mask))
+            batch = kept.batch
+        return Passed(idx, Rows(batch), [], filtered, batch)
+
+    def _rows(self, steps: Sequence[Step], idx: list[int], batch: Sequence[Mapping[str, Any]],
+              filtered: dict[str, int]) -> Passed:
+        cur = list(batch)
+        refused: list[tuple[int, str, Reject]] = []
+        for step in steps:
             if not cur:
                 break
             outcomes = step.run(cur)

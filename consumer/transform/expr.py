@@ -20,6 +20,8 @@ from itertools import repeat
 from operator import methodcaller
 from typing import Any
 
+from consumer.transform.columns import FieldBatch
+from consumer.transform.fields import MISSING
 from consumer.transform.model import Reject
 
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']*)'")
@@ -50,7 +52,7 @@ def as_cel(value: Any) -> Any:
     return value
 
 
-_ABSENT: Any = object()  # a variable the record lacks (a present null is None)
+_ABSENT: Any = MISSING  # a variable the record lacks (a present null is None)
 MEMO_CAP = 65_536  # entries per kind; emptied when full, it refills with what is current
 # The memo's kinds: int and float share one, since CEL sees every number as a double.
 _KIND: dict[type, type] = {str: str, bool: bool, int: float, float: float,
@@ -109,19 +111,40 @@ class Expr:
         if len(names) != 1:
             return list(map(self.evaluate, batch))
         vals = list(map(methodcaller("get", names[0], _ABSENT), batch))
+        return self._by_value(vals, batch)
+
+    def evaluate_columns(self, batch: FieldBatch) -> list[Any]:
+        """evaluate_many(batch.rows()), without building the rows: the value depends on
+        the named fields alone (see _evaluate)."""
+        names = self.names
+        if len(names) == 1:
+            return self._by_value(batch.column(names[0]), None)
+        named = [(n, batch.column(n)) for n in names]
+        return [self.evaluate({n: c[i] for n, c in named if c[i] is not _ABSENT})
+                for i in range(batch.size)]
+
+    def _by_value(self, vals: list[Any], batch: Sequence[Mapping[str, Any]] | None
+                  ) -> list[Any]:
+        """A one-variable expression over its variable's values (batch: the records, or
+        None: a record is evaluated from its value alone, which gives the same)."""
+        evaluate, name = self.evaluate, self.names[0]
+
+        def at(i: int) -> Any:
+            if batch is not None:
+                return evaluate(batch[i])
+            return evaluate({} if vals[i] is _ABSENT else {name: vals[i]})
+
         kinds = {_KIND.get(k) for k in set(map(type, vals))}
         kind = kinds.pop() if len(kinds) == 1 else None
         if kind is None:  # mixed kinds, or not scalars
-            return list(map(self.evaluate, batch))
+            return [at(i) for i in range(len(vals))]
         sub = self.memo.setdefault(kind, {})
         outs = list(map(sub.get, vals, repeat(_ABSENT)))
         if _ABSENT not in outs:
             return outs
         # Fills the memo, or not: a value it does not keep, a zero or nan (never stored, so
         # those always miss here and are evaluated one by one).
-        evaluate = self.evaluate
-        return [o if o is not _ABSENT else evaluate(f)
-                for f, o in zip(batch, outs, strict=True)]
+        return [o if o is not _ABSENT else at(i) for i, o in enumerate(outs)]
 
     def _evaluate(self, fields: Mapping[str, Any]) -> Any | Reject:
         env = {}

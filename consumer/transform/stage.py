@@ -43,9 +43,10 @@ from typing import Any
 import orjson
 
 from consumer.records.contract import Contract, split_path
-from consumer.records.decode import decode_batch, decode_columns
+from consumer.records.decode import decode_batch, decode_fields
 from consumer.records.model import Event, RawRecord, Rejected
 from consumer.transform.chain import Chain
+from consumer.transform.columns import FieldBatch
 from consumer.transform.config import CONTRACT
 from consumer.transform.lookup import LookupTable
 from consumer.transform.model import STAGE
@@ -63,25 +64,37 @@ class StageOutput:
     archive: list[Event]  # for the archive and raw routes, shard order
     rejected: list[Rejected]  # the decoder's and the stage's, shard order
     filtered: Mapping[str, int] = field(default_factory=dict)  # by filter (step) name
-    # The chain's output fields of each of `events` (declared aggregations group by them).
-    fields: list[Mapping[str, Any]] = field(default_factory=list)
+    # The chain's output fields of each of `events` (declared aggregations group by them),
+    # and the same by column when the chain ran by columns.
+    fields: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    columns: FieldBatch | None = None
 
 
 def decode_received(records: Sequence[RawRecord],
                     contract: Contract) -> tuple[list[Event], list[Rejected]]:
     """decode_batch's result; a clean batch by columns (decode_columns' guarantee), as
     WindowEngine.process_records decodes it."""
+    events, rejected, _ = decode_with_fields(records, contract)
+    return events, rejected
+
+
+def decode_with_fields(records: Sequence[RawRecord], contract: Contract
+                       ) -> tuple[list[Event], list[Rejected], FieldBatch | None]:
+    """decode_received's result, and for a clean batch the records' JSON fields by column
+    (decode_fields), so that the chain and the declared aggregations need not parse them
+    again."""
     was_enabled = gc.isenabled()
     gc.disable()  # as decode_batch does: mid-batch collections dominate otherwise
     try:
-        cols = decode_columns(records, contract)
+        got = decode_fields(records, contract)
+        if got is None:
+            return *decode_batch(records, contract), None
+        (keys, ts, values), fields = got
+        events = list(map(Event, keys, ts, values, records))
     finally:
         if was_enabled:
             gc.enable()
-    if cols is None:
-        return decode_batch(records, contract)
-    keys, ts, values = cols
-    return list(map(Event, keys, ts, values, records)), []
+    return events, [], FieldBatch(fields, len(records))
 
 
 def contract_paths(contract: Contract) -> tuple[tuple[str, ...], ...]:
@@ -89,29 +102,35 @@ def contract_paths(contract: Contract) -> tuple[tuple[str, ...], ...]:
 
 
 def run_stage(chain: Chain, events: Sequence[Event], rejected: Sequence[Rejected],
-              contract: Contract, keep_decoded: bool) -> StageOutput:
+              contract: Contract, keep_decoded: bool,
+              fields: FieldBatch | None = None) -> StageOutput:
     """The chain over a decoded batch (see the module docstring). keep_decoded:
     `not chain.may_write(contract_paths(contract))`, which the caller computes once.
-    Cyclic GC is off meanwhile, as in decode_batch: a chain allocates a dict per record
-    and step, and collections triggered mid-batch would cost more than the steps."""
+    fields: the events' JSON fields by column, if the decoder has them (decode_with_fields;
+    then it rejected none). Cyclic GC is off meanwhile, as in decode_batch: a chain
+    allocates a dict per record and step, and collections triggered mid-batch would cost
+    more than the steps."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         if keep_decoded:
-            return _keeping_decoded(chain, events, rejected)
+            return _keeping_decoded(chain, events, rejected, fields)
         return _reading_output(chain, events, rejected, contract)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _keeping_decoded(chain: Chain, events: Sequence[Event],
-                     rejected: Sequence[Rejected]) -> StageOutput:
-    # The decoder accepted each of these bytes as one JSON object, so loads cannot fail.
-    passed = chain.run(list(map(orjson.loads, map(_DATA, map(_RECORD, events)))))
+def _keeping_decoded(chain: Chain, events: Sequence[Event], rejected: Sequence[Rejected],
+                     fields: FieldBatch | None) -> StageOutput:
+    if fields is not None:
+        passed = chain.run_columns(fields)
+    else:  # the decoder accepted each of these bytes as one JSON object: loads cannot fail
+        passed = chain.run(list(map(orjson.loads, map(_DATA, map(_RECORD, events)))))
     refused = [rejected_by(step, events[i].record, why) for i, step, why in passed.refused]
     return StageOutput(list(map(events.__getitem__, passed.index)), list(events),
-                       _merged(rejected, refused), passed.filtered, list(passed.fields))
+                       _merged(rejected, refused), passed.filtered, passed.fields,
+                       passed.columns)
 
 
 def _reading_output(chain: Chain, events: Sequence[Event], rejected: Sequence[Rejected],
@@ -226,8 +245,8 @@ class TransformStage:
         self.chain = chain
         self.keeps_decoded = not chain.may_write(self._paths)
 
-    def apply(self, events: Sequence[Event],
-              rejected: Sequence[Rejected] = ()) -> StageOutput:
+    def apply(self, events: Sequence[Event], rejected: Sequence[Rejected] = (),
+              fields: FieldBatch | None = None) -> StageOutput:
         changed = self._refresh.take() if self._refresh is not None else {}
         if changed:
             self._set(self.chain.with_tables(changed))
@@ -236,7 +255,8 @@ class TransformStage:
                 log.info("lookup table refreshed", extra={
                     "step": step, "version": table.version, "rows": len(table.rows),
                     "from_position": at})
-        return run_stage(self.chain, events, rejected, self._contract, self.keeps_decoded)
+        return run_stage(self.chain, events, rejected, self._contract, self.keeps_decoded,
+                         fields)
 
     def close(self) -> None:
         if self._refresh is not None:

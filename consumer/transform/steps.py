@@ -13,14 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Protocol
 
 from consumer.transform import fields as f
+from consumer.transform.columns import FieldBatch
 from consumer.transform.expr import Expr
 from consumer.transform.lookup import LookupTable, key_text
 from consumer.transform.model import ROUTE_FIELD, Reject
 
 Outcome = Mapping[str, Any] | Reject | None
+_KEPT_AS_IS = {str, type(None), type(f.MISSING)}  # key types whose miss changes nothing
 Path = tuple[str, ...]
 
 
@@ -35,6 +39,15 @@ class Step(Protocol):
     def writes(self) -> tuple[Path, ...] | None:
         """Every field path the step may add, change or remove (None: any, a plug-in)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A step's output over a FieldBatch (its run_columns): the records it kept, and which
+    of its input those are (mask; None: all of them)."""
+
+    batch: FieldBatch
+    mask: list[bool] | None = None
 
 
 class RecordStep:
@@ -137,6 +150,15 @@ class Derive(RecordStep):
             return {**fields, self.path[0]: value}
         return _put(fields, self.path, value)
 
+    def run_columns(self, batch: FieldBatch) -> Kept | None:
+        """run() over columns; None when the record path must say which record fails."""
+        if len(self.path) != 1:
+            return None
+        values = self.expr.evaluate_columns(batch)
+        if Reject in set(map(type, values)):
+            return None
+        return Kept(batch.with_column(self.path[0], values))
+
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         if len(self.path) != 1:
             return RecordStep.run(self, batch)
@@ -192,6 +214,13 @@ class Filter(RecordStep):
             return keep
         return fields if keep else None
 
+    def run_columns(self, batch: FieldBatch) -> Kept | None:
+        """run() over columns; None unless every record's value is true or false."""
+        keep = self.expr.evaluate_columns(batch)
+        if not set(map(type, keep)) <= {bool}:
+            return None
+        return Kept(batch.compress(keep), keep)
+
     def run(self, batch: Sequence[Mapping[str, Any]]) -> list[Outcome]:
         one = self.one
         return [fields if keep is True else None if keep is False else one(fields)
@@ -236,6 +265,41 @@ class Lookup(RecordStep):
             return RecordStep.run(self, batch)
         return [one(fields) if row is None else {**fields, **row}
                 for fields, row in zip(batch, rows, strict=True)]
+
+    def run_columns(self, batch: FieldBatch) -> Kept | None:
+        """run() over columns, for a top-level key. None when a record misses and the miss
+        is not simply kept as it is: on_miss "default" or "reject", or a key that is not a
+        string (its text may still find a row: one() decides)."""
+        if len(self.key) != 1:
+            return None
+        keys = batch.column(self.key[0])
+        # A string, null or missing key that misses keeps the record as it is; any other
+        # key might still hit by its text (key_text), and other on_miss modes add or refuse.
+        if not set(map(type, keys)) <= _KEPT_AS_IS or self.on_miss != "keep":
+            try:
+                hit_all = self._added.keys() >= set(keys)
+            except TypeError:  # a list or object as the key
+                return None
+            if not hit_all:
+                return None
+        names, by_key = self._by_key
+        # One probe per record; a miss adds nothing (MISSING in every field).
+        rows = list(map(by_key.get, keys, repeat((f.MISSING,) * len(names))))
+        for i, name in enumerate(names):
+            got = list(map(itemgetter(i), rows))
+            if name in batch.columns:  # the row's value wins where it has one
+                got = [o if g is f.MISSING else g
+                       for g, o in zip(got, batch.columns[name], strict=True)]
+            batch = batch.with_column(name, got)
+        return Kept(batch)
+
+    @cached_property
+    def _by_key(self) -> tuple[tuple[str, ...], dict[str, tuple[Any, ...]]]:
+        """Every field a hit may add, and per key text the values a hit adds to them
+        (MISSING where its row has none), built once per table."""
+        names = tuple(dict.fromkeys(n for row in self._added.values() for n in row))
+        return names, {text: tuple(row.get(n, f.MISSING) for n in names)
+                       for text, row in self._added.items()}
 
     @cached_property
     def _added(self) -> Mapping[str, Mapping[str, Any]]:

@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
 from consumer.records.model import Event
+from consumer.transform.columns import FieldBatch, Rows
 from consumer.transform.expr import Expr
 from consumer.transform.model import ROUTE_FIELD, Reject
 from consumer.windows.engine import WindowEngine
@@ -37,6 +39,7 @@ from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 Path = tuple[str, ...]
 SET_SNAPSHOT_VERSION = 1
 _MISSING = object()
+_TS = attrgetter("ts_ms")
 
 
 @dataclass(frozen=True)
@@ -112,17 +115,32 @@ def read_events(agg: Aggregation, batch: Sequence[tuple[Mapping[str, Any], Event
     return out
 
 
+def read_columns(agg: Aggregation, fields: FieldBatch
+                 ) -> tuple[list[tuple[str, ...]], list[float]] | None:
+    """The keys and values of read_events over the rows of `fields`, when it reads every
+    record by the fast rule (top-level fields, no filter, no route step's field; key
+    parts all strings, values all finite numbers, no bool): else None."""
+    paths = (*agg.group_by, agg.value)
+    if agg.filter is not None or any(len(p) != 1 for p in paths) or \
+            ROUTE_FIELD in fields.columns:
+        return None
+    parts = [fields.column(p[0]) for p in agg.group_by]
+    values = fields.column(agg.value[0])
+    if any(set(map(type, c)) != {str} for c in parts):
+        return None
+    kinds = set(map(type, values))
+    if not kinds <= {float, int} or not all(map(math.isfinite, values)):
+        return None
+    return list(zip(*parts, strict=True)), values if kinds == {float} else \
+        list(map(float, values))
+
+
 @dataclass
 class AggStep:
     """One step of every aggregation: its output by name, and the records each skipped."""
 
     outputs: dict[str, StepOutput]
     skipped: dict[str, int]
-
-
-def _named(out: StepOutput, name: str) -> StepOutput:
-    replace = msgspec.structs.replace
-    return StepOutput([replace(r, aggregation=name) for r in out.results], out.late)
 
 
 class AggregationSet:
@@ -136,7 +154,7 @@ class AggregationSet:
         self.aggregations = tuple(aggregations)
         self.shard_id = shard_id
         self.engines = dict(engines) if engines is not None else {
-            a.name: WindowEngine(a.spec, shard_id) for a in aggregations}
+            a.name: WindowEngine(a.spec, shard_id, a.name) for a in aggregations}
 
     def process(self, batch: Sequence[tuple[Mapping[str, Any], Event]],
                 now_ms: int) -> AggStep:
@@ -151,14 +169,36 @@ class AggregationSet:
             if len(mine) < len(batch):
                 skipped[agg.name] = len(batch) - len(mine)
             out = self.engines[agg.name].process(mine, now_ms) if mine else StepOutput([], [])
-            outputs[agg.name] = _named(out, agg.name)
+            outputs[agg.name] = out
+        return AggStep(outputs, skipped)
+
+    def process_columns(self, fields: FieldBatch, events: Sequence[Event],
+                        now_ms: int) -> AggStep:
+        """process(list(zip(fields.rows(), events))), the same output: an aggregation that
+        read_columns can read is stepped over columns, the others over the rows."""
+        outputs: dict[str, StepOutput] = {}
+        skipped: dict[str, int] = {}
+        rows: Rows | None = None
+        for agg in self.aggregations:
+            engine = self.engines[agg.name]
+            cols = read_columns(agg, fields) if events else None
+            if cols is not None:
+                keys, values = cols
+                outputs[agg.name] = engine.process_columns(keys, list(map(_TS, events)), values,
+                                                           events, now_ms)
+                continue
+            rows = rows if rows is not None else Rows(fields)
+            mine = read_events(agg, list(zip(rows, events, strict=True)))
+            if len(mine) < len(events):
+                skipped[agg.name] = len(events) - len(mine)
+            outputs[agg.name] = engine.process(mine, now_ms) if mine else StepOutput([], [])
         return AggStep(outputs, skipped)
 
     def tick(self, now_ms: int) -> dict[str, StepOutput]:
-        return {n: _named(e.tick(now_ms), n) for n, e in self.engines.items()}
+        return {n: e.tick(now_ms) for n, e in self.engines.items()}
 
     def close_all(self) -> dict[str, StepOutput]:
-        return {n: _named(e.close_all(), n) for n, e in self.engines.items()}
+        return {n: e.close_all() for n, e in self.engines.items()}
 
     @property
     def state_bytes(self) -> int:
@@ -182,10 +222,11 @@ class AggregationSet:
         saved: dict[str, bytes] = s["aggregations"]
         engines = {}
         for a in aggregations:
-            eng = WindowEngine.restore(saved[a.name], now_ms) if a.name in saved else None
+            eng = WindowEngine.restore(saved[a.name], now_ms, a.name) if a.name in saved \
+                else None
             # A window changed since the snapshot: its old state means nothing to the new one.
             engines[a.name] = eng if eng is not None and eng.spec == a.spec else \
-                WindowEngine(a.spec, shard_id)
+                WindowEngine(a.spec, shard_id, a.name)
         return cls(aggregations, shard_id, engines), s["default"]
 
 

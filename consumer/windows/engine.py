@@ -51,6 +51,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 from dataclasses import asdict
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -58,21 +59,25 @@ import msgspec
 from consumer.records.contract import Contract
 from consumer.records.decode import decode_batch, decode_columns
 from consumer.records.model import Event, Position, RawRecord, Rejected
-from consumer.windows.kinds import NEG_INF, Aligned, Late, Sessions, load_pos, snap_pos
+from consumer.windows.kinds import NEG_INF, Aligned, Key, Late, Sessions, load_pos, snap_pos
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
 SNAPSHOT_VERSION = 1
+_RECORD = attrgetter("record")
 
 
 class WindowEngine:
     """Windows for one shard. See the module docstring for the exact semantics."""
 
-    def __init__(self, spec: WindowSpec, shard_id: str) -> None:
+    def __init__(self, spec: WindowSpec, shard_id: str, aggregation: str = "") -> None:
+        """aggregation: the name its results carry (a declared aggregation's; not part of
+        the snapshot, which restore() is given again)."""
         self.spec = spec
         self.shard_id = shard_id
         self._windows: Aligned | Sessions = (
             Sessions(spec, shard_id) if spec.kind == "session" else Aligned(spec, shard_id)
         )
+        self._windows.aggregation = aggregation
         self._max_ts = NEG_INF
         self._wm = NEG_INF
         self._last_event_now: int | None = None
@@ -118,13 +123,7 @@ class WindowEngine:
         objects on the way (Events are still built, for the archive); any other batch, and
         other window kinds, take exactly the two calls above.
         """
-        windows = self._windows
-        if (
-            self._closed
-            or self._dedupe_until is not None
-            or not isinstance(windows, Aligned)
-            or not windows.columnar
-        ):
+        if not self._columnar():
             events, rejected = decode_batch(records, contract)
             return events, rejected, self.process(events, now_ms)
         was_enabled = gc.isenabled()
@@ -136,16 +135,44 @@ class WindowEngine:
                 return events, rejected, self.process(events, now_ms)
             keys, ts, values = cols
             events = list(map(Event, keys, ts, values, records))
-            self._last_event_now = now_ms
-            self._last_pos = records[-1].position
-            self._max_ts, self._wm, late = windows.add_columns(
-                keys, ts, values, events, self._max_ts, self._wm
-            )
-            results = windows.collect(self._wm, False)
-            return events, [], StepOutput(results, self._report_late(late))
+            return events, [], self._add_columns(keys, ts, values, events, now_ms)
         finally:
             if was_enabled:
                 gc.enable()
+
+    def process_columns(self, keys: list[Key], ts: list[int], values: list[float],
+                        events: Sequence[Event], now_ms: int) -> StepOutput:
+        """process() of the Events (keys[i], ts[i], values[i], events[i].record) of a
+        non-empty batch, without building them where the windows take columns. events[i]
+        is only read for its record and event time, which must be ts[i] (a late record's
+        Rejected): a declared aggregation passes the contract's Events."""
+        if not self._columnar():
+            return self.process(list(map(Event, keys, ts, values, map(_RECORD, events))),
+                                now_ms)
+        was_enabled = gc.isenabled()
+        gc.disable()  # as in process()
+        try:
+            return self._add_columns(keys, ts, values, events, now_ms)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _columnar(self) -> bool:
+        windows = self._windows
+        return not self._closed and self._dedupe_until is None and \
+            isinstance(windows, Aligned) and windows.columnar
+
+    def _add_columns(self, keys: list[Key], ts: list[int], values: list[float],
+                     events: Sequence[Event], now_ms: int) -> StepOutput:
+        windows = self._windows
+        assert isinstance(windows, Aligned)
+        self._last_event_now = now_ms
+        self._last_pos = events[-1].record.position
+        self._max_ts, self._wm, late = windows.add_columns(
+            keys, ts, values, events, self._max_ts, self._wm
+        )
+        results = windows.collect(self._wm, False)
+        return StepOutput(results, self._report_late(late))
 
     def tick(self, now_ms: int) -> StepOutput:
         """Processing-time step for an idle shard (KCL delivered an empty batch)."""
@@ -224,13 +251,14 @@ class WindowEngine:
         return msgspec.msgpack.encode(state)
 
     @classmethod
-    def restore(cls, data: bytes, now_ms: int | None = None) -> WindowEngine:
+    def restore(cls, data: bytes, now_ms: int | None = None,
+                aggregation: str = "") -> WindowEngine:
         """The engine of a snapshot. With now_ms (a new owner resuming), the idle clock
         restarts at now_ms instead of counting the time without an owner as idleness."""
         s: dict[str, Any] = msgspec.msgpack.decode(data)
         if s.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {s.get('version')!r} is not {SNAPSHOT_VERSION}")
-        eng = cls(WindowSpec(**s["spec"]), s["shard_id"])
+        eng = cls(WindowSpec(**s["spec"]), s["shard_id"], aggregation)
         eng._max_ts, eng._wm, eng._last_event_now = s["max_ts"], s["wm"], s["last_event_now"]
         if now_ms is not None and eng._last_event_now is not None:
             eng._last_event_now = now_ms

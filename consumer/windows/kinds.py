@@ -84,6 +84,7 @@ class _Base:
     def __init__(self, spec: WindowSpec, shard_id: str) -> None:
         self.spec = spec
         self.shard_id = shard_id
+        self.aggregation = ""  # the results' (WindowEngine sets it for a declared one)
         self.kind = spec.kind
         self.lateness = spec.allowed_lateness_ms
         self.ooo = spec.out_of_orderness_ms
@@ -112,13 +113,15 @@ class _Base:
                 repeat(self.shard_id, n),
                 aggs,
                 repeat(final, n),
+                repeat(self.aggregation, n),
             )
         )
 
     def _result(self, start: int, end: int, key: Key, a: Agg, final: bool) -> WindowResult:
         sketch = _sketch_bytes(a[6], self.accuracy) if self.quantiles else None
         aggs = Aggregates(a[0], a[1], a[2], a[3], a[4], a[5], sketch)
-        return WindowResult(self.kind, start, end, key, self.shard_id, aggs, final)
+        return WindowResult(self.kind, start, end, key, self.shard_id, aggs, final,
+                            self.aggregation)
 
     def _trim_key_cache(self) -> None:
         if len(self.keys) > KEY_CACHE_CAP:
