@@ -115,17 +115,18 @@ def read_events(agg: Aggregation, batch: Sequence[tuple[Mapping[str, Any], Event
     return out
 
 
-def read_columns(agg: Aggregation, fields: FieldBatch
+def read_columns(agg: Aggregation, fields: FieldBatch, events: Sequence[Event]
                  ) -> tuple[list[tuple[str, ...]], list[float]] | None:
     """The keys and values of read_events over the rows of `fields`, when it reads every
     record by the fast rule (top-level fields, no filter, no route step's field; key
     parts all strings, values all finite numbers, no bool): else None."""
-    paths = (*agg.group_by, agg.value)
+    paths = agg.group_by if agg.value is None else (*agg.group_by, agg.value)
     if agg.filter is not None or any(len(p) != 1 for p in paths) or \
             ROUTE_FIELD in fields.columns:
         return None
     parts = [fields.column(p[0]) for p in agg.group_by]
-    values = fields.column(agg.value[0])
+    # value None: each record's contract reading (its version's field), as read_event does.
+    values = [e.value for e in events] if agg.value is None else fields.column(agg.value[0])
     if any(set(map(type, c)) != {str} for c in parts):
         return None
     kinds = set(map(type, values))
@@ -181,7 +182,7 @@ class AggregationSet:
         rows: Rows | None = None
         for agg in self.aggregations:
             engine = self.engines[agg.name]
-            cols = read_columns(agg, fields) if events else None
+            cols = read_columns(agg, fields, events) if events else None
             if cols is not None:
                 keys, values = cols
                 outputs[agg.name] = engine.process_columns(keys, list(map(_TS, events)), values,

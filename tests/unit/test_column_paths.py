@@ -175,7 +175,8 @@ def agg_stream(draw: st.DrawFn) -> list[tuple[FieldBatch, list[Event]]]:
         jitter = draw(st.integers(-20, 20)) if draw(st.integers(0, 5)) else \
             -draw(st.integers(0, 200))
         rec = RawRecord(b"{}", "pk", Position(i, 0), 0)
-        events.append(Event(("x",), max(0, 1000 + i * 4 + jitter), 0.0, rec))
+        reading = float(draw(st.integers(-5, 5)))  # the contract's (its version's) value
+        events.append(Event(("x",), max(0, 1000 + i * 4 + jitter), reading, rec))
     bounds = [0, *sorted(draw(st.lists(st.integers(0, n), max_size=4))), n]
     return [(FieldBatch({k: c[a:b] for k, c in cols.items()}, b - a), events[a:b])
             for a, b in pairwise(bounds)]
@@ -193,7 +194,8 @@ def agg_sets(draw: st.DrawFn) -> list[Aggregation]:
     flt = compile_expr("value > 0") if draw(st.booleans()) else None
     return [Aggregation("per_device", (("device",),), ("value",), spec()),
             Aggregation("per_metric", (("metric",),), ("value",), spec(), flt),
-            Aggregation("by_value", (("value",),), ("value",), spec())]
+            Aggregation("by_value", (("value",),), ("value",), spec()),
+            Aggregation("by_reading", (("device",),), None, spec())]
 
 
 @settings(max_examples=150, deadline=None)
