@@ -204,6 +204,7 @@ class _Plan:
         self.decoder: msgspec.json.Decoder[Any] | None = None
         self.keys: Callable[[Any], tuple[str, ...]] | None = None
         self.key_cols: list[Callable[[Any], str]] = []
+        self.field_names: tuple[str, ...] = ()  # the fast path's, in column order
         # Versioned: a record's version decides its paths, so every record is looked at.
         self.versions = [_VersionPlan(contract, v) for v in contract.versions]
         self.version_segs = split_path(contract.version_field) if contract.version_field else ()
@@ -625,8 +626,8 @@ def decode_fields(records: Sequence[RawRecord],
     top-level). None where decode_columns gives None, and for an integer value orjson would
     read as a float (beyond 64 bits). Call it with cyclic GC disabled."""
     plan = _plan(contract)
-    if len(set(plan.field_names)) != len(plan.field_names):
-        return None  # one field read twice: not worth a path of its own
+    if plan.decoder is None or len(set(plan.field_names)) != len(plan.field_names):
+        return None  # versioned or nested; or one field read twice: no path of its own
     structs = _clean_structs(records, contract, plan, fields=True)
     if structs is None:
         return None

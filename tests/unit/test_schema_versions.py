@@ -22,6 +22,7 @@ from consumer.pipeline import contract_from
 from consumer.records.contract import Contract, SchemaVersion, parse_versions
 from consumer.records.decode import decode_batch, decode_columns, schema_drift
 from consumer.records.model import Event, Position, RawRecord, Rejected
+from consumer.transform.stage import decode_with_fields
 
 TS = "2026-03-01T12:00:05.250Z"
 TS_MS = 1_772_366_405_250
@@ -270,6 +271,20 @@ def test_a_v1_temp_and_a_v2_value_record_decode_to_the_same_event() -> None:
     assert rejected == []
     assert [(e.key, e.ts_ms, e.value) for e in events] == [(("d1", "t"), TS_MS, 21.5)] * 2
     assert schema_drift([v1, v2], c) == Counter()
+
+
+def test_the_transform_stage_s_decoder_reads_versioned_records_as_decode_batch_does() -> None:
+    # The column path (decode_fields) has no versioned shape: it must hand such a batch to
+    # decode_batch, not fail (it once raised AttributeError on every versioned batch).
+    c = CONTRACTS["by_field"]
+    v1 = rec({"schema_version": 1, "device_id": "d1", "metric": "t", "ts": TS, "temp": 21.5,
+              "unit": "C"})
+    v2 = rec({"schema_version": 2, "device_id": "d1", "metric": "t", "time": TS_MS,
+              "value": 22.5}, 1)
+    events, rejected, fields = decode_with_fields([v1, v2], c)
+    assert (events, rejected) == decode_batch([v1, v2], c)
+    assert [e.value for e in events] == [21.5, 22.5]
+    assert fields is None
 
 
 def test_the_example_from_a_settings_file(tmp_path: Path) -> None:
