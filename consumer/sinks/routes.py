@@ -28,9 +28,8 @@ from consumer.sinks.manifest import ShardManifest
 from consumer.sinks.retry import Retrier, RetryEvent
 from consumer.sinks.rows import (
     rejected_by_sink,
-    result_columns,
     result_line,
-    result_lines_of,
+    result_lines,
     result_row,
 )
 from consumer.sinks.s3 import S3ObjectWriter
@@ -218,7 +217,7 @@ class RouteFactory:
                                     manifest, self.settings.flush.max_records)
 
         def deliver(results: Sequence[WindowResult], _: Position) -> Delivered:
-            lines = result_lines_of(result_columns(results))  # in window order
+            lines = result_lines(results)  # in window order
             plans = layout.plan_objects(layout.window_orders(results),
                                         [r.start_ms for r in results], lines, prefix,
                                         self.shard_id)
