@@ -16,11 +16,11 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import accumulate, islice
-from operator import le
+from itertools import accumulate
 from typing import Generic, TypeVar
 
 from consumer.records.model import Position
+from consumer.sinks.layout import ascending
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class SinkBuffer(Generic[T]):
         if min(sizes) < 0:
             raise ValueError("size_bytes must be >= 0")
         held = self._positions
-        if (held and positions[0] < held[-1]) or not _ascending(positions):
+        if (held and positions[0] < held[-1]) or not ascending(positions):
             self._in_order = False
         held.extend(positions)
         self._items.extend(items)
@@ -196,7 +196,3 @@ class SinkBuffer(Generic[T]):
         if batch.batch_no not in self._taken:
             raise KeyError(f"{self.name}: batch {batch.batch_no} is not taken")
         self._taken.discard(batch.batch_no)
-
-
-def _ascending(positions: Sequence[Position]) -> bool:
-    return all(map(le, positions, islice(positions, 1, None)))

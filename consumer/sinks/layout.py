@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import islice
+from operator import le
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import orjson
@@ -170,23 +172,36 @@ class ObjectPlan(Generic[P]):
 def plan_objects(positions: Sequence[P], partition_ms: Sequence[int],
                  lines: Sequence[bytes], prefix: str, shard_id: str) -> list[ObjectPlan[P]]:
     """Group items (given as columns) by hour partition, in order inside each group."""
-    hours = [ms // HOUR_MS for ms in partition_ms]
-    groups: dict[int, Sequence[int]]
-    if hours and min(hours) == max(hours):  # the common case: one hour, no grouping
-        groups = {hours[0]: range(len(hours))}
-    else:
-        by_hour: dict[int, list[int]] = defaultdict(list)
-        for i, hour in enumerate(hours):
-            by_hour[hour].append(i)
-        groups = dict(by_hour)
+    if (partition_ms and min(partition_ms) // HOUR_MS == max(partition_ms) // HOUR_MS
+            and ascending(positions)):
+        # The common case: one hour, in the order the buffers give (sorted). The columns are
+        # the plan as they are; regrouping and re-sorting them cost a tenth of a flush.
+        hour = _hour_text(partition_ms[0] // HOUR_MS)
+        return [ObjectPlan(partition_prefix(prefix, hour, shard_id), tuple(positions),
+                           tuple(lines))]
+    return plan_objects_grouped(positions, partition_ms, lines, prefix, shard_id)
+
+
+def plan_objects_grouped(positions: Sequence[P], partition_ms: Sequence[int],
+                         lines: Sequence[bytes], prefix: str,
+                         shard_id: str) -> list[ObjectPlan[P]]:
+    """plan_objects for any input: group by hour, then sort each group (stable)."""
+    by_hour: dict[int, list[int]] = defaultdict(list)
+    for i, ms in enumerate(partition_ms):
+        by_hour[ms // HOUR_MS].append(i)
     plans = []
-    for hour, members in sorted(groups.items()):
+    for hour, members in sorted(by_hour.items()):
         pos = [positions[i] for i in members]
-        order = sorted(range(len(pos)), key=pos.__getitem__)  # stable; buffers give it sorted
+        order = sorted(range(len(pos)), key=pos.__getitem__)
         plans.append(ObjectPlan(partition_prefix(prefix, _hour_text(hour), shard_id),
                                 tuple(pos[i] for i in order),
                                 tuple(lines[members[i]] for i in order)))
     return plans
+
+
+def ascending(items: Sequence[Any]) -> bool:
+    """Each item <= the next (compared in C, without building a sorted copy)."""
+    return all(map(le, items, islice(items, 1, None)))
 
 
 @dataclass(frozen=True, slots=True)
