@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from itertools import islice
+from itertools import groupby, islice, repeat
 from operator import le
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -137,16 +137,17 @@ def window_sort_key(r: WindowResult) -> tuple[int, int, tuple[str, ...]]:
 
 
 def window_orders(results: Sequence[WindowResult]) -> list[WindowOrder]:
-    """The orders of final results given sorted by window_sort_key, whole windows only."""
-    out: list[WindowOrder] = []
-    prev: tuple[int, int] | None = None
-    i = 0
-    for r in results:
-        w = (r.end_ms, r.start_ms)
-        i = i + 1 if w == prev else 0
-        prev = w
-        out.append(WindowOrder(r.end_ms, r.start_ms, i))
-    return out
+    """The orders of final results given sorted by window_sort_key, whole windows only: a
+    result's rank counts the results before it in its window."""
+    windows = [(r.end_ms, r.start_ms) for r in results]
+    ranks: list[int] = []
+    for _, run in groupby(windows):
+        ranks.extend(range(len(list(run))))
+    # tuple.__new__ builds each in C; WindowOrder(...) runs its generated Python __new__,
+    # which cost as much as the rest of a flush's results plan.
+    return list(map(tuple.__new__, repeat(WindowOrder),
+                    [(end, start, rank) for (end, start), rank in zip(windows, ranks,
+                                                                       strict=True)]))
 
 
 def order_token(o: WindowOrder) -> str:
