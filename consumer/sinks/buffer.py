@@ -88,8 +88,8 @@ class SinkBuffer(Generic[T]):
 
     Held as three parallel columns (positions, items, sizes), not one tuple per item: adding
     a KCL batch is three list extends and taking a batch is slicing, so a flush of 50,000
-    records builds no per-item object (the tuples cost a tenth of the commit, mostly in the
-    cyclic GC they set off)."""
+    records builds no per-item object (in-process on 200,000 bench records, the tuples and
+    the cyclic GC they set off cost 0.47 of 2.8 CPU-s of ingest and commit)."""
 
     def __init__(self, name: str, hints: FlushHints) -> None:
         self.name = name
