@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -175,8 +176,9 @@ class RouteFactory:
             written = self._s3("s3-quarantine", plans)
             written += self._sink_rejections([r for r in rejected if r.stage.startswith("sink:")],
                                              now)
-            for r in rejected:
-                m.RECORDS_QUARANTINED.labels(self.shard_id, r.reason).inc()
+            # Once per reason, not per record: labels() is a lookup under a lock.
+            for reason, n in Counter(r.reason for r in rejected).items():
+                m.RECORDS_QUARANTINED.labels(self.shard_id, reason).inc(n)
             return Delivered(written)
 
         return Route("s3-quarantine", self.buffer("s3-quarantine"), deliver, self.manifest)
