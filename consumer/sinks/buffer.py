@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import accumulate
-from operator import itemgetter
 from typing import Generic, TypeVar
 
 from consumer.records.model import Position
+from consumer.sinks.layout import ascending
 
 T = TypeVar("T")
 
@@ -69,12 +69,6 @@ class ByteBudget:
         self.used_bytes -= size_bytes
 
 
-# A buffered item: (position, item, size_bytes). Tuples, built in C for a whole KCL batch.
-_Entry = tuple[Position, T, int]
-_POSITION = itemgetter(0)
-_SIZE = itemgetter(2)
-
-
 @dataclass(frozen=True, slots=True)
 class Batch(Generic[T]):
     """Items to be made durable as one unit, in shard order."""
@@ -90,20 +84,27 @@ class Batch(Generic[T]):
 
 
 class SinkBuffer(Generic[T]):
-    """The writer half of one sink: holds items until a batch is taken and made durable."""
+    """The writer half of one sink: holds items until a batch is taken and made durable.
+
+    Held as three parallel columns (positions, items, sizes), not one tuple per item: adding
+    a KCL batch is three list extends and taking a batch is slicing, so a flush of 50,000
+    records builds no per-item object (in-process on 200,000 bench records, the tuples and
+    the cyclic GC they set off cost 0.47 of 2.8 CPU-s of ingest and commit)."""
 
     def __init__(self, name: str, hints: FlushHints) -> None:
         self.name = name
         self.hints = hints
-        self._pending: list[_Entry[T]] = []
-        self._in_order = True  # _pending is sorted by position
+        self._positions: list[Position] = []
+        self._items: list[T] = []
+        self._sizes: list[int] = []
+        self._in_order = True  # _positions is sorted
         self._pending_bytes = 0
         self._oldest_ms: int | None = None
         self._next_batch = 0
         self._taken: set[int] = set()  # batch numbers taken and not yet durable
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._positions)
 
     @property
     def pending_bytes(self) -> int:
@@ -117,22 +118,25 @@ class SinkBuffer(Generic[T]):
         """Buffer a batch of items at once (one KCL batch's worth)."""
         if not items:
             return
+        if not len(items) == len(positions) == len(sizes):
+            raise ValueError("items, positions and sizes differ in length")
         if min(sizes) < 0:
             raise ValueError("size_bytes must be >= 0")
-        pending = self._pending
-        if (pending and positions[0] < pending[-1][0]) or list(positions) != sorted(positions):
+        held = self._positions
+        if (held and positions[0] < held[-1]) or not ascending(positions):
             self._in_order = False
-        pending.extend(zip(positions, items, sizes, strict=True))
-        size = sum(sizes)
-        self._pending_bytes += size
+        held.extend(positions)
+        self._items.extend(items)
+        self._sizes.extend(sizes)
+        self._pending_bytes += sum(sizes)
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
 
     def should_flush(self, now_ms: int) -> FlushReason | None:
         """Why a batch should be taken now, or None to keep buffering."""
-        if not self._pending:
+        if not self._positions:
             return None
-        if len(self._pending) >= self.hints.max_records:
+        if len(self._positions) >= self.hints.max_records:
             return FlushReason.RECORDS
         if self._pending_bytes >= self.hints.max_bytes:
             return FlushReason.BYTES
@@ -143,38 +147,45 @@ class SinkBuffer(Generic[T]):
     def take_batch(self) -> Batch[T] | None:
         """The items of the smallest positions, within max_records / max_bytes (a single item
         larger than max_bytes still forms a batch of one)."""
-        if not self._pending:
+        if not self._positions:
             return None
         if not self._in_order:
-            self._pending.sort(key=_POSITION)  # stable: equal positions keep add order
-            self._in_order = True
+            self._sort()
         n, size = self._batch_extent()
-        taken, self._pending = self._pending[:n], self._pending[n:]
+        positions, items = self._positions[:n], self._items[:n]
+        del self._positions[:n], self._items[:n], self._sizes[:n]
         self._pending_bytes -= size
-        if not self._pending:
+        if not self._positions:
             self._oldest_ms = None  # what is left is younger: flushing it early by age is fine
-        positions, items, _ = zip(*taken, strict=True)
-        batch = Batch(self._next_batch, items, positions, size)
+        batch = Batch(self._next_batch, tuple(items), tuple(positions), size)
         self._next_batch += 1
         self._taken.add(batch.batch_no)
         return batch
 
+    def _sort(self) -> None:
+        """Every column in position order; stable: equal positions keep add order."""
+        held = self._positions
+        order = sorted(range(len(held)), key=held.__getitem__)
+        self._positions = [held[i] for i in order]
+        self._items = [self._items[i] for i in order]
+        self._sizes = [self._sizes[i] for i in order]
+        self._in_order = True
+
     def _batch_extent(self) -> tuple[int, int]:
         """How many of the first pending items the next batch takes, and their bytes."""
-        pending, hints = self._pending, self.hints
-        if len(pending) <= hints.max_records and self._pending_bytes <= hints.max_bytes:
-            return len(pending), self._pending_bytes  # the common case: everything, no loop
-        head = pending[:hints.max_records]
-        sizes = list(accumulate(map(_SIZE, head)))
+        hints = self.hints
+        if len(self._sizes) <= hints.max_records and self._pending_bytes <= hints.max_bytes:
+            return len(self._sizes), self._pending_bytes  # the common case: everything, no loop
+        sizes = list(accumulate(self._sizes[:hints.max_records]))
         # At most max_bytes, but never fewer than one item (a lone large item is a batch).
         n = max(1, bisect_right(sizes, hints.max_bytes))
         return n, sizes[n - 1]
 
     def take_all(self) -> Batch[T] | None:
         """Everything pending as one batch, in shard order (the caller cuts it itself)."""
-        if not self._pending:
+        if not self._positions:
             return None
-        hints, self.hints = self.hints, FlushHints(len(self._pending), 1 << 62, 0)
+        hints, self.hints = self.hints, FlushHints(len(self._positions), 1 << 62, 0)
         try:
             return self.take_batch()
         finally:

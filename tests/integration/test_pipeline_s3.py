@@ -13,6 +13,7 @@ import pytest
 
 from consumer.config import load_settings, with_overrides
 from consumer.local.reconcile import ObjectCounter
+from consumer.metrics.registry import REGISTRY
 from consumer.pipeline import RECORD_OVERHEAD, ShardPipeline, WindowStateTooLarge
 from consumer.records.model import Position, RawRecord
 from tests.support.checkpointer import RecordingCheckpointer
@@ -70,10 +71,17 @@ def counted(s3: S3Endpoint, prefix: str) -> tuple[ObjectCounter, ObjectCounter]:
     return archive, quarantine
 
 
+def quarantined_metric(reason: str) -> float:
+    value = REGISTRY.get_sample_value("aetherstream_records_quarantined_total",
+                                      {"shard": "shardId-000000000003", "reason": reason})
+    return value or 0.0
+
+
 @pytest.mark.parametrize("fmt", ["ndjson", "parquet"])
 def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint, fmt: str) -> None:
     recs = records(200)
     p = make_pipeline(s3, f"once-{fmt}", fmt=fmt)
+    counted_before = quarantined_metric("invalid_json")
     for start in range(0, 200, 50):
         p.ingest(recs[start : start + 50], now_ms=0)
     report = p.flush()
@@ -87,6 +95,8 @@ def test_every_record_lands_once_in_archive_or_quarantine(s3: S3Endpoint, fmt: s
     assert p.commit(ckpt) and ckpt.positions == [recs[-1].position]
     reasons = Counter(r["reason"] for r in quarantine.rows)
     assert set(reasons) == {"invalid_json"}
+    # the metric counts each quarantined record once, by its reason
+    assert quarantined_metric("invalid_json") - counted_before == quarantine.distinct
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "parquet"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -147,3 +148,96 @@ def test_take_batch_takes_what_the_hints_allow_in_shard_order(
         assert batch.size_bytes == sum(sizes[i] for i in batch.items)
         taken += batch.items
     assert taken == expected and buf.pending_bytes == 0
+
+
+class PlainBuffer:
+    """The reference: one (position, item, size) entry per item, sorted stably by position
+    before a batch is cut (SinkBuffer as it was before it held columns)."""
+
+    def __init__(self, hints: FlushHints) -> None:
+        self.hints = hints
+        self.pending: list[tuple[Position, int, int]] = []
+        self.oldest_ms: int | None = None
+        self.next_batch = 0
+
+    def add_many(self, items: list[int], positions: list[Position], sizes: list[int],
+                 now_ms: int) -> None:
+        if items:
+            self.pending += zip(positions, items, sizes, strict=True)
+            self.oldest_ms = now_ms if self.oldest_ms is None else self.oldest_ms
+
+    def should_flush(self, now_ms: int) -> FlushReason | None:
+        if not self.pending:
+            return None
+        if len(self.pending) >= self.hints.max_records:
+            return FlushReason.RECORDS
+        if sum(e[2] for e in self.pending) >= self.hints.max_bytes:
+            return FlushReason.BYTES
+        assert self.oldest_ms is not None
+        return FlushReason.AGE if now_ms - self.oldest_ms >= self.hints.max_age_ms else None
+
+    def take(self, max_records: int, max_bytes: int) -> tuple[Any, ...] | None:
+        if not self.pending:
+            return None
+        self.pending.sort(key=lambda e: e[0])
+        n, size = 0, 0
+        for _, _, s in self.pending[:max_records]:
+            if n and size + s > max_bytes:
+                break
+            n, size = n + 1, size + s
+        taken, self.pending = self.pending[:n], self.pending[n:]
+        if not self.pending:
+            self.oldest_ms = None
+        self.next_batch += 1
+        return (self.next_batch - 1, tuple(e[1] for e in taken), tuple(e[0] for e in taken),
+                size)
+
+
+buffer_ops = st.lists(st.one_of(
+    # a KCL batch: (position seed, size) per item, positions jumbled and possibly repeated
+    st.tuples(st.just("add"), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 300)),
+                                       max_size=8)),
+    st.tuples(st.just("take"), st.none()),
+    st.tuples(st.just("take_all"), st.none()),
+    st.tuples(st.just("tick"), st.integers(0, 3_000)),
+), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(hints=hints_st, script=buffer_ops)
+def test_columns_cut_the_batches_the_plain_per_item_buffer_cuts(
+        hints: FlushHints, script: list[tuple[str, Any]]) -> None:
+    """The columnar buffer takes the same batches (numbers, items, positions, bytes) as one
+    holding a tuple per item, and agrees on its length, bytes and flush reason throughout."""
+    buf: SinkBuffer[int] = SinkBuffer("s", hints)
+    plain = PlainBuffer(hints)
+    now, next_id = 0, 0
+    for op, arg in script:
+        if op == "add":
+            items = list(range(next_id, next_id + len(arg)))
+            next_id += len(arg)
+            positions = [_pos(seed) for seed, _ in arg]
+            sizes = [size for _, size in arg]
+            buf.add_many(items, positions, sizes, now)
+            plain.add_many(items, positions, sizes, now)
+        elif op in ("take", "take_all"):
+            batch = buf.take_batch() if op == "take" else buf.take_all()
+            limits = (hints.max_records, hints.max_bytes) if op == "take" else (1 << 30, 1 << 62)
+            want = plain.take(*limits)
+            got = None if batch is None else (batch.batch_no, batch.items, batch.positions,
+                                              batch.size_bytes)
+            assert got == want
+            if batch is not None:
+                buf.mark_durable(batch)
+        else:
+            now += arg
+        assert len(buf) == len(plain.pending)
+        assert buf.pending_bytes == sum(e[2] for e in plain.pending)
+        assert buf.should_flush(now) == plain.should_flush(now)
+
+
+def test_columns_of_unequal_length_are_refused() -> None:
+    buf: SinkBuffer[int] = SinkBuffer("s", FlushHints())
+    with pytest.raises(ValueError):
+        buf.add_many([1, 2], [_pos(1)], [1, 1], 0)
+    assert len(buf) == 0

@@ -18,6 +18,7 @@ from consumer.sinks.layout import (
     hour_partition,
     object_key,
     plan_objects,
+    plan_objects_grouped,
     provenance_fields,
     quarantine_line,
 )
@@ -148,3 +149,19 @@ def test_parquet_and_ndjson_bodies_decode_to_the_same_rows() -> None:
     assert [r["sequence"] for r in parquet] == [r["sequence"] for r in ndjson]
     # Payloads differ in shape between records, so Parquet keeps each as JSON text.
     assert [orjson.loads(r["payload"]) for r in parquet] == [r["payload"] for r in ndjson]
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3)), max_size=40),
+       st.sampled_from([0, 1_795_000_000_000]), st.booleans(), st.booleans())
+def test_plans_of_one_sorted_hour_are_the_grouped_plans(
+        items: list[tuple[int, int]], base_ms: int, one_hour: bool, in_order: bool) -> None:
+    """plan_objects' shortcut (one hour, positions ascending) plans what the grouping plan
+    does, and so does its fallback for everything else (hours mixed, order jumbled,
+    positions repeated)."""
+    if in_order:
+        items.sort()
+    positions = [Position(1_000 + seq, 0) for seq, _ in items]
+    partition_ms = [base_ms + (0 if one_hour else hour * 3_600_000) + seq for seq, hour in items]
+    lines = [b"line %d\n" % i for i in range(len(items))]
+    assert (plan_objects(positions, partition_ms, lines, "raw/", "s")
+            == plan_objects_grouped(positions, partition_ms, lines, "raw/", "s"))

@@ -227,3 +227,22 @@ def test_results_keys_sort_in_window_order() -> None:
     assert keys == sorted(keys)
     token = "0000000010000-0000000000000-000003"
     assert keys[0] == f"r/tumbling-{token}_{token}.ndjson.gz"
+
+
+def plain_window_orders(results: list[WindowResult]) -> list[WindowOrder]:
+    """The reference: one pass, ranking each result after the previous one in its window."""
+    out, prev, rank = [], None, 0
+    for r in results:
+        rank = rank + 1 if (r.end_ms, r.start_ms) == prev else 0
+        prev = (r.end_ms, r.start_ms)
+        out.append(WindowOrder(r.end_ms, r.start_ms, rank))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=window_steps())
+def test_window_orders_rank_as_the_plain_pass_does(steps: list[list[Window]]) -> None:
+    results = [r for step in steps for r in finals(step)]
+    orders = window_orders(results)
+    assert orders == plain_window_orders(results)
+    assert all(type(o) is WindowOrder for o in orders)

@@ -25,6 +25,7 @@ from consumer.sinks.rows import (
     raw_row,
     result_columns,
     result_line,
+    result_lines,
     result_lines_of,
     result_row,
 )
@@ -177,6 +178,7 @@ def test_result_batches_hold_the_released_rows_lines_and_documents(
     assert rs.encode_csv(rs.RESULTS_TABLE, rs.table_columns(RESULT_FIELDS, batch)) == (
         csv_of_rows(rs.RESULTS_TABLE, [legacy_result_values(r) for r in rows]))
     assert result_lines_of(batch) == [legacy_result_line(r) for r in rows]
+    assert result_lines(results) == result_lines_of(batch)  # the S3 route's own path
     assert [result_line(r) for r in rows] == [legacy_result_line(r) for r in rows]
     fast = osr.bulk_body(osr.result_docs("p", batch))
     assert fast == (legacy_bulk_body([legacy_result_doc("p", r) for r in rows]) if rows else b"")
