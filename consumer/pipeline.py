@@ -46,14 +46,12 @@ from consumer.sinks.buffer import ByteBudget
 from consumer.sinks.layout import window_sort_key
 from consumer.sinks.routes import RESULT_SIZE, Route, Routes, ShardRetriers
 from consumer.transform.columns import FieldBatch
-from consumer.transform.stage import TransformStage, decode_with_fields
-from consumer.windows.aggregations import AggregationSet
+from consumer.transform.stage import TransformStage, decode_with_columns, decode_with_fields
+from consumer.windows.aggregations import AggregationSet, AggStep
 from consumer.windows.engine import WindowEngine
 from consumer.windows.model import StepOutput, WindowResult, WindowSpec
 
 log = logging.getLogger(__name__)
-# Each record's fields (as dicts, or by column) and Event, for the declared aggregations.
-DeclaredInput = tuple[Sequence[Any] | FieldBatch, Sequence[Event]]
 
 
 def contract_from(settings: Settings) -> Contract:
@@ -104,15 +102,11 @@ class ShardPipeline:
         record lands in the archive or in quarantine (or, removed by a transform filter, in
         its counter), and windows see every valid one."""
         out: StepOutput | None = None
-        declared: DeclaredInput | None = None  # the declared aggregations' input
+        declared: AggStep | None = None  # the declared aggregations' step
         if self.transform is not None:
             events, rejected, out, declared = self._transformed(records, now_ms)
         elif self.engine is not None and self.aggregations is not None:
-            # Decoded once: the declared aggregations read the fields the decoder read.
-            with paused_gc():
-                events, rejected, fields = decode_with_fields(records, self._contract)
-                out = self.engine.process(events, now_ms)
-            declared = (fields, events) if fields is not None else None
+            events, rejected, out, declared = self._decoded_once(records, now_ms)
         elif self.engine is not None:
             # One pass decodes and windows a clean batch (same results as the two steps).
             events, rejected, out = self.engine.process_records(records, self._contract, now_ms)
@@ -131,27 +125,41 @@ class ShardPipeline:
                            + RECORD_OVERHEAD * len(records))
         if out is not None:
             self._emit(out, now_ms)
-        if self.aggregations is not None:
-            if declared is None:  # the decoder accepted each as one JSON object
-                declared = ([orjson.loads(e.record.data) for e in events], events)
-            self._aggregate(*declared, now_ms)
+        if declared is not None:
+            self._emit_declared(declared, now_ms)
 
-    def _aggregate(self, fields: Sequence[Any] | FieldBatch, events: Sequence[Event],
-                   now_ms: int) -> None:
-        if not events:  # as for the default engine: only tick() is an idle step
-            return
-        assert self.aggregations is not None
+    def _decoded_once(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
+            list[Event], list[Rejected], StepOutput, AggStep | None]:
+        """Decode once for every aggregation: the default engine takes the decoder's
+        columns, the declared ones the fields it read. One GC pause over all of it: a
+        collection between the steps would scan every window's state."""
+        assert self.engine is not None
         with paused_gc():
-            step = self.aggregations.process_columns(fields, events, now_ms) \
-                if isinstance(fields, FieldBatch) else \
-                self.aggregations.process(list(zip(fields, events, strict=True)), now_ms)
+            events, rejected, fields, columns = decode_with_columns(records, self._contract)
+            out = self.engine.process_columns(*columns, events, now_ms) \
+                if columns is not None else self.engine.process(events, now_ms)
+            return events, rejected, out, self._step_declared(fields, events, now_ms)
+
+    def _step_declared(self, fields: Sequence[Any] | FieldBatch | None,
+                       events: Sequence[Event], now_ms: int) -> AggStep | None:
+        """The declared aggregations over a batch's Events (fields: what the decoder or
+        the chain read of them; None: parse each record, which the decoder accepted as
+        one JSON object). Call it with cyclic GC paused."""
+        if self.aggregations is None or not events:  # only tick() is an idle step
+            return None
+        if isinstance(fields, FieldBatch):
+            return self.aggregations.process_columns(fields, events, now_ms)
+        rows = fields if fields is not None else [orjson.loads(e.record.data) for e in events]
+        return self.aggregations.process(list(zip(rows, events, strict=True)), now_ms)
+
+    def _emit_declared(self, step: AggStep, now_ms: int) -> None:
         for name, n in step.skipped.items():
             m.RECORDS_FILTERED.labels(self.shard_id, f"aggregation:{name}").inc(n)
         for name, out in step.outputs.items():
             self._emit(out, now_ms, name)
 
     def _transformed(self, records: Sequence[RawRecord], now_ms: int) -> tuple[
-            list[Event], list[Rejected], StepOutput, DeclaredInput]:
+            list[Event], list[Rejected], StepOutput, AggStep | None]:
         """Decode, the chain, then windows over what it kept (consumer/transform/stage.py
         says what the archive and quarantine get)."""
         assert self.engine is not None and self.transform is not None
@@ -162,10 +170,11 @@ class ShardPipeline:
             # otherwise would judge lateness otherwise.
             out = self.engine.process(staged.events, now_ms) if staged.events else \
                 StepOutput([], [])
+            fields = staged.columns if staged.columns is not None else staged.fields
+            declared = self._step_declared(fields, staged.events, now_ms)
         for name, n in staged.filtered.items():
             m.RECORDS_FILTERED.labels(self.shard_id, name).inc(n)
-        fields = staged.columns if staged.columns is not None else staged.fields
-        return staged.archive, staged.rejected, out, (fields, staged.events)
+        return staged.archive, staged.rejected, out, declared
 
     def tick(self, now_ms: int) -> None:
         """An empty KCL batch: processing time moves idle windows on."""

@@ -170,12 +170,12 @@ TWO_ROW = "two aggregations (+ per device, 60 s)"
 
 def run_two(records: list[RawRecord], batch: int) -> tuple[list[WindowResult], dict[str, float]]:
     """The pipeline's path with one declared aggregation beside the default engine (two
-    aggregations over one stream): decode_with_fields, the default engine, then the
-    declared one over the fields the decoder read (the record's JSON if it has none) and
-    its own engine (consumer/pipeline.py ingest)."""
+    aggregations over one stream; consumer/pipeline.py `_decoded_once`): decode_with_columns,
+    the default engine over the decoder's columns, then the declared one over the fields it
+    read (the record's JSON if it has none), all in one GC pause."""
     import orjson
 
-    from consumer.transform.stage import decode_with_fields
+    from consumer.transform.stage import decode_with_columns
     from consumer.windows.aggregations import Aggregation, AggregationSet
 
     spec = WindowSpec(size_ms=WINDOW_MS, out_of_orderness_ms=5_000)
@@ -186,12 +186,13 @@ def run_two(records: list[RawRecord], batch: int) -> tuple[list[WindowResult], d
     results: list[WindowResult] = []
     for chunk in batches(records, batch):
         now = chunk[-1].arrival_ms
-        with paused_gc():  # as ShardPipeline.ingest and _aggregate
-            events, _rejected, fields = decode_with_fields(chunk, contract)
-            results.extend(engine.process(events, now).results)
         with paused_gc():
+            events, _rejected, fields, columns = decode_with_columns(chunk, contract)
+            out = engine.process_columns(*columns, events, now) if columns is not None else \
+                engine.process(events, now)
             step = declared.process_columns(fields, events, now) if fields is not None else \
                 declared.process([(orjson.loads(e.record.data), e) for e in events], now)
+        results.extend(out.results)
         results.extend(r for o in step.outputs.values() for r in o.results)
     results.extend(engine.close_all().results)
     results.extend(r for o in declared.close_all().values() for r in o.results)

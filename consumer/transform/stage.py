@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from consumer.records.contract import Contract, split_path
-from consumer.records.decode import decode_batch, decode_fields
+from consumer.records.decode import Columns, decode_batch, decode_fields
 from consumer.records.model import Event, RawRecord, Rejected
 from consumer.transform.chain import Chain
 from consumer.transform.columns import FieldBatch
@@ -83,18 +83,26 @@ def decode_with_fields(records: Sequence[RawRecord], contract: Contract
     """decode_received's result, and for a clean batch the records' JSON fields by column
     (decode_fields), so that the chain and the declared aggregations need not parse them
     again."""
+    events, rejected, fields, _columns = decode_with_columns(records, contract)
+    return events, rejected, fields
+
+
+def decode_with_columns(records: Sequence[RawRecord], contract: Contract) -> tuple[
+        list[Event], list[Rejected], FieldBatch | None, Columns | None]:
+    """decode_with_fields, and for a clean batch also the Events' (keys, ts_ms, values)
+    columns, which the default engine takes as they are (WindowEngine.process_columns)."""
     was_enabled = gc.isenabled()
     gc.disable()  # as decode_batch does: mid-batch collections dominate otherwise
     try:
         got = decode_fields(records, contract)
         if got is None:
-            return *decode_batch(records, contract), None
-        (keys, ts, values), fields = got
-        events = list(map(Event, keys, ts, values, records))
+            return *decode_batch(records, contract), None, None
+        columns, fields = got
+        events = list(map(Event, *columns, records))
     finally:
         if was_enabled:
             gc.enable()
-    return events, [], FieldBatch(fields, len(records))
+    return events, [], FieldBatch(fields, len(records)), columns
 
 
 def contract_paths(contract: Contract) -> tuple[tuple[str, ...], ...]:
