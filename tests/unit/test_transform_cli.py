@@ -101,6 +101,30 @@ def test_readme_shows_the_real_settings_and_output(capsys: pytest.CaptureFixture
     assert out in section
 
 
+def test_readme_shows_the_declared_aggregations_real_output(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's "Several aggregations at once" prints jq's compact form of these lines.
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Several aggregations at once", 1)[1].split("\n## ", 1)[0]
+    assert main(["transform", "test", "--config", "examples/aggregations/settings.toml",
+                 "--input", "examples/aggregations/sample.ndjson"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    shown = ("aggregation", "key", "window_start_ms", "count", "mean", "closed_by")
+    declared = [r for r in out if r["type"] == "result" and r["aggregation"]][:7]
+    summary = next(r for r in out if r["type"] == "summary")
+    picked = [{k: jq_number(r[k]) for k in shown} for r in declared]
+    picked.append({k: summary[k] for k in ("input", "windowed", "filtered", "quarantined",
+                                           "late", "reconciles", "aggregations")})
+    for obj in picked:
+        compact = json.dumps(obj, separators=(",", ":"))
+        assert compact in section, compact
+
+
+def jq_number(v: object) -> object:
+    return int(v) if isinstance(v, float) and v.is_integer() else v  # jq prints 29.0 as 29
+
+
 # ------------------------------------------- the chain and the windows against an oracle
 
 
