@@ -93,15 +93,23 @@ def read_event(agg: Aggregation, fields: Mapping[str, Any], ev: Event) -> Event 
     return Event(tuple(parts), ev.ts_ms, float(v), ev.record)  # type: ignore[arg-type]
 
 
+def _top_level_paths(agg: Aggregation) -> tuple[Path, ...] | None:
+    """The fields the fast rule reads (group-by, then the value unless it is the contract
+    reading), when they are all top-level and there is no filter; else None."""
+    paths = agg.group_by if agg.value is None else (*agg.group_by, agg.value)
+    if agg.filter is not None or any(len(p) != 1 for p in paths):
+        return None
+    return paths
+
+
 def read_events(agg: Aggregation, batch: Sequence[tuple[Mapping[str, Any], Event]]
                 ) -> list[Event]:
     """[read_event(agg, f, ev) for f, ev in batch], without the Nones. For the common
     declaration (top-level fields, no filter, no route step in the chain) the fields are
     read by columns and a record whose key parts are strings and whose value is a float
     is taken without a call per record."""
-    paths = agg.group_by if agg.value is None else (*agg.group_by, agg.value)
-    if agg.filter is not None or any(len(p) != 1 for p in paths) or any(
-            ROUTE_FIELD in f for f, _ in batch):
+    paths = _top_level_paths(agg)
+    if paths is None or any(ROUTE_FIELD in f for f, _ in batch):
         return [e for e in (read_event(agg, f, ev) for f, ev in batch) if e is not None]
     cols = [[f.get(p[0]) for f, _ in batch] for p in paths]
     values = [ev.value for _, ev in batch] if agg.value is None else cols.pop()
@@ -120,9 +128,7 @@ def read_columns(agg: Aggregation, fields: FieldBatch, events: Sequence[Event]
     """The keys and values of read_events over the rows of `fields`, when it reads every
     record by the fast rule (top-level fields, no filter, no route step's field; key
     parts all strings, values all finite numbers, no bool): else None."""
-    paths = agg.group_by if agg.value is None else (*agg.group_by, agg.value)
-    if agg.filter is not None or any(len(p) != 1 for p in paths) or \
-            ROUTE_FIELD in fields.columns:
+    if _top_level_paths(agg) is None or ROUTE_FIELD in fields.columns:
         return None
     parts = [fields.column(p[0]) for p in agg.group_by]
     # value None: each record's contract reading (its version's field), as read_event does.
