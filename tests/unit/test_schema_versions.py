@@ -261,12 +261,17 @@ def test_drift_counts_equal_the_oracle(name: str, data: st.DataObject) -> None:
 # --- the issue's example: v1 `temp` and v2 `value` are the same Event -------------------------
 
 
+def v1_and_v2(v1_temp: float, v2_value: float) -> list[RawRecord]:
+    """A v1 record (`temp`, ISO time) and a v2 one (`value`, epoch ms) of the same reading."""
+    return [rec({"schema_version": 1, "device_id": "d1", "metric": "t", "ts": TS,
+                 "temp": v1_temp, "unit": "C"}),
+            rec({"schema_version": 2, "device_id": "d1", "metric": "t", "time": TS_MS,
+                 "value": v2_value}, 1)]
+
+
 def test_a_v1_temp_and_a_v2_value_record_decode_to_the_same_event() -> None:
     c = CONTRACTS["by_field"]
-    v1 = rec({"schema_version": 1, "device_id": "d1", "metric": "t", "ts": TS, "temp": 21.5,
-              "unit": "C"})
-    v2 = rec({"schema_version": 2, "device_id": "d1", "metric": "t", "time": TS_MS,
-              "value": 21.5}, 1)
+    v1, v2 = v1_and_v2(21.5, 21.5)
     events, rejected = decode_batch([v1, v2], c)
     assert rejected == []
     assert [(e.key, e.ts_ms, e.value) for e in events] == [(("d1", "t"), TS_MS, 21.5)] * 2
@@ -277,10 +282,7 @@ def test_the_transform_stage_s_decoder_reads_versioned_records_as_decode_batch_d
     # The column path (decode_fields) has no versioned shape: it must hand such a batch to
     # decode_batch, not fail (it once raised AttributeError on every versioned batch).
     c = CONTRACTS["by_field"]
-    v1 = rec({"schema_version": 1, "device_id": "d1", "metric": "t", "ts": TS, "temp": 21.5,
-              "unit": "C"})
-    v2 = rec({"schema_version": 2, "device_id": "d1", "metric": "t", "time": TS_MS,
-              "value": 22.5}, 1)
+    v1, v2 = v1_and_v2(21.5, 22.5)
     events, rejected, fields = decode_with_fields([v1, v2], c)
     assert (events, rejected) == decode_batch([v1, v2], c)
     assert [e.value for e in events] == [21.5, 22.5]
