@@ -338,15 +338,19 @@ def reap_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
 
 
 class _MergingCollector(Collector):
-    """MultiProcessCollector that tolerates a file vanishing mid-merge (a reap in between)."""
+    """MultiProcessCollector that tolerates a file vanishing mid-merge (a reap in between)
+    and one a starting process has created but not yet sized: prometheus_client opens the
+    file, then truncates it to its first size, and a scrape in between failed with
+    struct.error (a 500 from /metrics). An empty file holds no value yet."""
 
     def __init__(self, directory: str) -> None:
         self._directory = directory
 
     def collect(self) -> Iterable[Metric]:
         for attempt in range(3):
-            files = glob.glob(os.path.join(self._directory, "*.db"))
             try:
+                files = [f for f in glob.glob(os.path.join(self._directory, "*.db"))
+                         if os.path.getsize(f) > 0]
                 return list(_mp.MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
             except FileNotFoundError:
                 if attempt == 2:

@@ -84,6 +84,20 @@ def test_multiprocess_merge_of_two_children(
     ) == 4
 
 
+def test_a_scrape_while_a_process_creates_its_file_still_merges_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prometheus_client creates a process's file empty, then sizes it; a scrape in between
+    # (a processor starting under load) failed with struct.error, a 500 from /metrics.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    registry.configure_multiprocess(tmp_path)
+    _run_child(tmp_path, "shardId-0", 100.0, 5.0)
+    (tmp_path / "counter_4242.db").write_bytes(b"")  # created, not yet sized
+    merged = registry.merged_registry(tmp_path)
+    assert merged.get_sample_value(
+        "aetherstream_user_records_received_total", {"shard": "shardId-0"}) == 4
+
+
 def test_assert_multiprocess_mode_detects_late_env(tmp_path: Path) -> None:
     code = (
         "import prometheus_client, os\n"
