@@ -30,6 +30,7 @@ from operator import le
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import orjson
+from isal import igzip
 
 from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.windows.model import WindowResult
@@ -259,9 +260,10 @@ def _slice(plan: ObjectPlan[P], lo: int, hi: int) -> ObjectPlan[P]:
 
 def gzip_body(lines: Iterable[bytes]) -> bytes:
     # mtime=0: the same lines always give the same bytes, so a rewrite is byte-identical.
-    # Level 1: a fifth of level 6's CPU for ~25% larger objects (measured on archive lines:
-    # 0.9 vs 2.3 us a record, ratio 11 vs 14.5); the processor's CPU is the bottleneck.
-    return gzip.compress(b"".join(lines), compresslevel=1, mtime=0)
+    # ISA-L's gzip (plain gzip for every reader) at level 1: about a fifth of zlib level 1's
+    # CPU at a like ratio (measured on 58 MB of archive lines: 0.04 vs 0.20 CPU-s, ratio 10.9
+    # vs 10.2); the processor's CPU is the bottleneck.
+    return igzip.compress(b"".join(lines), compresslevel=1, mtime=0)
 
 
 def encode_body(lines: Iterable[bytes], fmt: ObjectFormat) -> bytes:
