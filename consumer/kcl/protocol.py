@@ -10,6 +10,7 @@ protocol logic (status answers, the checkpoint exchange) stays amazon_kclpy's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import IO, Any
 
 import msgspec
@@ -64,17 +65,26 @@ class RecordsInput(MessageDispatcher):  # type: ignore[misc]
 
 
 class FastIO(kcl._IOHandler):  # type: ignore[misc]
+    def __init__(self, input_file: IO[str], output_file: IO[str], error_file: IO[str],
+                 before_message: Callable[[], None] | None = None) -> None:
+        super().__init__(input_file, output_file, error_file)
+        self._before_message = before_message
+
     def load_action(self, line: str) -> Any:
+        if self._before_message is not None:
+            self._before_message()
         if line.startswith(_PROCESS_RECORDS):
             return RecordsInput(_DECODER.decode(line))
         return super().load_action(line)
 
 
 def kcl_process(processor: Any, input_file: IO[str], output_file: IO[str],
-                error_file: IO[str]) -> kcl.KCLProcess:
-    """amazon_kclpy's KCLProcess, reading processRecords lines through FastIO."""
+                error_file: IO[str],
+                before_message: Callable[[], None] | None = None) -> kcl.KCLProcess:
+    """amazon_kclpy's KCLProcess, reading processRecords lines through FastIO;
+    `before_message` runs before each message from the daemon is handled."""
     process = kcl.KCLProcess(processor, input_file=input_file, output_file=output_file,
                              error_file=error_file)
-    process.io_handler = FastIO(input_file, output_file, error_file)
+    process.io_handler = FastIO(input_file, output_file, error_file, before_message)
     process.checkpointer = kcl.Checkpointer(process.io_handler)
     return process

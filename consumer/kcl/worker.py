@@ -22,6 +22,7 @@ def main() -> int:
     protocol_out = guard_stdout()  # first: nothing may reach stdout before this
     from consumer.aws import client
     from consumer.config import load_settings, settings_path
+    from consumer.kcl.collector import PeriodicCollector
     from consumer.kcl.processor import ShardProcessor
     from consumer.kcl.protocol import kcl_process
     from consumer.metrics.logs import configure_logging
@@ -32,8 +33,11 @@ def main() -> int:
     assert_multiprocess_mode()
     processor = ShardProcessor(settings, client("s3"), client("dynamodb"), SPAWNED_NS,
                                settings_path())
+    collector = PeriodicCollector()
+    collector.take_over()
     try:
-        kcl_process(processor, sys.stdin, protocol_out, sys.stderr).run()
+        kcl_process(processor, sys.stdin, protocol_out, sys.stderr,
+                    collector.between_messages).run()
     finally:
         logging.shutdown()
     return 0

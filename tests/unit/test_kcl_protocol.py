@@ -37,3 +37,14 @@ def test_other_messages_take_amazon_kclpy_decoder() -> None:
     msg = io_handler.load_action(initialize_line("shardId-7", "TRIM_HORIZON", 0).decode())
     assert msg.action == "initialize" and msg.shard_id == "shardId-7"
     assert isinstance(io_handler, kcl._IOHandler)
+
+
+def test_before_message_runs_once_before_each_message() -> None:
+    seen: list[str] = []
+    io_handler = FastIO(io.StringIO(), io.StringIO(), io.StringIO(),
+                        before_message=lambda: seen.append("hook"))
+    init = initialize_line("shardId-7", "TRIM_HORIZON", 0).decode()
+    batch = process_records_line([KclRecord(b"x", "k", Position(1, 0), 5)], 0).decode()
+    for line in (init, batch):
+        seen.append(io_handler.load_action(line).action)
+    assert seen == ["hook", "initialize", "hook", "processRecords"]
