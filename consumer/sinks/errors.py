@@ -19,11 +19,13 @@ import socket
 import ssl
 import sys
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as boto_exc
-import psycopg2
 import urllib3.exceptions as u3_exc
+
+if TYPE_CHECKING:
+    import psycopg2
 
 
 class ErrorKind(StrEnum):
@@ -295,8 +297,15 @@ def _pg_text(exc: psycopg2.Error) -> str:
     return "\n".join(parts)
 
 
+def _psycopg2() -> Any:
+    """psycopg2 if it is loaded: as with opensearchpy below, a PostgreSQL error can only come
+    from a loaded driver, and a processor with Redshift off need not import it."""
+    return sys.modules.get("psycopg2")
+
+
 def psycopg2_kind(exc: BaseException) -> ErrorKind | None:
-    if not isinstance(exc, psycopg2.Error):
+    psycopg2 = _psycopg2()
+    if psycopg2 is None or not isinstance(exc, psycopg2.Error):
         return None
     text = _pg_text(exc)
     internal = isinstance(exc, psycopg2.InternalError) or exc.pgcode == "XX000"
@@ -443,8 +452,9 @@ def error_code(exc: BaseException) -> str | None:
     if isinstance(exc, boto_exc.ClientError):
         code = exc.response.get("Error", {}).get("Code")
         return str(code) if code else None
-    if isinstance(exc, psycopg2.Error):
-        return exc.pgcode
+    pg = _psycopg2()
+    if pg is not None and isinstance(exc, pg.Error):
+        return str(exc.pgcode) if exc.pgcode else None
     os_exc = _opensearch_exceptions()
     if (os_exc is not None and isinstance(exc, os_exc.TransportError)
             and not isinstance(exc, os_exc.ConnectionError)):
