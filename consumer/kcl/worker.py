@@ -20,6 +20,11 @@ SPAWNED_NS = int(os.environ.get("AETHERSTREAM_SPAWNED_NS") or time.time_ns())
 
 def main() -> int:
     protocol_out = guard_stdout()  # first: nothing may reach stdout before this
+    # opensearch-py imports its asyncio transport whenever aiohttp is installed (it is, for
+    # aws-embedded-metrics); the processor uses the sync client only, and that import cost
+    # every processor 0.2 CPU-s of start-up. A None entry makes `import aiohttp` raise
+    # ImportError, which opensearch-py expects (it then offers no async classes).
+    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
     from consumer.aws import client
     from consumer.config import load_settings, settings_path
     from consumer.kcl.collector import PeriodicCollector
