@@ -19,6 +19,11 @@ AETHERSTREAM_KCL_WORKER_ID and the lease table (named like the application) hold
 lease, as the daemon leaves them; every accepted checkpoint is written there, as the daemon
 writes it.
 
+Each configuration runs --rounds times (3 by default), each round over fresh resources
+with the three processors in turn; a processor's row is its median round (CPU seconds of one
+and the same run vary by up to a third here), with the rounds' range beside it. Every round
+is reconciled.
+
 Per processor: records per CPU-second of its whole process tree (start-up included; the
 init column says how much of it was start-up; our bytecode is compiled first, as in the
 image), wall seconds, the ratios against the two baselines, and the checkpoints. After each
@@ -96,8 +101,9 @@ CONFIGS = {c.name: c for c in (
 
 
 @dataclass
-class ConfigReport:
-    config: BenchConfig
+class RoundReport:
+    """One round of a configuration: each processor once, over fresh resources."""
+
     runs: dict[str, RunResult] = field(default_factory=dict)
     busy_servers: dict[str, float] = field(default_factory=dict)
     after_servers: dict[str, float] = field(default_factory=dict)  # CPU s once ours is done
@@ -114,6 +120,33 @@ class ConfigReport:
         if not self.lease_checkpoint_ok:
             out.append("the lease table's checkpoint is not ours' last")
         return out + (self.holdings.problems(ours.records) if self.holdings else [])
+
+
+@dataclass
+class ConfigReport:
+    """A configuration's rounds. This machine's CPU seconds for one and the same run vary
+    by up to a third from run to run, so each processor's figure is its median round."""
+
+    config: BenchConfig
+    rounds: list[RoundReport] = field(default_factory=list)
+
+    def run(self, name: str) -> RunResult:
+        ordered = sorted((r.runs[name] for r in self.rounds), key=lambda run: run.cpu_s)
+        return ordered[(len(ordered) - 1) // 2]
+
+    def cpu_range(self, name: str) -> tuple[float, float]:
+        cpu = [r.runs[name].cpu_s for r in self.rounds]
+        return min(cpu), max(cpu)
+
+    @property
+    def shown(self) -> RoundReport:
+        """The round of ours' median run: its servers, sizes and holdings are printed."""
+        ours = self.run("ours")
+        return next(r for r in self.rounds if r.runs["ours"] is ours)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"round {i}: {p}" for i, r in enumerate(self.rounds, 1) for p in r.problems]
 
 
 def build_feed(cfg: BenchConfig, settings: Settings, records: int, devices: int,
@@ -141,8 +174,11 @@ def idle_tail_s(cfg: BenchConfig, settings: Settings) -> float:
 
 
 def config_settings(base: Settings, cfg: BenchConfig, dsn: str, opensearch_url: str,
-                    run_dir: Path) -> Settings:
-    app = f"bench-{cfg.name}"
+                    run_dir: Path, label: str | None = None) -> Settings:
+    """`label` (default: the configuration's name) names the round's resources: bucket,
+    lease table, schema, index prefix and metrics directory."""
+    label = label or cfg.name
+    app = f"bench-{label}"
     return with_overrides(
         base,
         stream={"name": "bench-stream", "app_name": app},
@@ -153,7 +189,7 @@ def config_settings(base: Settings, cfg: BenchConfig, dsn: str, opensearch_url: 
                   "schema": app.replace("-", "_")},
         opensearch={"enabled": cfg.warehouse, "endpoint": opensearch_url, "index_prefix": app,
                     "auth": "none"},
-        metrics={"multiproc_dir": str(run_dir / "prometheus" / cfg.name)},
+        metrics={"multiproc_dir": str(run_dir / "prometheus" / label)},
     )
 
 
@@ -205,22 +241,28 @@ class Bench:
     def __exit__(self, *exc: object) -> None:
         self.stack.stop()
 
-    def run_config(self, cfg: BenchConfig, feed: Feed) -> ConfigReport:
+    def run_config(self, cfg: BenchConfig, feed: Feed, rounds: int) -> ConfigReport:
+        """`rounds` rounds, each processor once per round in turn, so a slow spell of the
+        machine falls on all three alike."""
+        return ConfigReport(cfg, [self._round(cfg, feed, f"{cfg.name}-r{i}" if rounds > 1
+                                              else cfg.name) for i in range(1, rounds + 1)])
+
+    def _round(self, cfg: BenchConfig, feed: Feed, label: str) -> RoundReport:
         from consumer.sinks.migrate import migrate_all
 
         e = self.stack.endpoints
         settings = config_settings(self.base, cfg, e.postgres_dsn, e.opensearch_url,
-                                   self.run_dir)
+                                   self.run_dir, label)
         app = settings.stream.app_name
         self.stack.create_bucket(settings.s3.bucket)
         probe.create_lease_table(self.dynamodb, app)
         migrate_all(settings)
-        report = ConfigReport(cfg)
+        report = RoundReport()
         for name, module in PROCESSORS:  # ours last: the servers' figures are its own
             before = self.meter.sample()
             # The baselines keep no windows, so they need no idle tail to close them.
             own_feed = feed if name == "ours" else replace(feed, idle_tail_s=0.0)
-            report.runs[name] = self._drive(cfg, name, module, settings, own_feed)
+            report.runs[name] = self._drive(label, name, module, settings, own_feed)
         report.busy_servers = probe.cpu_delta(before, after := self.meter.sample())
         # A stand-in that keeps spinning once the load has stopped shows here.
         time.sleep(self.settle_s)
@@ -235,7 +277,7 @@ class Bench:
         report.holdings = probe.holdings(self.s3, settings)
         return report
 
-    def _drive(self, cfg: BenchConfig, name: str, module: Sequence[str], settings: Settings,
+    def _drive(self, label: str, name: str, module: Sequence[str], settings: Settings,
                feed: Feed) -> RunResult:
         """One processor over the feed, from a fresh lease and empty metrics directory."""
         app = settings.stream.app_name
@@ -244,7 +286,7 @@ class Bench:
         probe.put_fresh_lease(self.dynamodb, app, SHARD_ID, WORKER_ID)
         return drive(name, [sys.executable, "-m", *module],
                      processor_env(settings, self.aws), feed,
-                     self.run_dir / "logs" / f"{cfg.name}-{name}.log", self.timeout_s,
+                     self.run_dir / "logs" / f"{label}-{name}.log", self.timeout_s,
                      lambda p: probe.record_checkpoint(self.dynamodb, app, SHARD_ID, p))
 
 
@@ -260,19 +302,22 @@ def rate_after_init(run: RunResult) -> float:
 
 
 def run_rows(report: ConfigReport) -> list[list[str]]:
-    noop, decode = rate(report.runs["no-op"]), rate(report.runs["decode-only"])
+    noop, decode = rate(report.run("no-op")), rate(report.run("decode-only"))
     rows = []
-    for name, run in report.runs.items():
+    for name, _ in PROCESSORS:
+        run, (low, high) = report.run(name), report.cpu_range(name)
         checkpoint = "= last sent" if run.checkpoint_ok else (
             f"{run.checkpointed} != {run.last_sent}, {run.refused_checkpoints} refused")
-        rows.append([name, f"{run.records:,}", f"{run.cpu_s:.2f}", f"{run.init_cpu_s:.2f}",
+        rows.append([name, f"{run.records:,}", f"{run.cpu_s:.2f}", f"{low:.2f}-{high:.2f}",
+                     f"{run.init_cpu_s:.2f}",
                      f"{rate(run):,.0f}", f"{run.wall_s:.1f}", f"{ratio(rate(run), noop):.3f}",
                      f"{ratio(rate(run), decode):.3f}",
                      f"{run.checkpoint_requests} ({checkpoint})"])
     return rows
 
 
-RUN_HEADER = ("processor", "records", "CPU s", "init CPU s", "records/CPU-s", "wall s",
+RUN_HEADER = ("processor", "records", "CPU s", "rounds' CPU s", "init CPU s",
+              "records/CPU-s", "wall s",
               "vs no-op", "vs decode", "checkpoints (last)")
 
 
@@ -282,45 +327,47 @@ def print_config(report: ConfigReport, feed: Feed) -> None:
             f"{feed.idle_tail_s:.1f} s (CPU counted, not in wall s) until every window closed"
             if feed.idle_tail_s else "")
     print(f"\n## {cfg.name}: {cfg.title}; {feed.records:,} records in "
-          f"{len(feed.batches)} batches of up to {cfg.batch:,}{tail}")
+          f"{len(feed.batches)} batches of up to {cfg.batch:,}{tail}; {len(report.rounds)} "
+          f"round(s), each processor's median shown")
     for line in render_table(RUN_HEADER, run_rows(report)):
         print(line)
-    busy = ", ".join(f"{k} {v:.2f}" for k, v in sorted(report.busy_servers.items()))
+    shown = report.shown
+    busy = ", ".join(f"{k} {v:.2f}" for k, v in sorted(shown.busy_servers.items()))
     print(f"servers' CPU s while ours ran: {busy}; "
-          f"total {sum(report.busy_servers.values()):.2f}")
-    after = ", ".join(f"{k} {per_second(v, report.after_seconds):.2f}"
-                      for k, v in sorted(report.after_servers.items()))
-    print(f"servers' CPU s per wall s in the {report.after_seconds:.0f} s after ours exited: "
+          f"total {sum(shown.busy_servers.values()):.2f}")
+    after = ", ".join(f"{k} {per_second(v, shown.after_seconds):.2f}"
+                      for k, v in sorted(shown.after_servers.items()))
+    print(f"servers' CPU s per wall s in the {shown.after_seconds:.0f} s after ours exited: "
           f"{after}")
     named = ("archive", "quarantine", "results")
-    for kind in (*named, *sorted(set(report.sizes) - set(named))):
-        print(f"S3 {kind}: {size_summary(report.sizes.get(kind, []))}")
-    ours = report.runs["ours"]
+    for kind in (*named, *sorted(set(shown.sizes) - set(named))):
+        print(f"S3 {kind}: {size_summary(shown.sizes.get(kind, []))}")
+    ours = report.run("ours")
     if ours.orphans or ours.ignored_lines:
         print(f"ours: {ours.orphans} orphaned child processes measured, "
               f"{ours.ignored_lines} non-protocol stdout lines ignored")
-    if h := report.holdings:
+    if h := shown.holdings:
         wh = "".join(f", {k} {v:,}" for k, v in h.warehouse.items())
         print(f"sinks hold: archive {h.archived:,}, quarantine {h.quarantined:,}, late "
               f"{h.late:,}, {h.result_ids:,} window results "
               f"({per_second(h.result_ids, ours.records):.3f} per record) holding "
               f"{h.records_in_results:,} records{wh}")
-    print("reconciled (checkpoint = last record sent = lease table's; sinks hold every "
-          "record once): " + ("; ".join(report.problems) or "yes"))
+    print("reconciled in every round (checkpoint = last record sent = lease table's; sinks "
+          "hold every record once): " + ("; ".join(report.problems) or "yes"))
 
 
 def print_summary(reports: Sequence[ConfigReport]) -> None:
     print("\n## summary (ours)")
     rows = []
     for r in reports:
-        ours = r.runs["ours"]
+        ours, noop = r.run("ours"), r.run("no-op")
         rows.append([r.config.name, f"{ours.records:,}", f"{rate(ours):,.0f}",
-                     f"{ratio(rate(ours), rate(r.runs['no-op'])):.3f}",
+                     f"{ratio(rate(ours), rate(noop)):.3f}",
                      f"{r.config.target:.2f}" if r.config.target else "",
-                     f"{ratio(rate_after_init(ours), rate_after_init(r.runs['no-op'])):.3f}",
-                     f"{ratio(rate(ours), rate(r.runs['decode-only'])):.3f}",
+                     f"{ratio(rate_after_init(ours), rate_after_init(noop)):.3f}",
+                     f"{ratio(rate(ours), rate(r.run('decode-only'))):.3f}",
                      f"{per_second(ours.records, ours.wall_s):,.0f}",
-                     f"{sum(r.busy_servers.values()):.2f}",
+                     f"{sum(r.shown.busy_servers.values()):.2f}",
                      "NO" if r.problems else "yes"])
     for line in render_table(("config", "records", "records/CPU-s", "vs no-op", "target",
                               "vs no-op after init", "vs decode",
@@ -335,6 +382,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                     "(default: 200,000)")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma list of {', '.join(CONFIGS)}")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per configuration; each processor's median is shown")
     ap.add_argument("--devices", type=int, default=50, help="the demo's 50 (x 4 metrics)")
     ap.add_argument("--window-ms", type=int, help="tumbling window size (default: the demo's)")
     ap.add_argument("--poison-ratio", type=float, default=0.01)
@@ -345,8 +394,10 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     ap.add_argument("--keep", action="store_true", help="keep the run dir (logs, PostgreSQL)")
     args = ap.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
-    if not names or any(n not in CONFIGS for n in names) or (args.records or 1) <= 0:
-        ap.error(f"--configs must name some of {', '.join(CONFIGS)}; --records must be > 0")
+    if (not names or any(n not in CONFIGS for n in names) or (args.records or 1) <= 0
+            or args.rounds < 1):
+        ap.error(f"--configs must name some of {', '.join(CONFIGS)}; --records and --rounds "
+                 f"must be > 0")
     # Production flush hints (objects of about 1 MB); the demo's windows, so the run has many.
     base = with_overrides(settings or load_settings(), windows=DEMO_WINDOWS)
     if args.window_ms:
@@ -364,7 +415,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                 cfg = CONFIGS[name]
                 feed = build_feed(cfg, base, args.records or cfg.records, args.devices,
                                   args.poison_ratio, args.per_aggregate)
-                reports.append(bench.run_config(cfg, feed))
+                reports.append(bench.run_config(cfg, feed, args.rounds))
                 print_config(reports[-1], feed)
                 sys.stdout.flush()
     except ProcessorFailed as exc:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from consumer.bench import kcl_messages as km
 from consumer.bench import stats
+from consumer.bench.kcl_driver import RunResult
 from consumer.records.model import Position
 
 SEQ = "49590338271490256608559692538361571095921575989136588898"
@@ -216,3 +217,24 @@ def test_idle_tail_outlasts_the_last_window() -> None:
                                             "out_of_orderness_ms": 5_000})
     assert bench.idle_tail_s(bench.CONFIGS["s3-windows"], s) == 18.0
     assert bench.idle_tail_s(bench.CONFIGS["s3"], s) == 0.0  # no windows, nothing to close
+
+
+def _run(name: str, cpu_s: float, checkpointed: Position | None) -> RunResult:
+    return RunResult(name, 10, cpu_s, 0.1, 1.0, 0.0, checkpointed, Position(9, 0), 1, 0, 0, 0,
+                     Path("log"))
+
+
+def test_a_configuration_shows_each_processors_median_round() -> None:
+    from consumer.bench import processor as bench
+
+    last = Position(9, 0)
+    rounds = [bench.RoundReport(runs={"ours": _run("ours", cpu, last if cpu != 3.0 else None),
+                                      "no-op": _run("no-op", noop, last)},
+                                lease_checkpoint_ok=True)
+              for cpu, noop in ((3.0, 1.0), (1.0, 1.2), (2.0, 0.9))]
+    report = bench.ConfigReport(bench.CONFIGS["s3"], rounds)
+    assert report.run("ours").cpu_s == 2.0 and report.run("no-op").cpu_s == 1.0
+    assert report.cpu_range("ours") == (1.0, 3.0)
+    assert report.shown is rounds[2]
+    # A round that failed to reconcile is reported, whichever round is shown.
+    assert report.problems == [f"round 1: last checkpoint None, last record sent {last}"]
