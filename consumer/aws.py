@@ -3,9 +3,10 @@
 timeouts, TCP keepalive and botocore's standard retry mode with bounded attempts.
 
 They are botocore clients, the same objects boto3.client returns without boto3's extras
-(s3transfer's upload_file and kin, which nothing here uses): importing boto3 costs a record
-processor's start-up about 0.1 CPU-s, and its service models are parsed with orjson rather
-than the stdlib's json (about 0.08 CPU-s for S3 and DynamoDB).
+(s3transfer's upload_file and kin, which nothing here uses; importing boto3 on top of botocore
+costs about 0.03 CPU-s), and their service models are parsed with orjson rather than the
+stdlib's json: making the S3 and DynamoDB clients took 0.13 CPU-s instead of 0.19, a third of
+a record processor's start-up before it is initialized.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 CPython's automatic collector runs whenever allocations outnumber deallocations by 700, and
 each of its full passes walks every tracked object: the windows' state, the sink buffers and
-the start-up heap (botocore's service models alone are about 100k objects). A processor
-allocates thousands of tracked objects per batch, so those passes cost 10-20% of its CPU
-(`aetherstream bench processor`, s3-windows). Almost nothing it makes forms a cycle, so here
+the start-up heap (about 70k objects once the modules and the S3 and DynamoDB clients are
+loaded). A processor allocates thousands of tracked objects per batch, so those passes cost
+5-15% of its CPU (A/B pairs of `aetherstream bench processor --configs s3-windows`).
+Almost nothing it makes forms a cycle, so here
 the start-up heap is frozen out of collection, automatic collection is off, and a full
 collection runs between two protocol messages at most every `interval_s`: cyclic garbage
 (exception tracebacks, some client objects) lives at most that long.
