@@ -97,19 +97,19 @@ def run_demo(settings: Settings, run_dir: Path, records: int, timeout_s: float =
     out: dict[str, Any] = {}
     try:
         endpoints = run.start_stack()
-        info = run.describe()
-        s3 = boto3_client("s3", endpoints)
-        demo = DemoRun(run, ObjectCounter(s3, info["bucket"], run.settings.s3.archive_prefix),
-                       ObjectCounter(s3, info["bucket"], run.settings.s3.quarantine_prefix))
+        s3, bucket = boto3_client("s3", endpoints), run.settings.s3.bucket
+        demo = DemoRun(run, ObjectCounter(s3, bucket, run.settings.s3.archive_prefix),
+                       ObjectCounter(s3, bucket, run.settings.s3.quarantine_prefix))
         spec = ProducerSpec(records=records, devices=50, kpl_fraction=0.5,
                             poison_ratio=poison_ratio)
         # The records wait on the stream before the consumer starts, as they do for a
         # consumer deployed beside live producers. Producing meanwhile took the same 2 cores
         # as the JVM and the four processors starting (first record 16-18 s, not 10-12 s);
         # in production the producers run elsewhere.
-        demo.produced = produce(boto3_client("kinesis", endpoints), info["stream"], spec)
+        demo.produced = produce(boto3_client("kinesis", endpoints), run.settings.stream.name,
+                                spec)
         supervisor = run.start_supervisor()
-        info = run.describe()
+        info = run.describe()  # with the supervisor's metrics URL
         assert supervisor.daemon is not None
         daemon_started = supervisor.daemon.started_at
         wait_until(lambda: demo.accounted() > 0, timeout_s, poll_s=0.2)
