@@ -14,11 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-import boto3
-import psycopg2
-import psycopg2.extensions
-
-if TYPE_CHECKING:  # imported when a client is made: opensearchpy costs ~0.2 s of start-up
+if TYPE_CHECKING:  # imported when a client is made: start-up pays only for the sinks in use
+    import psycopg2.extensions
     from opensearchpy import OpenSearch
 
 OpenSearchAuth = Literal["sigv4", "none"]
@@ -47,6 +44,8 @@ def opensearch_client(
         raise ValueError(f"opensearch timeout must be positive, got {timeout_s}")
     http_auth: Any = None
     if auth == "sigv4":
+        import boto3
+
         credentials = boto3.Session().get_credentials()
         if credentials is None:
             raise ValueError(
@@ -123,6 +122,8 @@ def redshift_connect(
         keepalives_interval_s=keepalives_interval_s,
         keepalives_count=keepalives_count,
     )
+    import psycopg2
+
     conn: psycopg2.extensions.connection = psycopg2.connect(dsn, **kwargs)
     if dialect == "redshift":
         try:
