@@ -3,10 +3,11 @@
 Shape: a typed msgspec fast path for flat contracts (every path a top-level field), and a
 per-record classifier that re-parses with the stdlib and names the first problem. The fast
 path only accepts what the classifier would accept with the same result; anything it is
-unsure of goes to the classifier, which is authoritative. decode_columns is a third,
-all-or-nothing path for WindowEngine.process_records: a batch in which every record is
-clean comes out as columns (keys, times, values), commonly with no Python step per record,
-and any other batch as None, for decode_batch to handle.
+unsure of goes to the classifier, which is authoritative. decode_columns is a third
+path, for WindowEngine.process_records: a batch's clean records come out as columns (keys,
+times, values) with few Python steps per record, its poison through decode_batch; a batch
+it cannot vouch for comes out as None, for decode_batch to handle. decode_fields is its
+all-or-nothing sibling for the transforms.
 
 Check order (first failure wins), with stage / reason:
   decode / too_large      record bigger than Contract.max_record_bytes
@@ -46,7 +47,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import add, attrgetter, itemgetter
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple, cast
 
 import msgspec
 import orjson
@@ -233,10 +234,11 @@ class _Plan:
         ]
         epoch: Any = Annotated[int, msgspec.Meta(ge=MIN_MS, le=MAX_MS)]
         col_ts: Any = {"iso": str, "epoch_ms": epoch}.get(c.ts_format, epoch | str)
+        # Other fields are skipped, their UTF-8 and depth unchecked: decode_columns checks
+        # those over the batch.
         columnar = msgspec.defstruct(
-            "ColumnRecord", [*nonempty, ("v", float), ("t", col_ts)], rename=rename, gc=False,
-            forbid_unknown_fields=True,
-        )  # fmt: skip
+            "ColumnRecord", [*nonempty, ("v", float), ("t", col_ts)], rename=rename, gc=False
+        )
         self.columns: msgspec.json.Decoder[Any] = msgspec.json.Decoder(columnar)
         # For decode_fields: the same, keeping a JSON integer value an int (as orjson does).
         raw_numbers = msgspec.defstruct(
@@ -582,7 +584,7 @@ def decode_batch(
     return events, rejected
 
 
-# --- columnar all-or-nothing fast path ----------------------------------------------------
+# --- columnar fast paths ------------------------------------------------------------------
 
 _DATA = attrgetter("data")
 _V = attrgetter("v")
@@ -595,23 +597,95 @@ _TAILS: dict[str, int] = {f".{i:03d}{z}": i for i in range(1000) for z in "Zz"}
 Columns = tuple[list[tuple[str, ...]], list[int], list[float]]
 
 
-def decode_columns(records: Sequence[RawRecord], contract: Contract) -> Columns | None:
-    """(keys, ts_ms, values) of every record, or None unless ALL of them are clean.
+class ColumnBatch(NamedTuple):
+    """decode_batch's result with the Events as columns: Event(keys[i], ts[i], values[i],
+    records[i]) in input order, and the Rejected in input order."""
 
-    All-or-nothing: None when the contract is not flat, the batch is empty, or any record
-    would not come out of decode_batch's typed fast path as an Event (wrong shape, extra
-    fields, bad value or timestamp, too large...). When not None, the columns are exactly
-    the key, ts_ms and value of the Events decode_batch returns (it rejects nothing then),
-    in input order. Per-record work is in C (map over msgspec and operator callables); the
-    caller falls back to decode_batch on None. Call it with cyclic GC disabled.
+    keys: list[tuple[str, ...]]
+    ts: list[int]
+    values: list[float]
+    records: list[RawRecord]
+    rejected: list[Rejected]
+
+
+def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBatch | None:
+    """decode_batch's result by columns, or None where this path cannot vouch for it.
+
+    Every record is decoded by the plan's columnar shape (the contract's fields, checked in
+    C; other fields skipped), and the size, UTF-8, depth and timestamp checks run over the
+    batch at once. The records that fail go through decode_batch, which commonly rejects
+    every one of them (poison). None when the contract is not flat, the batch is empty, a
+    check needs the per-record path for a record the shape took (rare), or a record that
+    failed here is an Event there after all: the caller then falls back to decode_batch.
+    When not None, the result is exactly decode_batch's (property-tested). Per-record work
+    is mostly in C (map over msgspec and operator callables). Call it with cyclic GC
+    disabled.
     """
     plan = _plan(contract)
-    structs = _clean_structs(records, contract, plan, fields=False)
-    if structs is None:
+    if plan.decoder is None or not records:
+        return None
+    taken = _columnar_structs(records, plan)
+    if taken is None:
+        return None
+    structs, at = taken
+    ts = _columns_ts(list(map(_T, structs)), contract.ts_format) if structs else []
+    if None in ts:  # a timestamp _decode_fast would not take: that record fails here too
+        ok = [i for i, t in enumerate(ts) if t is not None]
+        structs, at, ts = [structs[i] for i in ok], [at[i] for i in ok], [ts[i] for i in ok]
+    if not structs:
+        return None
+    clean, failed = list(records), []
+    if len(at) < len(records):
+        took = set(at)
+        clean = list(map(records.__getitem__, at))
+        failed = [r for i, r in enumerate(records) if i not in took]
+    events, rejected = decode_batch(failed, contract) if failed else ([], [])
+    if events:
         return None
     values: list[float] = list(map(_V, structs))  # finite: msgspec rejects out of range
-    ts = _columns_ts(list(map(_T, structs)), contract.ts_format)
-    return None if ts is None else (_key_column(plan, structs), ts, values)
+    return ColumnBatch(_key_column(plan, structs), cast(list[int], ts), values, clean, rejected)
+
+
+def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
+                      ) -> tuple[list[Any], list[int]] | None:
+    """The records the plan's columnar shape takes: their structs and indices, in order;
+    None if one of them is a record _decode_fast would doubt all the same (too large, bad
+    UTF-8 in another field, too deep: rare, left to the caller's per-record path)."""
+    decode, c = plan.columns.decode, plan.contract
+    structs: list[Any] = []
+    at: list[int] = []
+    keep, took = structs.append, at.append
+    for i, rec in enumerate(records):
+        try:
+            s = decode(rec.data)
+        except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: bad UTF-8
+            continue
+        keep(s)
+        took(i)
+    datas = list(map(_DATA, map(records.__getitem__, at)))
+    if not datas:
+        return structs, at
+    # _decode_fast's per-record checks, over the batch in C first.
+    if max(map(len, datas)) > c.max_record_bytes:
+        return None
+    # msgspec skips the other fields' UTF-8.
+    if not all(map(bytes.isascii, datas)) and \
+            not all(map(_utf8, (d for d in datas if not d.isascii()))):
+        return None
+    # "{" and "[" counted (translate deletes them) bound the depth; each record has one.
+    joined = b"".join(datas)
+    if len(joined) - len(joined.translate(None, b"{[")) > len(datas) and \
+            max(len(d) - len(d.translate(None, b"{[")) for d in datas) > c.max_depth:
+        return None
+    return structs, at
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 FieldColumns = dict[str, list[Any]]
@@ -621,14 +695,15 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 def decode_fields(records: Sequence[RawRecord],
                   contract: Contract) -> tuple[Columns, FieldColumns] | None:
-    """decode_columns' columns, and the records' fields as orjson.loads reads them: name ->
-    column, in the contract's order (a clean record has exactly the contract's fields, all
-    top-level). None where decode_columns gives None, and for an integer value orjson would
-    read as a float (beyond 64 bits). Call it with cyclic GC disabled."""
+    """(keys, ts_ms, values) of every record, and the records' fields as orjson.loads reads
+    them: name -> column, in the contract's order. All-or-nothing: None unless every record
+    has exactly the contract's fields, all top-level (the transforms read fields by name),
+    and would come out of decode_batch as an Event; None too for an integer value orjson
+    would read as a float (beyond 64 bits). Call it with cyclic GC disabled."""
     plan = _plan(contract)
     if plan.decoder is None or len(set(plan.field_names)) != len(plan.field_names):
         return None  # versioned or nested; or one field read twice: no path of its own
-    structs = _clean_structs(records, contract, plan, fields=True)
+    structs = _exact_structs(records, contract, plan)
     if structs is None:
         return None
     raw_v = values = list(map(_V, structs))
@@ -639,24 +714,24 @@ def decode_fields(records: Sequence[RawRecord],
         values = list(map(float, raw_v))
     raw_t = list(map(_T, structs))
     ts = _columns_ts(raw_t, contract.ts_format)
-    if ts is None:
+    if None in ts:
         return None
     cols = [list(map(k, structs)) for k in plan.key_cols]
     fields = dict(zip(plan.field_names, [*cols, raw_v, raw_t], strict=True))
-    return (list(zip(*cols, strict=True)), ts, values), fields
+    return (list(zip(*cols, strict=True)), cast(list[int], ts), values), fields
 
 
-def _clean_structs(records: Sequence[RawRecord], contract: Contract, plan: _Plan,
-                   fields: bool) -> list[Any] | None:
-    """Every record decoded by the plan's exact columnar shape, or None (see above)."""
-    if plan.decoder is None or not records:
+def _exact_structs(records: Sequence[RawRecord], contract: Contract,
+                   plan: _Plan) -> list[Any] | None:
+    """Every record decoded by the plan's exact shape for fields, or None (see above)."""
+    if not records:
         return None
     datas = list(map(_DATA, records))
     if max(map(len, datas)) > contract.max_record_bytes:
         return None
     try:
         # Contract fields only, all scalars, keys non-empty: UTF-8 is validated, depth is 1.
-        return list(map((plan.fields if fields else plan.columns).decode, datas))
+        return list(map(plan.fields.decode, datas))
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         return None
 
@@ -669,28 +744,24 @@ def _key_column(plan: _Plan, structs: list[Any]) -> list[tuple[str, ...]]:
     return list(map(plan.keys, structs))
 
 
-def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
-    """Epoch ms of every raw timestamp (non-empty), or None if any needs the slow path."""
+def _columns_ts(raw: list[Any], fmt: str) -> list[int | None]:
+    """Epoch ms of each raw timestamp (non-empty) as _decode_fast reads it, None where it
+    would not take it."""
     # The decoder gave ints (epoch ms, in range) or strs (ISO), never bools or floats.
+    if fmt == "auto" and len(set(map(type, raw))) > 1:
+        return _mixed_ts(raw)
     if type(raw[0]) is int:
-        if fmt != "epoch_ms":
-            try:
-                max(raw)
-            except TypeError:
-                return None  # mixed "auto" batch: the per-record path decides
         return raw
     swar = _iso_swar(raw)
     if swar is not None:
-        return swar
+        return cast(list[int | None], swar)
     seconds = _SECONDS
-    try:  # a cache miss (None) fails the add, and so does an int in a mixed batch
+    try:  # a cache miss (None) fails the add
         return list(
             map(add, map(seconds.get, map(_HEAD19, raw)), map(_TAILS.get, map(_TAIL19, raw)))
         )
     except TypeError:
         pass
-    if fmt != "iso" and not all(type(t) is str for t in raw):
-        return None
     heads = list(map(_HEAD19, raw))
     # New seconds: cache them, and the minutes ahead (earliest first: fewer fills).
     for head in sorted(set(heads).difference(seconds)):
@@ -700,19 +771,22 @@ def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
     fracs = list(map(_TAILS.get, map(_TAIL19, raw)))
     if None not in secs and None not in fracs:
         return list(map(add, secs, fracs))  # cached seconds are in range, so is the sum
-    out: list[int] = []
-    for t, sec, frac in zip(raw, secs, fracs, strict=True):
-        if sec is None or frac is None:
-            try:
-                ms = _iso_general(t)
-            except ValueError:
-                return None
-            if not MIN_MS <= ms <= MAX_MS:
-                return None
-            out.append(ms)
-        else:
-            out.append(sec + frac)
-    return out
+    return [_iso_in_range(t) if sec is None or frac is None else sec + frac
+            for t, sec, frac in zip(raw, secs, fracs, strict=True)]
+
+
+def _iso_in_range(t: str) -> int | None:
+    try:
+        ms = _iso_general(t)
+    except ValueError:
+        return None
+    return ms if MIN_MS <= ms <= MAX_MS else None
+
+
+def _mixed_ts(raw: list[Any]) -> list[int | None]:
+    """_columns_ts of an "auto" batch holding both epoch ms and ISO strings."""
+    converted = iter(_columns_ts([t for t in raw if type(t) is str], "iso"))
+    return [t if type(t) is int else next(converted) for t in raw]
 
 
 PREFILL_MINUTES = 5

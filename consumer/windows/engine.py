@@ -118,10 +118,10 @@ class WindowEngine:
             events, rejected = decode_batch(records, contract)
             output = self.process(events, now_ms)
 
-        in one pass. For tumbling windows without quantiles, a batch whose records are all
-        clean (the common case) is decoded into columns and windowed without per-record
-        objects on the way (Events are still built, for the archive); any other batch, and
-        other window kinds, take exactly the two calls above.
+        in one pass. For tumbling windows without quantiles, a batch's clean records are
+        decoded into columns and windowed without per-record objects on the way (Events are
+        still built, for the archive), its poison rejected as decode_batch rejects it; a
+        batch decode_columns declines, and other window kinds, take the two calls above.
         """
         if not self._columnar():
             events, rejected = decode_batch(records, contract)
@@ -133,9 +133,9 @@ class WindowEngine:
             if cols is None:
                 events, rejected = decode_batch(records, contract)
                 return events, rejected, self.process(events, now_ms)
-            keys, ts, values = cols
-            events = list(map(Event, keys, ts, values, records))
-            return events, [], self._add_columns(keys, ts, values, events, now_ms)
+            keys, ts, values, clean, rejected = cols
+            events = list(map(Event, keys, ts, values, clean))
+            return events, rejected, self._add_columns(keys, ts, values, events, now_ms)
         finally:
             if was_enabled:
                 gc.enable()

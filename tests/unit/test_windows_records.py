@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumer.local.producer import POISON_KINDS, ProducerSpec, generate
 from consumer.records.contract import Contract
 from consumer.records.decode import MAX_MS, MIN_MS, decode_batch, decode_columns
-from consumer.records.model import Position, RawRecord
+from consumer.records.model import Event, Position, RawRecord
 from consumer.windows import WindowEngine, WindowSpec, kinds
 
 SHARD = "shardId-000000000003"
@@ -47,9 +48,16 @@ def payload(draw: st.DrawFn, ms: int) -> bytes:
     if draw(st.booleans()):
         shapes = ["z3"] * 6 + ["lower", "z6", "plus0", "nofrac"]
         obj["ts"] = iso(ms, draw(st.sampled_from(shapes)))
-    flaw = draw(st.sampled_from(["none"] * 12 + ["extra", "empty", "string", "float", "broken"]))
+    flaw = draw(st.sampled_from(["none"] * 12 + ["extra", "empty", "string", "float", "broken",
+                                                 "deep", "bad_utf8", "brace", "array"]))
     if flaw == "extra":
         obj["extra"] = [1]
+    elif flaw == "deep":  # beyond every contract's max_depth, in a field no path reads
+        obj["extra"] = json.loads("[" * 40 + "]" * 40)
+    elif flaw == "bad_utf8":  # in a field no path reads: msgspec skips it unchecked
+        obj["extra"] = "BAD"
+    elif flaw == "brace":  # brackets inside a string: no depth at all
+        obj["extra"] = "{[{["
     elif flaw == "empty":
         obj["metric"] = ""
     elif flaw == "string":
@@ -57,6 +65,10 @@ def payload(draw: st.DrawFn, ms: int) -> bytes:
     elif flaw == "float":
         obj["ts"] = 1.5
     raw = json.dumps(obj, ensure_ascii=draw(st.booleans())).encode()
+    if flaw == "bad_utf8":
+        raw = raw.replace(b"BAD", b"\xff\xfe")
+    elif flaw == "array":
+        raw = b"[" + raw + b"]"
     return raw[:-3] if flaw == "broken" else raw
 
 
@@ -108,6 +120,7 @@ contracts = st.sampled_from(
         Contract(ts_format="iso"),
         Contract(ts_format="epoch_ms"),
         Contract(key_fields=("device_id",)),
+        Contract(max_record_bytes=90, max_depth=2),
     ]
 )
 
@@ -144,33 +157,46 @@ def test_process_records_is_decode_batch_then_process(
 
 @settings(max_examples=300, deadline=None)
 @given(contracts, streams())
-def test_decode_columns_is_all_or_nothing(contract: Contract, steps: Steps) -> None:
+def test_decode_columns_is_decode_batch(contract: Contract, steps: Steps) -> None:
     for records, _ in steps:
         events, rejected = decode_batch(records, contract)
         cols = decode_columns(records, contract)
         if cols is not None:
-            assert rejected == []
-            keys, ts, values = cols
-            assert keys == [e.key for e in events]
-            assert ts == [e.ts_ms for e in events]
-            assert values == [e.value for e in events]
-            assert all(type(v) is float for v in values)
+            assert list(map(Event, cols.keys, cols.ts, cols.values, cols.records)) == events
+            assert cols.rejected == rejected
+            assert all(type(v) is float for v in cols.values)
 
 
 def test_clean_batches_take_the_columnar_path() -> None:
-    """The fast path really runs for the common shapes (else the properties prove little)."""
+    """The fast path really runs for the common shapes (else the properties prove little):
+    epoch ms, ISO, both in one batch, a field beyond the contract's."""
     recs = [
         RawRecord(
-            json.dumps({"device_id": "d", "metric": "m", "value": 1, "ts": t}).encode(),
+            json.dumps({"device_id": "d", "metric": "m", "value": 1, "ts": t, "seq": i}).encode(),
             "pk",
             Position(i, 0),
             0,
         )
         for i, t in enumerate([1_795_687_199_337, "2026-11-26T09:59:59.337Z"])
     ]
-    assert decode_columns(recs[:1], Contract()) is not None
-    assert decode_columns(recs[1:], Contract()) is not None
-    assert decode_columns(recs, Contract()) is None  # mixed int/str: per record
+    for batch in (recs[:1], recs[1:], recs):
+        cols = decode_columns(batch, Contract())
+        assert cols is not None and cols.records == batch
+
+
+def test_demo_batches_with_every_poison_take_the_columnar_path() -> None:
+    """The demo producer's records, 5% poison of every kind: each batch of 200 is windowed by
+    columns, its poison rejected exactly as decode_batch rejects it."""
+    users = list(generate(ProducerSpec(records=2_000, poison_ratio=0.05)))
+    assert {u.poison for u in users} >= set(POISON_KINDS)
+    records = [RawRecord(u.data, u.partition_key, Position(i, 0), 0) for i, u in enumerate(users)]
+    for at in range(0, len(records), 200):
+        batch = records[at : at + 200]
+        cols = decode_columns(batch, Contract())
+        assert cols is not None
+        events, rejected = decode_batch(batch, Contract())
+        assert list(map(Event, cols.keys, cols.ts, cols.values, cols.records)) == events
+        assert cols.rejected == rejected and rejected
 
 
 @settings(max_examples=200, deadline=None)
