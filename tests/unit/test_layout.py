@@ -1,6 +1,7 @@
 """S3 object naming and planning: deterministic keys, shard order, replay skipping."""
 
 import gzip
+import zlib
 
 import orjson
 from hypothesis import given
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from consumer.records.model import Event, Position, RawRecord, Rejected
 from consumer.sinks.layout import (
+    GZIP_CHUNK_LINES,
     ObjectPlan,
     Provenance,
     Reserved,
@@ -138,6 +140,16 @@ def test_cut_repeats_reserved_objects_and_cuts_the_rest_between_them(
 def test_gzip_body_is_deterministic() -> None:
     assert gzip_body([b"a\n", b"b\n"]) == gzip_body([b"a\n", b"b\n"])
     assert gzip.decompress(gzip_body([b"a\n"])) == b"a\n"
+    assert gzip_body([b"a\n"])[4:8] == bytes(4)  # no modification time in the header
+
+
+def test_gzip_body_streams_many_chunks_into_one_member() -> None:
+    lines = [b'{"sequence":"%d","payload":{"v":%d}}\n' % (10**55 + i, i % 97)
+             for i in range(3 * GZIP_CHUNK_LINES + 5)]
+    body = gzip_body(iter(lines))
+    assert body == gzip_body(lines)
+    assert gzip.decompress(body) == b"".join(lines)
+    assert zlib.decompressobj(31).decompress(body) == b"".join(lines)  # one member, not four
 
 
 @given(st.lists(st.binary(max_size=300), max_size=50))
