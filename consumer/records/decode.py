@@ -234,12 +234,18 @@ class _Plan:
         ]
         epoch: Any = Annotated[int, msgspec.Meta(ge=MIN_MS, le=MAX_MS)]
         col_ts: Any = {"iso": str, "epoch_ms": epoch}.get(c.ts_format, epoch | str)
-        # Other fields are skipped, their UTF-8 and depth unchecked: decode_columns checks
-        # those over the batch.
         columnar = msgspec.defstruct(
-            "ColumnRecord", [*nonempty, ("v", float), ("t", col_ts)], rename=rename, gc=False
-        )
+            "ColumnRecord", [*nonempty, ("v", float), ("t", col_ts)], rename=rename, gc=False,
+            forbid_unknown_fields=True,
+        )  # fmt: skip
         self.columns: msgspec.json.Decoder[Any] = msgspec.json.Decoder(columnar)
+        # The same with other fields skipped, their UTF-8 and depth unchecked: decode_columns
+        # checks those over the batch.
+        lenient = msgspec.defstruct(
+            "LenientColumnRecord", [*nonempty, ("v", float), ("t", col_ts)], rename=rename,
+            gc=False,
+        )  # fmt: skip
+        self.lenient_columns: msgspec.json.Decoder[Any] = msgspec.json.Decoder(lenient)
         # For decode_fields: the same, keeping a JSON integer value an int (as orjson does).
         raw_numbers = msgspec.defstruct(
             "FieldsRecord", [*nonempty, ("v", int | float), ("t", col_ts)], rename=rename,
@@ -631,11 +637,12 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBa
     ts = _columns_ts(list(map(_T, structs)), contract.ts_format) if structs else []
     if None in ts:  # a timestamp _decode_fast would not take: that record fails here too
         ok = [i for i, t in enumerate(ts) if t is not None]
-        structs, at, ts = [structs[i] for i in ok], [at[i] for i in ok], [ts[i] for i in ok]
+        at = [at[i] for i in ok] if at is not None else ok
+        structs, ts = [structs[i] for i in ok], [ts[i] for i in ok]
     if not structs:
         return None
     clean, failed = list(records), []
-    if len(at) < len(records):
+    if at is not None and len(at) < len(records):
         took = set(at)
         clean = list(map(records.__getitem__, at))
         failed = [r for i, r in enumerate(records) if i not in took]
@@ -647,35 +654,42 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBa
 
 
 def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
-                      ) -> tuple[list[Any], list[int]] | None:
-    """The records the plan's columnar shape takes: their structs and indices, in order;
-    None if one of them is a record _decode_fast would doubt all the same (too large, bad
-    UTF-8 in another field, too deep: rare, left to the caller's per-record path)."""
-    decode, c = plan.columns.decode, plan.contract
+                      ) -> tuple[list[Any], list[int] | None] | None:
+    """The records the plan's columnar shape takes: their structs and indices, in order
+    (None: every record); None if one of them is a record _decode_fast would doubt all the
+    same (too large, bad UTF-8 in another field, too deep: rare, left to the caller's
+    per-record path)."""
+    c = plan.contract
+    datas = list(map(_DATA, records))
+    if max(map(len, datas)) > c.max_record_bytes:
+        return None
+    try:
+        # Exactly the contract's fields, all scalars: UTF-8 is validated, depth is 1. One
+        # map in C: the common case of a clean batch of that shape.
+        return list(map(plan.columns.decode, datas)), None
+    except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: bad UTF-8
+        pass
+    decode = plan.lenient_columns.decode
     structs: list[Any] = []
     at: list[int] = []
     keep, took = structs.append, at.append
-    for i, rec in enumerate(records):
+    for i, data in enumerate(datas):
         try:
-            s = decode(rec.data)
-        except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: bad UTF-8
+            s = decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
             continue
         keep(s)
         took(i)
-    datas = list(map(_DATA, map(records.__getitem__, at)))
-    if not datas:
-        return structs, at
-    # _decode_fast's per-record checks, over the batch in C first.
-    if max(map(len, datas)) > c.max_record_bytes:
-        return None
-    # msgspec skips the other fields' UTF-8.
-    if not all(map(bytes.isascii, datas)) and \
-            not all(map(_utf8, (d for d in datas if not d.isascii()))):
+    taken = list(map(datas.__getitem__, at))
+    # _decode_fast's checks of the other fields, over the batch in C first. msgspec skips
+    # their UTF-8.
+    if not all(map(bytes.isascii, taken)) and \
+            not all(map(_utf8, (d for d in taken if not d.isascii()))):
         return None
     # "{" and "[" counted (translate deletes them) bound the depth; each record has one.
-    joined = b"".join(datas)
-    if len(joined) - len(joined.translate(None, b"{[")) > len(datas) and \
-            max(len(d) - len(d.translate(None, b"{[")) for d in datas) > c.max_depth:
+    joined = b"".join(taken)
+    if len(joined) - len(joined.translate(None, b"{[")) > len(taken) and \
+            max(len(d) - len(d.translate(None, b"{[")) for d in taken) > c.max_depth:
         return None
     return structs, at
 
