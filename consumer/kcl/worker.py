@@ -29,7 +29,7 @@ def main() -> int:
     from consumer.config import load_settings, settings_path
     from consumer.kcl.collector import PeriodicCollector
     from consumer.kcl.processor import ShardProcessor
-    from consumer.kcl.protocol import kcl_process
+    from consumer.kcl.protocol import binary_input, kcl_process
     from consumer.metrics.logs import configure_logging
     from consumer.metrics.registry import assert_multiprocess_mode
 
@@ -41,7 +41,7 @@ def main() -> int:
     collector = PeriodicCollector()
     collector.take_over()
     try:
-        kcl_process(processor, sys.stdin, protocol_out, sys.stderr,
+        kcl_process(processor, binary_input(sys.stdin), protocol_out, sys.stderr,
                     collector.between_messages).run()
     finally:
         logging.shutdown()

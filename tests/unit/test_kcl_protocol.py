@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 from amazon_kclpy import dispatch, kcl
+from amazon_kclpy.v3 import processor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.bench.kcl_messages import KclRecord, initialize_line, process_records_line
+from consumer.bench.kcl_messages import (
+    KclRecord,
+    checkpoint_answer,
+    initialize_line,
+    process_records_line,
+    shutdown_requested_line,
+)
 from consumer.kcl.processor import to_raw_records
-from consumer.kcl.protocol import FastIO, RecordsInput
+from consumer.kcl.protocol import FastIO, RecordsInput, kcl_process
 from consumer.records.model import Position
 
 records = st.lists(st.builds(
@@ -24,8 +32,8 @@ records = st.lists(st.builds(
 
 @given(records, st.integers(0, 10**7))
 def test_fast_decoder_matches_amazon_kclpy(batch: list[KclRecord], behind: int) -> None:
-    line = process_records_line(batch, behind).decode()
-    fast = FastIO(io.StringIO(), io.StringIO(), io.StringIO()).load_action(line)
+    line = process_records_line(batch, behind)
+    fast = FastIO(io.BytesIO(), io.StringIO(), io.StringIO()).load_action(line)
     stock = json.loads(line, object_hook=dispatch.message_decode)
     assert isinstance(fast, RecordsInput) and fast.action == stock.action == "processRecords"
     assert fast.millis_behind_latest == stock.millis_behind_latest == behind
@@ -33,18 +41,66 @@ def test_fast_decoder_matches_amazon_kclpy(batch: list[KclRecord], behind: int) 
 
 
 def test_other_messages_take_amazon_kclpy_decoder() -> None:
-    io_handler = FastIO(io.StringIO(), io.StringIO(), io.StringIO())
-    msg = io_handler.load_action(initialize_line("shardId-7", "TRIM_HORIZON", 0).decode())
+    io_handler = FastIO(io.BytesIO(), io.StringIO(), io.StringIO())
+    msg = io_handler.load_action(initialize_line("shardId-7", "TRIM_HORIZON", 0))
     assert msg.action == "initialize" and msg.shard_id == "shardId-7"
     assert isinstance(io_handler, kcl._IOHandler)
 
 
 def test_before_message_runs_once_before_each_message() -> None:
     seen: list[str] = []
-    io_handler = FastIO(io.StringIO(), io.StringIO(), io.StringIO(),
+    io_handler = FastIO(io.BytesIO(), io.StringIO(), io.StringIO(),
                         before_message=lambda: seen.append("hook"))
-    init = initialize_line("shardId-7", "TRIM_HORIZON", 0).decode()
-    batch = process_records_line([KclRecord(b"x", "k", Position(1, 0), 5)], 0).decode()
+    init = initialize_line("shardId-7", "TRIM_HORIZON", 0)
+    batch = process_records_line([KclRecord(b"x", "k", Position(1, 0), 5)], 0)
     for line in (init, batch):
         seen.append(io_handler.load_action(line).action)
     assert seen == ["hook", "initialize", "hook", "processRecords"]
+
+
+class Checkpointing(processor.RecordProcessorBase):  # type: ignore[misc]
+    """A processor that checkpoints each batch at its last record, as ours does."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, Position]] = []
+
+    def initialize(self, initialize_input: Any) -> None:
+        pass
+
+    def process_records(self, records_input: RecordsInput) -> None:
+        self.got += [(r.data, r.position) for r in records_input.records]
+        last = records_input.records[-1].position
+        records_input.checkpointer.checkpoint(str(last.sequence), last.sub_sequence)
+
+    def lease_lost(self, lease_lost_input: Any) -> None:
+        pass
+
+    def shard_ended(self, shard_ended_input: Any) -> None:
+        pass
+
+    def shutdown_requested(self, shutdown_requested_input: Any) -> None:
+        pass
+
+
+def test_a_whole_exchange_over_binary_input() -> None:
+    """kcl_process over bytes, as the worker runs it: initialize, a batch whose checkpoint
+    request is answered on the same input, shutdownRequested; every answer in order."""
+    batch = [KclRecord(b'{"v":1}', "k", Position(10**55, 0), 5),
+             KclRecord(b'{"v":2}', "k", Position(10**55 + 7, 2), 6)]
+    daemon = io.BytesIO(b"".join(line + b"\n" for line in (
+        initialize_line("shardId-7", "TRIM_HORIZON", 0),
+        process_records_line(batch, 0),
+        checkpoint_answer(str(10**55 + 7), 2, None),
+        shutdown_requested_line(),
+    )))
+    out = io.StringIO()
+    seen = Checkpointing()
+    kcl_process(seen, daemon, out, io.StringIO()).run()
+    assert seen.got == [(r.data, r.position) for r in batch]
+    sent = [json.loads(line) for line in out.getvalue().splitlines() if line]
+    assert sent == [
+        {"action": "status", "responseFor": "initialize"},
+        {"action": "checkpoint", "sequenceNumber": str(10**55 + 7), "subSequenceNumber": 2},
+        {"action": "status", "responseFor": "processRecords"},
+        {"action": "status", "responseFor": "shutdownRequested"},
+    ]
