@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from consumer.bench import kcl_messages as km
 from consumer.kcl.host import (
     BACKOFF_CAP_S,
     FAILURE_WINDOW_S,
+    PIPE_BYTES,
     FailureHistory,
     action_of,
     awaits_status,
@@ -21,6 +24,7 @@ from consumer.kcl.host import (
     exit_reason,
     recent,
     status_line,
+    widen_pipe,
 )
 from consumer.records.model import Position
 
@@ -113,3 +117,18 @@ def test_the_host_imports_the_standard_library_only() -> None:
     assert "consumer" in out
     foreign = {m for m in out if m not in sys.stdlib_module_names and m != "consumer"}
     assert foreign == set()
+
+
+def test_widen_pipe_lets_a_pipe_hold_a_whole_batch_line(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    try:
+        widen_pipe(w)
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+        os.set_blocking(w, False)  # a full pipe fails the write instead of waiting
+        line = b"x" * (300 << 10)
+        assert os.write(w, line) == len(line)  # whole: a 64 kB pipe takes 64 kB of it
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(tmp_path / "not-a-pipe", "wb") as f:
+        widen_pipe(f.fileno())  # best effort: no error
