@@ -610,7 +610,7 @@ class ColumnBatch(NamedTuple):
     keys: list[tuple[str, ...]]
     ts: list[int]
     values: list[float]
-    records: list[RawRecord]
+    records: Sequence[RawRecord]
     rejected: list[Rejected]
 
 
@@ -634,14 +634,19 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBa
     if taken is None:
         return None
     structs, at = taken
-    ts = _columns_ts(list(map(_T, structs)), contract.ts_format) if structs else []
-    if None in ts:  # a timestamp _decode_fast would not take: that record fails here too
-        ok = [i for i, t in enumerate(ts) if t is not None]
-        at = [at[i] for i in ok] if at is not None else ok
-        structs, ts = [structs[i] for i in ok], [ts[i] for i in ok]
     if not structs:
         return None
-    clean, failed = list(records), []
+    raw_ts = list(map(_T, structs))
+    ts = _columns_ts(raw_ts, contract.ts_format)
+    if ts is None:  # a timestamp _decode_fast would not take fails its record here too
+        each = _each_ts(raw_ts, contract.ts_format)
+        ok = [i for i, t in enumerate(each) if t is not None]
+        if not ok:
+            return None
+        at = [at[i] for i in ok] if at is not None else ok
+        structs, ts = [structs[i] for i in ok], [cast(int, each[i]) for i in ok]
+    clean: Sequence[RawRecord] = records
+    failed: list[RawRecord] = []
     if at is not None and len(at) < len(records):
         took = set(at)
         clean = list(map(records.__getitem__, at))
@@ -650,7 +655,7 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBa
     if events:
         return None
     values: list[float] = list(map(_V, structs))  # finite: msgspec rejects out of range
-    return ColumnBatch(_key_column(plan, structs), cast(list[int], ts), values, clean, rejected)
+    return ColumnBatch(_key_column(plan, structs), ts, values, clean, rejected)
 
 
 def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
@@ -728,11 +733,11 @@ def decode_fields(records: Sequence[RawRecord],
         values = list(map(float, raw_v))
     raw_t = list(map(_T, structs))
     ts = _columns_ts(raw_t, contract.ts_format)
-    if None in ts:
+    if ts is None:
         return None
     cols = [list(map(k, structs)) for k in plan.key_cols]
     fields = dict(zip(plan.field_names, [*cols, raw_v, raw_t], strict=True))
-    return (list(zip(*cols, strict=True)), cast(list[int], ts), values), fields
+    return (list(zip(*cols, strict=True)), ts, values), fields
 
 
 def _exact_structs(records: Sequence[RawRecord], contract: Contract,
@@ -758,24 +763,28 @@ def _key_column(plan: _Plan, structs: list[Any]) -> list[tuple[str, ...]]:
     return list(map(plan.keys, structs))
 
 
-def _columns_ts(raw: list[Any], fmt: str) -> list[int | None]:
-    """Epoch ms of each raw timestamp (non-empty) as _decode_fast reads it, None where it
-    would not take it."""
+def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
+    """Epoch ms of every raw timestamp (non-empty), or None if any needs the slow path."""
     # The decoder gave ints (epoch ms, in range) or strs (ISO), never bools or floats.
-    if fmt == "auto" and len(set(map(type, raw))) > 1:
-        return _mixed_ts(raw)
     if type(raw[0]) is int:
+        if fmt != "epoch_ms":
+            try:
+                max(raw)
+            except TypeError:
+                return None  # mixed "auto" batch: the per-record path decides
         return raw
     swar = _iso_swar(raw)
     if swar is not None:
-        return cast(list[int | None], swar)
+        return swar
     seconds = _SECONDS
-    try:  # a cache miss (None) fails the add
+    try:  # a cache miss (None) fails the add, and so does an int in a mixed batch
         return list(
             map(add, map(seconds.get, map(_HEAD19, raw)), map(_TAILS.get, map(_TAIL19, raw)))
         )
     except TypeError:
         pass
+    if fmt != "iso" and not all(type(t) is str for t in raw):
+        return None
     heads = list(map(_HEAD19, raw))
     # New seconds: cache them, and the minutes ahead (earliest first: fewer fills).
     for head in sorted(set(heads).difference(seconds)):
@@ -785,8 +794,31 @@ def _columns_ts(raw: list[Any], fmt: str) -> list[int | None]:
     fracs = list(map(_TAILS.get, map(_TAIL19, raw)))
     if None not in secs and None not in fracs:
         return list(map(add, secs, fracs))  # cached seconds are in range, so is the sum
-    return [_iso_in_range(t) if sec is None or frac is None else sec + frac
-            for t, sec, frac in zip(raw, secs, fracs, strict=True)]
+    out: list[int] = []
+    for t, sec, frac in zip(raw, secs, fracs, strict=True):
+        ms = _iso_in_range(t) if sec is None or frac is None else sec + frac
+        if ms is None:
+            return None
+        out.append(ms)
+    return out
+
+
+def _each_ts(raw: list[Any], fmt: str) -> list[int | None]:
+    """Epoch ms of each raw timestamp as _decode_fast reads it, None where it would not take
+    it: for a batch _columns_ts declines (a bad timestamp among them, or epoch ms and ISO
+    strings in one "auto" batch)."""
+    strs = [t for t in raw if type(t) is str]
+    if len(strs) < len(raw):  # epoch ms among them, in range (the decoder checked)
+        converted = iter(_each_ts(strs, "iso") if strs else ())
+        return [t if type(t) is int else next(converted) for t in raw]
+    ts = _columns_ts(raw, fmt)  # also caches the seconds of every valid head
+    if ts is not None:
+        return cast(list[int | None], ts)
+    seconds, out = _SECONDS, []
+    for t in raw:
+        sec, frac = seconds.get(t[:19]), _TAILS.get(t[19:])
+        out.append(sec + frac if sec is not None and frac is not None else _iso_in_range(t))
+    return out
 
 
 def _iso_in_range(t: str) -> int | None:
@@ -797,10 +829,6 @@ def _iso_in_range(t: str) -> int | None:
     return ms if MIN_MS <= ms <= MAX_MS else None
 
 
-def _mixed_ts(raw: list[Any]) -> list[int | None]:
-    """_columns_ts of an "auto" batch holding both epoch ms and ISO strings."""
-    converted = iter(_columns_ts([t for t in raw if type(t) is str], "iso"))
-    return [t if type(t) is int else next(converted) for t in raw]
 
 
 PREFILL_MINUTES = 5
