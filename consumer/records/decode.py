@@ -672,7 +672,7 @@ def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
         # Exactly the contract's fields, all scalars: UTF-8 is validated, depth is 1. One
         # map in C: the common case of a clean batch of that shape.
         return list(map(plan.columns.decode, datas)), None
-    except (msgspec.DecodeError, UnicodeDecodeError):  # the latter: bad UTF-8
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8; nesting
         pass
     decode = plan.lenient_columns.decode
     structs: list[Any] = []
@@ -681,7 +681,8 @@ def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
     for i, data in enumerate(datas):
         try:
             s = decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        # RecursionError: msgspec's own nesting limit, met in a field it skips
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             continue
         keep(s)
         took(i)
@@ -751,7 +752,7 @@ def _exact_structs(records: Sequence[RawRecord], contract: Contract,
     try:
         # Contract fields only, all scalars, keys non-empty: UTF-8 is validated, depth is 1.
         return list(map(plan.fields.decode, datas))
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8; nesting
         return None
 
 

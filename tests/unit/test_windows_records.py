@@ -49,7 +49,8 @@ def payload(draw: st.DrawFn, ms: int) -> bytes:
         shapes = ["z3"] * 6 + ["lower", "z6", "plus0", "nofrac"]
         obj["ts"] = iso(ms, draw(st.sampled_from(shapes)))
     flaw = draw(st.sampled_from(["none"] * 12 + ["extra", "empty", "string", "float", "broken",
-                                                 "deep", "bad_utf8", "brace", "array"]))
+                                                 "deep", "abyss", "bad_utf8", "brace",
+                                                 "array"]))
     if flaw == "extra":
         obj["extra"] = [1]
     elif flaw == "deep":  # beyond every contract's max_depth, in a field no path reads
@@ -67,6 +68,8 @@ def payload(draw: st.DrawFn, ms: int) -> bytes:
     raw = json.dumps(obj, ensure_ascii=draw(st.booleans())).encode()
     if flaw == "bad_utf8":
         raw = raw.replace(b"BAD", b"\xff\xfe")
+    elif flaw == "abyss":  # beyond msgspec's own nesting limit, in a field no path reads
+        raw = raw[:-1] + b', "abyss": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     elif flaw == "array":
         raw = b"[" + raw + b"]"
     return raw[:-3] if flaw == "broken" else raw
