@@ -639,7 +639,7 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBa
     raw_ts = list(map(_T, structs))
     ts = _columns_ts(raw_ts, contract.ts_format)
     if ts is None:  # a timestamp _decode_fast would not take fails its record here too
-        each = _each_ts(raw_ts, contract.ts_format)
+        each = _each_ts(raw_ts)
         ok = [i for i, t in enumerate(each) if t is not None]
         if not ok:
             return None
@@ -804,17 +804,16 @@ def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
     return out
 
 
-def _each_ts(raw: list[Any], fmt: str) -> list[int | None]:
+def _each_ts(raw: list[Any]) -> list[int | None]:
     """Epoch ms of each raw timestamp as _decode_fast reads it, None where it would not take
-    it: for a batch _columns_ts declines (a bad timestamp among them, or epoch ms and ISO
-    strings in one "auto" batch)."""
+    it: for a batch _columns_ts has declined (a bad timestamp among them, or epoch ms and ISO
+    strings in one "auto" batch). Declining an all-ISO batch, it cached the seconds of every
+    valid head, so that batch is not converted a second time."""
     strs = [t for t in raw if type(t) is str]
     if len(strs) < len(raw):  # epoch ms among them, in range (the decoder checked)
-        converted = iter(_each_ts(strs, "iso") if strs else ())
+        iso = _columns_ts(strs, "iso") if strs else []
+        converted = iter(_each_ts(strs) if iso is None else iso)
         return [t if type(t) is int else next(converted) for t in raw]
-    ts = _columns_ts(raw, fmt)  # also caches the seconds of every valid head
-    if ts is not None:
-        return cast(list[int | None], ts)
     seconds, out = _SECONDS, []
     for t in raw:
         sec, frac = seconds.get(t[:19]), _TAILS.get(t[19:])
