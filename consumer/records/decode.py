@@ -42,11 +42,12 @@ import json
 import math
 import re
 from array import array
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from operator import add, attrgetter, itemgetter
+from itertools import compress, repeat
+from operator import add, attrgetter, is_not, itemgetter
 from typing import Annotated, Any, NamedTuple, cast
 
 import msgspec
@@ -640,17 +641,19 @@ def decode_columns(records: Sequence[RawRecord], contract: Contract) -> ColumnBa
     ts = _columns_ts(raw_ts, contract.ts_format)
     if ts is None:  # a timestamp _decode_fast would not take fails its record here too
         each = _each_ts(raw_ts)
-        ok = [i for i, t in enumerate(each) if t is not None]
+        valid = list(map(is_not, each, repeat(None)))
+        ok = list(compress(range(len(each)), valid))
         if not ok:
             return None
-        at = [at[i] for i in ok] if at is not None else ok
-        structs, ts = [structs[i] for i in ok], [cast(int, each[i]) for i in ok]
+        at = list(compress(at, valid)) if at is not None else ok
+        structs, ts = list(compress(structs, valid)), cast(list[int], list(compress(each, valid)))
     clean: Sequence[RawRecord] = records
     failed: list[RawRecord] = []
     if at is not None and len(at) < len(records):
-        took = set(at)
         clean = list(map(records.__getitem__, at))
-        failed = [r for i, r in enumerate(records) if i not in took]
+        left = [True] * len(records)
+        _put(left, at, repeat(False))
+        failed = list(compress(records, left))
     events, rejected = decode_batch(failed, contract) if failed else ([], [])
     if events:
         return None
@@ -674,18 +677,7 @@ def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
         return list(map(plan.columns.decode, datas)), None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8; nesting
         pass
-    decode = plan.lenient_columns.decode
-    structs: list[Any] = []
-    at: list[int] = []
-    keep, took = structs.append, at.append
-    for i, data in enumerate(datas):
-        try:
-            s = decode(data)
-        # RecursionError: msgspec's own nesting limit, met in a field it skips
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            continue
-        keep(s)
-        took(i)
+    structs, at = _decodable(plan.lenient_columns.decode, datas)
     taken = list(map(datas.__getitem__, at))
     # _decode_fast's checks of the other fields, over the batch in C first. msgspec skips
     # their UTF-8.
@@ -697,6 +689,29 @@ def _columnar_structs(records: Sequence[RawRecord], plan: _Plan
     if len(joined) - len(joined.translate(None, b"{[")) > len(taken) and \
             max(len(d) - len(d.translate(None, b"{[")) for d in taken) > c.max_depth:
         return None
+    return structs, at
+
+
+def _decodable(decode: Callable[[bytes], Any], datas: list[bytes]) -> tuple[list[Any], list[int]]:
+    """decode(d) of every d that decodes, and the indices of those d. The map resumes past
+    each failure on the same iterator: list.extend keeps what it appended before the
+    exception, so the loop runs once per failure, not once per record."""
+    structs: list[Any] = []
+    at: list[int] = []
+    it, start = iter(datas), 0
+    while start < len(datas):
+        before = len(structs)
+        try:
+            structs.extend(map(decode, it))
+        # RecursionError: msgspec's own nesting limit, met in a field it skips
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass
+        else:
+            at.extend(range(start, start + len(structs) - before))
+            break
+        took = len(structs) - before
+        at.extend(range(start, start + took))
+        start += took + 1  # past the record that failed
     return structs, at
 
 
@@ -774,50 +789,58 @@ def _columns_ts(raw: list[Any], fmt: str) -> list[int] | None:
             except TypeError:
                 return None  # mixed "auto" batch: the per-record path decides
         return raw
-    swar = _iso_swar(raw)
-    if swar is not None:
-        return swar
-    seconds = _SECONDS
-    try:  # a cache miss (None) fails the add, and so does an int in a mixed batch
-        return list(
-            map(add, map(seconds.get, map(_HEAD19, raw)), map(_TAILS.get, map(_TAIL19, raw)))
-        )
-    except TypeError:
-        pass
     if fmt != "iso" and not all(type(t) is str for t in raw):
         return None
-    heads = list(map(_HEAD19, raw))
-    # New seconds: cache them, and the minutes ahead (earliest first: fewer fills).
-    for head in sorted(set(heads).difference(seconds)):
-        if head not in seconds:  # an earlier head's fill may have covered it
-            _fill_seconds(head)
-    secs = list(map(seconds.get, heads))
-    fracs = list(map(_TAILS.get, map(_TAIL19, raw)))
-    if None not in secs and None not in fracs:
-        return list(map(add, secs, fracs))  # cached seconds are in range, so is the sum
-    out: list[int] = []
-    for t, sec, frac in zip(raw, secs, fracs, strict=True):
-        ms = _iso_in_range(t) if sec is None or frac is None else sec + frac
-        if ms is None:
-            return None
-        out.append(ms)
-    return out
+    ms = _iso_each(raw)
+    return None if None in ms else cast(list[int], ms)
 
 
 def _each_ts(raw: list[Any]) -> list[int | None]:
     """Epoch ms of each raw timestamp as _decode_fast reads it, None where it would not take
     it: for a batch _columns_ts has declined (a bad timestamp among them, or epoch ms and ISO
-    strings in one "auto" batch). Declining an all-ISO batch, it cached the seconds of every
-    valid head, so that batch is not converted a second time."""
-    strs = [t for t in raw if type(t) is str]
-    if len(strs) < len(raw):  # epoch ms among them, in range (the decoder checked)
-        iso = _columns_ts(strs, "iso") if strs else []
-        converted = iter(_each_ts(strs) if iso is None else iso)
-        return [t if type(t) is int else next(converted) for t in raw]
-    seconds, out = _SECONDS, []
-    for t in raw:
-        sec, frac = seconds.get(t[:19]), _TAILS.get(t[19:])
-        out.append(sec + frac if sec is not None and frac is not None else _iso_in_range(t))
+    strings in one "auto" batch)."""
+    is_str = list(map(isinstance, raw, repeat(str)))
+    if all(is_str):
+        return _iso_each(raw)
+    out: list[int | None] = list(raw)  # epoch ms among them, in range (the decoder checked)
+    # The ISO strings converted in one pass and put back in place, each step a C loop.
+    _put(out, list(compress(range(len(raw)), is_str)), _iso_each(list(compress(raw, is_str))))
+    return out
+
+
+def _put(target: list[Any], at: list[int], values: Iterable[Any]) -> None:
+    """target[at[i]] = values[i] for every i, the loop in C (a zero-length deque consumes)."""
+    deque(map(target.__setitem__, at, values), maxlen=0)
+
+
+# Stands in for a seconds-cache or fraction miss: a sum holding it is below _MISSED, where
+# no valid epoch ms is, so the misses are found in C.
+_MISS = -(1 << 80)
+_MISSED = _MISS // 2
+
+
+def _iso_each(raw: list[str]) -> list[int | None]:
+    """Epoch ms of each ISO string, None where _decode_fast would not take it. Per string in
+    Python only where the seconds cache cannot read it (an odd shape, a bad timestamp): a
+    few bad timestamps leave the rest of the batch converted in C."""
+    if not raw:
+        return []
+    swar = _iso_swar(raw)
+    if swar is not None:
+        return cast(list[int | None], swar)
+    seconds = _SECONDS
+    heads = list(map(_HEAD19, raw))
+    # New seconds: cache them, and the minutes ahead (earliest first: fewer fills).
+    for head in sorted(set(heads).difference(seconds)):
+        if head not in seconds:  # an earlier head's fill may have covered it
+            _fill_seconds(head)
+    miss = repeat(_MISS)
+    # Cached seconds are in range, and so is their sum with a fraction.
+    out: list[int | None] = list(map(add, map(seconds.get, heads, miss),
+                                     map(_TAILS.get, map(_TAIL19, raw), miss)))
+    missed = list(compress(range(len(raw)), map(_MISSED.__gt__, cast(list[int], out))))
+    if missed:
+        _put(out, missed, [_iso_in_range(raw[i]) for i in missed])
     return out
 
 

@@ -1,15 +1,21 @@
-"""Property tests: the vectorised ISO path (_iso_swar) against the per-record parser."""
+"""Property tests: the vectorised ISO paths (_iso_swar, _each_ts) and the resumed decode map
+(_decodable) against per-record references."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.records.contract import Contract
 from consumer.records.decode import (
+    MAX_MS,
+    MIN_MS,
     TimestampError,
+    _decodable,
+    _each_ts,
     _iso_general,
     _iso_swar,
     decode_batch,
@@ -92,3 +98,46 @@ def test_invalid_utf8_in_a_key_sends_the_batch_to_the_classifier() -> None:
     assert decode_columns([bad], contract) is None
     events, rejected = decode_batch([bad], contract)
     assert events == [] and [(r.stage, r.reason) for r in rejected] == [("decode", "invalid_utf8")]
+
+
+def _one_ts(t: int | str) -> int | None:
+    """The per-record reading _each_ts must agree with: an int as it is (the decoder checked
+    its range), a string by the general parser, None where that refuses or is out of range."""
+    if isinstance(t, int):
+        return t
+    try:
+        ms = _iso_general(t)
+    except TimestampError:
+        return None
+    return ms if MIN_MS <= ms <= MAX_MS else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches(), st.lists(st.integers(0, 2**41), max_size=40), st.randoms())
+def test_each_ts_equals_the_per_record_reading(strs: list[str], ints: list[int],
+                                               rnd: object) -> None:
+    """Mixed batches ("auto": epoch ms and ISO strings), with some bad strings among them."""
+    raw: list[int | str] = [*strs, *ints]
+    rnd.shuffle(raw)  # type: ignore[attr-defined]
+    assert _each_ts(raw) == [_one_ts(t) for t in raw]
+
+
+class _Shape(msgspec.Struct):
+    a: int
+
+
+_DECODE = msgspec.json.Decoder(_Shape).decode
+
+
+@given(st.lists(st.sampled_from([b'{"a": 1}', b'{"a": 2}', b'{"a": "x"}', b"[", b"\xff",
+                                 b'{"a": 3, "b": [1]}']), max_size=30))
+def test_decodable_equals_a_loop_over_every_record(datas: list[bytes]) -> None:
+    """Failures anywhere (first, last, in a row) resume the map at the next record."""
+    want_structs, want_at = [], []
+    for i, d in enumerate(datas):
+        try:
+            want_structs.append(_DECODE(d))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            continue
+        want_at.append(i)
+    assert _decodable(_DECODE, datas) == (want_structs, want_at)
