@@ -3,11 +3,15 @@
 Two oracles: the plain path of this release (RawRow / ResultRow per record, then columns),
 for any contract; and, for the default contract, the per-record encoders of the release
 before the schema was derived (copied below as they were), so the bytes every sink receives
-are unchanged: Redshift's staged CSV, OpenSearch's bulk body, the S3 results lines.
+are unchanged: Redshift's staged CSV (encode_csv_plain; encode_csv, Arrow's writer, is
+read by COPY as the same values: test_arrow_csv_copies_as_the_plain_csv), OpenSearch's bulk
+body, the S3 results lines.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,7 +105,44 @@ def legacy_bulk_body(docs: Sequence[tuple[str, str, Mapping[str, Any], int | Non
 
 
 def csv_of_rows(spec: rs.TableSpec, rows: Sequence[tuple[Any, ...]]) -> bytes:
-    return rs.encode_csv(spec, [list(c) for c in zip(*rows, strict=True)] if rows else [])
+    return rs.encode_csv_plain(spec, [list(c) for c in zip(*rows, strict=True)] if rows else [])
+
+
+# A CSV field as COPY (FORMAT csv, NULL '\\N') splits it: quoted ("" is a quote) or bare.
+_FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,\n"]*)')
+
+
+def copied(spec: rs.TableSpec, data: bytes) -> list[tuple[Any, ...]]:
+    """The rows COPY reads from a staged CSV: a bare \\N is NULL, a quoted field its text
+    (even \\N), then each value as its column's type reads it (BIGINT an int, DOUBLE
+    PRECISION a float, BOOLEAN true/false). -0.0 stays apart from 0.0 (as a sign)."""
+    kinds = [c.sql_type for c in spec.columns]
+    rows, text, at = [], data.decode(), 0
+    while at < len(text):
+        row: list[Any] = []
+        while True:
+            m = _FIELD.match(text, at)
+            assert m is not None
+            quoted, bare = m.group(1), m.group(2)
+            row.append(quoted.replace('""', '"') if quoted is not None
+                       else None if bare == rs.NULL_TOKEN else ("bare", bare))
+            at = m.end() + 1
+            if text[m.end()] == "\n":
+                break
+        rows.append(tuple(_typed(k, v) for k, v in zip(kinds, row, strict=True)))
+    return rows
+
+
+def _typed(sql_type: str, v: Any) -> Any:
+    text = v[1] if isinstance(v, tuple) else v
+    if v is None or sql_type.startswith("VARCHAR"):
+        return v  # a bare text stays ("bare", text): we never write one
+    if sql_type == "BIGINT":
+        return int(text)
+    if sql_type == "BOOLEAN":
+        return {"true": True, "false": False}[text]
+    f = float(text)
+    return (f, math.copysign(1.0, f))
 
 
 # ---------------------------------------------------------------- strategies
@@ -160,8 +201,11 @@ def test_raw_batches_hold_the_released_rows_and_documents(evs: list[Event]) -> N
     batch = raw_columns("stream-a", "shardId-000000000001", evs)
     assert batch == columns_of(rows, DEFAULT_SCHEMA.raw)
     binding = rs.event_binding(DEFAULT_SCHEMA, "stream-a", "shardId-000000000001")
-    fast = rs.encode_csv(binding.spec, rs.table_columns(binding.fields, binding.columns(evs)))
-    assert fast == csv_of_rows(rs.RAW_TABLE, [legacy_raw_values(r) for r in rows])
+    cols = rs.table_columns(binding.fields, binding.columns(evs))
+    assert rs.encode_csv_plain(binding.spec, cols) == csv_of_rows(
+        rs.RAW_TABLE, [legacy_raw_values(r) for r in rows])
+    assert copied(binding.spec, rs.encode_csv(binding.spec, cols)) == copied(
+        binding.spec, rs.encode_csv_plain(binding.spec, cols))
     docs = osr.raw_docs("p", DEFAULT_SCHEMA.raw, batch)
     assert osr.bulk_body(docs) == (legacy_bulk_body([legacy_raw_doc("p", r) for r in rows])
                                    if rows else b"")
@@ -175,8 +219,11 @@ def test_result_batches_hold_the_released_rows_lines_and_documents(
     rows = [result_row(r) for r in results]
     batch = result_columns(results)
     assert batch == columns_of(rows, RESULT_FIELDS)
-    assert rs.encode_csv(rs.RESULTS_TABLE, rs.table_columns(RESULT_FIELDS, batch)) == (
+    cols = rs.table_columns(RESULT_FIELDS, batch)
+    assert rs.encode_csv_plain(rs.RESULTS_TABLE, cols) == (
         csv_of_rows(rs.RESULTS_TABLE, [legacy_result_values(r) for r in rows]))
+    assert copied(rs.RESULTS_TABLE, rs.encode_csv(rs.RESULTS_TABLE, cols)) == copied(
+        rs.RESULTS_TABLE, rs.encode_csv_plain(rs.RESULTS_TABLE, cols))
     assert result_lines_of(batch) == [legacy_result_line(r) for r in rows]
     assert result_lines(results) == result_lines_of(batch)  # the S3 route's own path
     assert [result_line(r) for r in rows] == [legacy_result_line(r) for r in rows]
@@ -215,3 +262,24 @@ def test_dedupe_keeps_the_last_row_of_each_identity(rows: list[tuple[int, int, i
     assert sorted(zip(got["seq"], got["sub"], got["v"], strict=True)) == sorted(
         (seq, sub, v) for (seq, sub), v in last.items())
     assert got["stream"] == ["s"] * len(last)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+                          st.one_of(st.none(), floats, st.integers(-(2**53), 2**53)),
+                          st.one_of(st.none(), st.booleans()), st.one_of(st.none(), texts)),
+                max_size=15),
+       st.booleans())
+def test_arrow_csv_copies_as_the_plain_csv(rows: list[tuple[Any, ...]], wide: bool) -> None:
+    """Every column kind, NULLs among them; `wide`: an integer beyond 64 bits, which Arrow
+    cannot type, so that table takes the plain path."""
+    spec = rs.TableSpec("t", (rs.Column("i", "BIGINT"), rs.Column("d", "DOUBLE PRECISION"),
+                              rs.Column("b", "BOOLEAN"), rs.Column("s", "VARCHAR(8)", 8)),
+                        ("i",))
+    cols = [list(c) for c in zip(*rows, strict=True)] if rows else []
+    if wide and rows:
+        cols[0][0] = 2**70
+    arrow, plain = rs.encode_csv(spec, cols), rs.encode_csv_plain(spec, cols)
+    assert copied(spec, arrow) == copied(spec, plain)
+    if wide and rows:
+        assert arrow == plain
