@@ -63,6 +63,9 @@ class KclSettings:
     # FANOUT (enhanced fan-out, SubscribeToShard) gives this consumer its own 2 MB/s per
     # shard: use it when the stream has another consumer, such as the Lambda path.
     retrieval_mode: Literal["POLLING", "FANOUT"] = "POLLING"
+    # The daemon JVM's class-data archive (consumer/kcl/class_archive.py): a path, "auto"
+    # (keyed, beside the KCL jars; the local stack's choice) or "" for none.
+    class_archive: str = ""
 
 
 @dataclass(frozen=True)
@@ -435,6 +438,8 @@ FIELD_RULES: dict[str, Rule] = {
     "kcl.worker_id": _pattern("must be printable, without a backslash (it goes into the KCL "
                               "properties file)", r"[^\x00-\x1f\x7f\\]*"),
     "kcl.java_heap_mb": POSITIVE,
+    "kcl.class_archive": Rule("must be empty, auto or an absolute path",
+                              lambda v: v in ("", "auto") or os.path.isabs(v)),
     "contract.key_fields": Rule(f"must be one or more dotted field paths (e.g. device_id,"
                                 f"payload.metric), no empty segment, at most "
                                 f"{MAX_PATH_SEGMENTS} segments each",

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -51,10 +51,12 @@ def jars_dir() -> Path:
     return path
 
 
-def daemon_command(properties: Path, heap_mb: int, java: str | None = None) -> list[str]:
+def daemon_command(properties: Path, heap_mb: int, java: str | None = None,
+                   jvm_options: Sequence[str] = ()) -> list[str]:
     return [
         java or find_java(),
         f"-Xmx{heap_mb}m",
+        *jvm_options,
         "-cp",
         f"{jars_dir()}/*",
         MAIN_CLASS,

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import FrameType
 
 from consumer.config import Settings, with_overrides
-from consumer.kcl.daemon import KclDaemon, daemon_command
+from consumer.kcl.class_archive import ClassArchive, class_archive
+from consumer.kcl.daemon import KclDaemon, daemon_command, find_java
 from consumer.kcl.properties import (
     default_worker_id,
     processor_command,
@@ -48,6 +49,7 @@ class Supervisor:
         self.server: MetricsServer | None = None
         self.health: HealthChecks | None = None
         self._mirror: Mirror | None = None
+        self._archive: ClassArchive | None = None
 
     @property
     def metrics_url(self) -> str:
@@ -66,7 +68,10 @@ class Supervisor:
         self._mirror = self._start_mirror(mp_dir)
         props = self.run_dir / "kcl.properties"
         props.write_text(render_properties(self.settings, self.env, processor_command()))
-        command = daemon_command(props, self.settings.kcl.java_heap_mb)
+        java = find_java()
+        self._archive = class_archive(self.settings.kcl.class_archive, java)
+        command = daemon_command(props, self.settings.kcl.java_heap_mb, java,
+                                 self._archive.jvm_options() if self._archive else ())
         self.daemon = KclDaemon(command, self.env, self.run_dir / "kcl-daemon.log")
         self.daemon.start()
 
@@ -111,7 +116,9 @@ class Supervisor:
         started = time.monotonic()
         grace_s = self.settings.kcl.shutdown_grace_ms / 1000 + 15
         if self.daemon:
-            self.daemon.stop(grace_s)
+            code = self.daemon.stop(grace_s)
+            if self._archive:
+                self._archive.keep(code)
         if self._mirror:
             self._mirror.stop()
         if self.health:

@@ -57,6 +57,7 @@ ROWS = [
     Row("kcl.max_leases_for_worker", 8, -1, "non-negative integer"),
     Row("kcl.java_heap_mb", 512, 0, "> 0"),
     Row("kcl.retrieval_mode", "FANOUT", "PUSH", "one of POLLING, FANOUT"),
+    Row("kcl.class_archive", "/var/cache/aetherstream/kcl.jsa", "kcl.jsa", "absolute path"),
     Row("contract.key_fields", ("payload.device", "metric"), ("device", "a..b"),
         "dotted field paths"),
     Row("contract.ts_field", "meta.ts", "", "dotted field path"),
