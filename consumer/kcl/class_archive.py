@@ -30,13 +30,14 @@ QUIET = "-Xlog:cds=off,cds+dynamic=off"
 
 def default_path(java: str, jars: Path) -> Path:
     """Beside the jars (so `make clean` removes it with them), keyed by what the JVM checks."""
-    identity = [os.path.realpath(java)] + [
-        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(jars.glob("*.jar"))
-    ]
-    java_stat = os.stat(os.path.realpath(java))
-    identity.append(f"{java_stat.st_size}:{java_stat.st_mtime_ns}")
-    key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+    files = [Path(os.path.realpath(java)), *sorted(jars.glob("*.jar"))]
+    key = hashlib.sha256("\n".join(map(_stamp, files)).encode()).hexdigest()[:16]
     return jars.parent / "class-archives" / f"kcl-{key}.jsa"
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclass(frozen=True)
