@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import botocore.exceptions as boto_exc
+import botocore.loaders
 import pytest
 
-from consumer.aws import PutRecordsError, client, client_config, put_records
+from consumer.aws import PutRecordsError, client, client_config, model_loader, put_records
 from consumer.sinks.errors import is_retryable
 from tests.support.stub_servers import Answer, Seen, scripted_http_server, silent_server
 
@@ -181,3 +183,36 @@ def test_invalid_bounds_are_rejected() -> None:
         with pytest.raises(ValueError, match="invalid AWS client bounds"):
             client_config(**bad)
     assert boto3  # boto3 is what client() builds on
+
+
+# The services and model types our clients load (consumer/aws.py's clients, the local stack's).
+LOADED_MODELS = [(service, kind) for service in ("s3", "dynamodb", "kinesis", "cloudwatch")
+                 for kind in ("service-2", "endpoint-rule-set-1")]
+
+
+@pytest.mark.parametrize(("service", "kind"), LOADED_MODELS)
+def test_model_loader_loads_what_botocore_loads(service: str, kind: str) -> None:
+    # botocore's own loader (stdlib json, every service listed first) is the reference.
+    assert model_loader().load_service_model(service, kind) == \
+        botocore.loaders.Loader().load_service_model(service, kind)
+
+
+def test_model_loader_lists_one_service_not_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def listdir(path: str) -> list[str]:
+        listed.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    model_loader().load_service_model("s3", "service-2")
+    ours = len(listed)
+    listed.clear()
+    botocore.loaders.Loader().load_service_model("s3", "service-2")
+    assert ours <= 3 and len(listed) > 100  # botocore lists every service's directory
+
+
+def test_model_loader_names_an_unknown_service_as_botocore_does() -> None:
+    with pytest.raises(boto_exc.UnknownServiceError, match=r"Valid service names are: .*dynamodb"):
+        model_loader().load_service_model("no-such-service", "service-2")
