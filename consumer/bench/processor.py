@@ -32,13 +32,15 @@ holding every archived record, Redshift and OpenSearch holding as many; and the 
 checkpoint must be the last record sent.
 Per configuration also: the CPU each server spent while ours ran and in the few seconds
 after it exited (a stand-in that keeps spinning without load shows there), and the sizes
-of the S3 objects ours wrote.
+of the S3 objects ours wrote. With --stages, one more run of ours per configuration, its
+stages timed (consumer/bench/stages.py): where its CPU went, per record.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import json
 import os
 import shutil
 import sys
@@ -47,9 +49,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import consumer
 from consumer.bench import stack_probe as probe
+from consumer.bench import stages
 from consumer.bench.kcl_driver import Feed, ProcessorFailed, RunResult, drive
 from consumer.bench.kcl_messages import (
     SHARD_ID,
@@ -70,6 +74,8 @@ PROCESSORS = (
     ("decode-only", ("consumer.bench.decode_processor",)),
     ("ours", ("consumer.kcl",)),
 )
+# Ours with the stages timed: the shard host runs consumer/bench/stages.py as its child.
+STAGED_OURS = ("consumer.kcl", sys.executable, "-m", "consumer.bench.stages")
 
 
 @dataclass(frozen=True)
@@ -247,16 +253,21 @@ class Bench:
         return ConfigReport(cfg, [self._round(cfg, feed, f"{cfg.name}-r{i}" if rounds > 1
                                               else cfg.name) for i in range(1, rounds + 1)])
 
-    def _round(self, cfg: BenchConfig, feed: Feed, label: str) -> RoundReport:
+    def _resources(self, cfg: BenchConfig, label: str) -> Settings:
+        """Fresh resources named by `label`, and the settings that point at them."""
         from consumer.sinks.migrate import migrate_all
 
         e = self.stack.endpoints
         settings = config_settings(self.base, cfg, e.postgres_dsn, e.opensearch_url,
                                    self.run_dir, label)
-        app = settings.stream.app_name
         self.stack.create_bucket(settings.s3.bucket)
-        probe.create_lease_table(self.dynamodb, app)
+        probe.create_lease_table(self.dynamodb, settings.stream.app_name)
         migrate_all(settings)
+        return settings
+
+    def _round(self, cfg: BenchConfig, feed: Feed, label: str) -> RoundReport:
+        settings = self._resources(cfg, label)
+        app = settings.stream.app_name
         report = RoundReport()
         for name, module in PROCESSORS:  # ours last: the servers' figures are its own
             before = self.meter.sample()
@@ -277,15 +288,25 @@ class Bench:
         report.holdings = probe.holdings(self.s3, settings)
         return report
 
+    def timed_stages(self, cfg: BenchConfig, feed: Feed) -> tuple[RunResult, dict[str, Any]]:
+        """Ours once more, over fresh resources, its stages timed (consumer/bench/stages.py):
+        the run and the stages' report."""
+        label = f"{cfg.name}-stages"
+        settings = self._resources(cfg, label)
+        report_path = self.run_dir / f"{label}.json"
+        run = self._drive(label, "ours", STAGED_OURS, settings, feed,
+                          {stages.STAGES_FILE_ENV: str(report_path)})
+        return run, json.loads(report_path.read_text())
+
     def _drive(self, label: str, name: str, module: Sequence[str], settings: Settings,
-               feed: Feed) -> RunResult:
+               feed: Feed, extra_env: dict[str, str] | None = None) -> RunResult:
         """One processor over the feed, from a fresh lease and empty metrics directory."""
         app = settings.stream.app_name
         shutil.rmtree(settings.metrics.multiproc_dir, ignore_errors=True)
         os.makedirs(settings.metrics.multiproc_dir)
         probe.put_fresh_lease(self.dynamodb, app, SHARD_ID, WORKER_ID)
         return drive(name, [sys.executable, "-m", *module],
-                     processor_env(settings, self.aws), feed,
+                     {**processor_env(settings, self.aws), **(extra_env or {})}, feed,
                      self.run_dir / "logs" / f"{label}-{name}.log", self.timeout_s,
                      lambda p: probe.record_checkpoint(self.dynamodb, app, SHARD_ID, p))
 
@@ -314,6 +335,38 @@ def run_rows(report: ConfigReport) -> list[list[str]]:
                      f"{ratio(rate(run), decode):.3f}",
                      f"{run.checkpoint_requests} ({checkpoint})"])
     return rows
+
+
+def stage_rows(run: RunResult, report: dict[str, Any]) -> list[list[str]]:
+    """The stages' CPU, per record and as a share of the record processor's process (the
+    shard host's child). An indented stage is part of the one above it; the rest is what the
+    unindented ones and start-up leave of the process."""
+    process_s, records = float(report["process_cpu_s"]), run.records
+
+    def row(label: str, cpu_s: float, calls: str = "") -> list[str]:
+        share = f"{100 * cpu_s / process_s:.1f}%" if process_s > 0 else ""
+        return [label, f"{cpu_s:.3f}", f"{cpu_s / records * 1e6:.2f}", share, calls]
+
+    startup_s = float(report["startup_cpu_s"])
+    rows = [row("processor process (the host's child)", process_s),
+            row("start-up: interpreter, imports, clients", startup_s)]
+    top = startup_s
+    for label, stage in report["stages"].items():
+        cpu_s = float(stage["cpu_s"])
+        rows.append(row(label, cpu_s, f"{stage['calls']:,}"))
+        top += 0.0 if label.startswith(" ") else cpu_s
+    rows.append(row("rest: callbacks' own work, metrics, shutdown", process_s - top))
+    rows.append(["shard host (the relay, its start-up included)", f"{run.cpu_s - process_s:.3f}",
+                 f"{(run.cpu_s - process_s) / records * 1e6:.2f}", "", ""])
+    return rows
+
+
+def print_stages(cfg: BenchConfig, run: RunResult, report: dict[str, Any]) -> None:
+    print(f"\n### {cfg.name}: where ours' CPU went (one more run, stages timed; "
+          f"{run.cpu_s:.2f} CPU s for the tree)")
+    for line in render_table(("stage", "CPU s", "us per record", "of the processor", "calls"),
+                             stage_rows(run, report)):
+        print(line)
 
 
 RUN_HEADER = ("processor", "records", "CPU s", "rounds' CPU s", "init CPU s",
@@ -392,6 +445,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds to watch the servers once ours has exited")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (logs, PostgreSQL)")
+    ap.add_argument("--stages", action="store_true",
+                    help="per configuration, one more run of ours with its stages timed")
     args = ap.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
     if (not names or any(n not in CONFIGS for n in names) or (args.records or 1) <= 0
@@ -417,6 +472,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                                   args.poison_ratio, args.per_aggregate)
                 reports.append(bench.run_config(cfg, feed, args.rounds))
                 print_config(reports[-1], feed)
+                if args.stages:
+                    print_stages(cfg, *bench.timed_stages(cfg, feed))
                 sys.stdout.flush()
     except ProcessorFailed as exc:
         print(f"bench processor: {exc}", file=sys.stderr)
