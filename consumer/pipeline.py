@@ -299,9 +299,11 @@ class ShardPipeline:
                 m.WATERMARK_LAG_SECONDS.labels(self.shard_id).set(max(0.0, (now_ms - wm) / 1000))
 
 
-# What a buffered record holds beyond its bytes (its RawRecord, Event, position and buffer
-# entries; ~350 B measured with tracemalloc on demo records, plus the RawRecord's own ~200 B).
-RECORD_OVERHEAD = 560
+# What a buffered record holds beyond its bytes: its RawRecord, Event, position and buffer
+# entries, its key and partition key shared with its batch (consumer/records/decode.py,
+# consumer/kcl/protocol.py). Measured with tracemalloc on demo records: 402 B (593 B before
+# keys were shared).
+RECORD_OVERHEAD = 400
 
 
 class WindowStateTooLarge(Exception):

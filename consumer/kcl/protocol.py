@@ -49,8 +49,11 @@ class RecordsInput(MessageDispatcher):  # type: ignore[misc]
     """What process_records receives: the batch as RawRecords, plus what KCL sent with it."""
 
     def __init__(self, message: _ProcessRecords) -> None:
+        # One object per distinct partition key in the batch: the records stay buffered
+        # until a flush, and a batch holds few keys (the repeats were ~60 B a record).
+        first: dict[str, str] = {}
         self.records = [
-            RawRecord(r.data, r.partitionKey,
+            RawRecord(r.data, first.setdefault(r.partitionKey, r.partitionKey),
                       Position(int(r.sequenceNumber), r.subSequenceNumber or 0),
                       r.approximateArrivalTimestamp)
             for r in message.records

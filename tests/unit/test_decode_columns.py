@@ -141,3 +141,21 @@ def test_decodable_equals_a_loop_over_every_record(datas: list[bytes]) -> None:
             continue
         want_at.append(i)
     assert _decodable(_DECODE, datas) == (want_structs, want_at)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["d1", "d2", "d3"]), st.sampled_from(["t", "h"]),
+                          st.integers(0, 2**40)), min_size=1, max_size=60))
+def test_a_batch_shares_one_key_object_per_distinct_key(
+        rows: list[tuple[str, str, int]]) -> None:
+    """Equal keys are one object (the buffered Events hold it once), and the batch is still
+    exactly decode_batch's."""
+    contract = Contract()
+    records = [RawRecord(msgspec.json.encode({"device_id": d, "metric": m, "value": 1.5,
+                                              "ts": ts}), d, Position(i, 0), 0)
+               for i, (d, m, ts) in enumerate(rows)]
+    cols = decode_columns(records, contract)
+    assert cols is not None
+    keys = cols[0]
+    assert len({id(k) for k in keys}) == len(set(keys)) == len({(d, m) for d, m, _ in rows})
+    events, rejected = decode_batch(records, contract)
+    assert keys == [e.key for e in events] and not rejected and not cols.rejected

@@ -40,6 +40,18 @@ def test_fast_decoder_matches_amazon_kclpy(batch: list[KclRecord], behind: int) 
     assert to_raw_records(fast.records) == to_raw_records(stock.records)
 
 
+@given(st.lists(st.builds(
+    KclRecord, data=st.binary(max_size=8), partition_key=st.sampled_from(["a", "bb", "ccc"]),
+    position=st.builds(Position, st.integers(0, 10**56), st.integers(0, 40)),
+    arrival_ms=st.integers(0, 2**42)), min_size=2, max_size=30))
+def test_a_batch_shares_one_object_per_distinct_partition_key(batch: list[KclRecord]) -> None:
+    fast = FastIO(io.BytesIO(), io.StringIO(), io.StringIO()).load_action(
+        process_records_line(batch, 0))
+    keys = [r.partition_key for r in fast.records]
+    assert len({id(k) for k in keys}) == len(set(keys))
+    assert keys == [r.partition_key for r in batch]
+
+
 def test_other_messages_take_amazon_kclpy_decoder() -> None:
     io_handler = FastIO(io.BytesIO(), io.StringIO(), io.StringIO())
     msg = io_handler.load_action(initialize_line("shardId-7", "TRIM_HORIZON", 0))
