@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import psycopg2
@@ -279,8 +278,6 @@ class LocalStack:
         if "dsn" not in found:
             postgres.create_database(self._port("postgres"), DATABASE)
             found["dsn"] = postgres.dsn(self._port("postgres"), DATABASE)
-        # Keep osmem's self-chosen port, so a restart of this stack keeps every endpoint.
-        self._ports.setdefault("opensearch", urlsplit(found["url"]).port or 0)
         moto_url = f"http://{LOCALHOST}:{moto_port}"
         return Endpoints(
             kinesis_endpoint=f"http://{LOCALHOST}:{km}",
@@ -295,7 +292,7 @@ class LocalStack:
     def _port(self, name: str) -> int:
         if name not in self._ports:
             port = free_port()
-            while port in self._ports.values():  # the kernel may hand out a port twice
+            while port in self._ports.values():  # pinned by the caller and not yet bound
                 port = free_port()
             self._ports[name] = port
         return self._ports[name]
@@ -335,8 +332,8 @@ class LocalStack:
     def _spawn_osmem(self) -> ManagedProcess:
         from osmem_server import resolve_binary
 
-        port = self._ports.get("opensearch", 0)  # 0: osmem picks a port and reports it
-        argv = [resolve_binary(), "-addr", f"{LOCALHOST}:{port}", "-no-stdin-watch", "-no-ja",
+        address = f"{LOCALHOST}:{self._port('opensearch')}"
+        argv = [resolve_binary(), "-addr", address, "-no-stdin-watch", "-no-ja",
                 "-parent-pid", str(os.getpid())]  # dies with us even if atexit never runs
         return self._spawn("osmem", argv)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +39,59 @@ class StartupError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (the server binds it moments later)."""
+    """A loopback TCP port that stays ours until a server of ours binds it moments later.
+
+    A port from bind(0) is in the kernel's ephemeral range, from which every bind(0) and every
+    outgoing connection also draws: between our check and the server's bind, a readiness probe's
+    connection could take it (EADDRINUSE, seen in CI). So the port comes from outside that range,
+    and a lock file held for this process's life keeps our other processes from choosing it too.
+    """
+    lo, hi = _ephemeral_range()
+    pool = [p for p in range(_LOWEST_PORT, 65536) if not lo <= p <= hi]
+    for port in random.sample(pool, len(pool)):
+        if port not in _CLAIMED and _claim(port) and _bindable(port):
+            return port
+    raise StartupError(f"no free loopback port outside the ephemeral range {lo}-{hi}")
+
+
+_LOWEST_PORT = 10000  # below are the ports services commonly listen on
+_CLAIMED: dict[int, IO[bytes] | None] = {}  # port -> its lock file, open while we live
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = map(int, _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return lo, hi
+
+
+def _claim(port: int) -> bool:
+    """Lock port's file in a directory our processes share; False if another process holds it."""
+    folder = Path(tempfile.gettempdir()) / "aetherstream-ports"
+    try:
+        folder.mkdir(mode=0o1777, exist_ok=True)
+        lock = (folder / str(port)).open("ab")
+    except OSError:  # a folder we cannot write (another user's): the bind check alone remains
+        _CLAIMED[port] = None
+        return True
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return False
+    _CLAIMED[port] = lock
+    return True
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((LOCALHOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def port_is_open(port: int, host: str = LOCALHOST) -> bool:

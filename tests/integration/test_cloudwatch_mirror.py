@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
+from consumer.local.procs import free_port
 from consumer.metrics.cloudwatch import PUT_BATCH, build_mirror
 from consumer.metrics.registry import ENV_VAR
 
@@ -43,15 +44,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
