@@ -47,11 +47,12 @@ def free_port() -> int:
     and a lock file held for this process's life keeps our other processes from choosing it too.
     """
     lo, hi = _ephemeral_range()
-    pool = [p for p in range(_LOWEST_PORT, 65536) if not lo <= p <= hi]
+    outside = [p for p in range(_LOWEST_PORT, 65536) if not lo <= p <= hi]
+    pool = outside or list(range(max(lo, 1024), hi + 1))  # a host whose range spans them all
     for port in random.sample(pool, len(pool)):
         if port not in _CLAIMED and _claim(port) and _bindable(port):
             return port
-    raise StartupError(f"no free loopback port outside the ephemeral range {lo}-{hi}")
+    raise StartupError(f"no free loopback port (the ephemeral range is {lo}-{hi})")
 
 
 _LOWEST_PORT = 10000  # below are the ports services commonly listen on

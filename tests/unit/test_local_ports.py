@@ -61,3 +61,12 @@ def test_a_port_something_listens_on_is_not_handed_out(monkeypatch: pytest.Monke
         _only(monkeypatch, squatter.getsockname()[1])
         with pytest.raises(StartupError, match="no free loopback port"):
             free_port()
+
+
+def test_a_host_whose_ephemeral_range_spans_every_port_still_gets_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(procs, "_ephemeral_range", lambda: (1024, 65535))
+    port = free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
