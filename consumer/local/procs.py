@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import itertools
 import logging
 import os
 import random
@@ -47,9 +48,10 @@ def free_port() -> int:
     and a lock file held for this process's life keeps our other processes from choosing it too.
     """
     lo, hi = _ephemeral_range()
-    outside = [p for p in range(_LOWEST_PORT, 65536) if not lo <= p <= hi]
-    pool = outside or list(range(max(lo, 1024), hi + 1))  # a host whose range spans them all
-    for port in random.sample(pool, len(pool)):
+    pool: list[int] = [*range(_LOWEST_PORT, lo), *range(max(hi + 1, _LOWEST_PORT), 65536)]
+    pool = pool or [*range(max(lo, 1024), hi + 1)]  # a host whose range spans them all
+    start = random.randrange(len(pool))  # the first candidate is nearly always taken
+    for port in itertools.chain(pool[start:], pool[:start]):
         if port not in _CLAIMED and _claim(port) and _bindable(port):
             return port
     raise StartupError(f"no free loopback port (the ephemeral range is {lo}-{hi})")
