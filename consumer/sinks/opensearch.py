@@ -226,6 +226,12 @@ _ACTION = b'{"index":{"_index":%s,"_id":%s}}\n'
 _VERSIONED = b'{"index":{"_index":%s,"_id":%s,"version":%d,"version_type":"external"}}\n'
 
 
+# What classify_items reads of a bulk response, and all the cluster sends back: an item's
+# status and error, not its _index, _id, _version, _shards and _seq_no (about 20 B an item
+# instead of 200; the response of a 10,000-document bulk is that much less to send and parse).
+BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
+
+
 def bulk_body(docs: Sequence[IndexDoc]) -> bytes:
     """The _bulk request: per document its action line (what orjson would write for it,
     formatted from encoded parts) and its body."""
@@ -260,6 +266,8 @@ def classify_items(docs: Sequence[IndexDoc], response: Mapping[str, Any]) -> Bul
     items = response.get("items", [])
     if len(items) != len(docs):
         raise BulkResponseMismatch(f"sent {len(docs)} docs, got {len(items)} items")
+    if response.get("errors") is False:  # OpenSearch's word that every item succeeded
+        return BulkOutcome(len(docs), ())
     written = 0
     retry: list[IndexDoc] = []
     rejected: list[RejectedItem] = []
@@ -323,7 +331,7 @@ class OpenSearchSink(Generic[RowT]):
         self.retrier = retrier or Retrier(name, retryable=retryable)
 
     def _bulk(self, docs: Sequence[IndexDoc]) -> BulkOutcome:
-        response = self.client.bulk(body=bulk_body(docs))
+        response = self.client.bulk(body=bulk_body(docs), filter_path=BULK_FILTER_PATH)
         return classify_items(docs, response)
 
     def _send(self, docs: Sequence[IndexDoc]) -> BulkOutcome:

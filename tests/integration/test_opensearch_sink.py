@@ -21,6 +21,8 @@ from opensearchpy import OpenSearch, TransportError
 from consumer.sinks.base import RawRow, ResultRow, Sink
 from consumer.sinks.errors import is_retryable
 from consumer.sinks.opensearch import (
+    BULK_FILTER_PATH,
+    BulkResponseMismatch,
     IndexDoc,
     OpenSearchSink,
     alias_name,
@@ -247,6 +249,45 @@ def test_classify_items_and_body() -> None:
     assert [(r.item_id, r.reason, r.message) for r in out.rejected] == [
         ("3", "mapper_parsing_exception", "bad")
     ]
+
+
+def test_classify_items_takes_errors_false_as_every_item_written() -> None:
+    """OpenSearch sets `errors` when any item failed; false spares the look at each item (its
+    items here carry no status, which the per-item look would read as 500 and retry). Items
+    that do not line up with the documents are still a mismatch, and without `errors: false`
+    each item is judged by its status."""
+    docs = [IndexDoc("i", str(n), {"n": n}) for n in range(3)]
+    assert classify_items(docs, {"errors": False, "items": [{"index": {}}] * 3}).written == 3
+    with pytest.raises(BulkResponseMismatch):
+        classify_items(docs, {"errors": False, "items": [{"index": {}}] * 2})
+    for errors in ({"errors": True}, {}):
+        out = classify_items(docs, {**errors, "items": [{"index": {}}] * 3})
+        assert (out.written, len(out.retry)) == (0, 3)
+
+
+def test_bulk_responses_hold_only_what_classify_items_reads(client: OpenSearch,
+                                                            prefix: str) -> None:
+    """With BULK_FILTER_PATH the server sends an item's status and error and nothing else,
+    and classify_items still tells written from rejected by them."""
+    index = daily_index(prefix, "results", T0)
+    good = result_doc(prefix, result(1))
+    bad = IndexDoc(index, "bad", {**orjson.loads(orjson.dumps(good.source)), "extra": 1})
+    docs = [good, bad]
+    response = client.bulk(body=bulk_body(docs), filter_path=BULK_FILTER_PATH)
+    items = [next(iter(i.values())) for i in response["items"]]
+    assert response["errors"] is True
+    assert [sorted(i) for i in items] == [["status"], ["error", "status"]]
+    out = classify_items(docs, response)
+    assert out.written == 1 and not out.retry
+    assert [(r.item_id, r.reason) for r in out.rejected] == [
+        ("bad", "strict_dynamic_mapping_exception")]
+    # The same version again: a 409, which a versioned document counts as written.
+    again = client.bulk(body=bulk_body([good]), filter_path=BULK_FILTER_PATH)
+    assert [i["index"]["status"] for i in again["items"]] == [409]
+    assert classify_items([good], again).written == 1
+    fresh = IndexDoc(index, "fresh", good.source)
+    ok = client.bulk(body=bulk_body([fresh]), filter_path=BULK_FILTER_PATH)
+    assert ok == {"errors": False, "items": [{"index": {"status": 201}}]}
 
 
 def test_sink_type_accepts_custom_docs(client: OpenSearch, prefix: str) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 
-from consumer.sinks.opensearch import IndexDoc, OpenSearchSink, retryable
+from consumer.sinks.opensearch import BULK_FILTER_PATH, IndexDoc, OpenSearchSink, retryable
 from consumer.sinks.retry import Backoff, CircuitBreaker, Retrier
 
 transient = st.sampled_from([429, 500, 502, 503])
@@ -26,9 +26,11 @@ class FakeCluster:
         self.request_failures = request_failures
         self.versions: dict[str, int] = {}
         self.calls = 0
+        self.filter_paths: list[str | None] = []
 
-    def bulk(self, body: bytes) -> dict[str, Any]:
+    def bulk(self, body: bytes, filter_path: str | None = None) -> dict[str, Any]:
         self.calls += 1
+        self.filter_paths.append(filter_path)
         if self.request_failures and self.request_failures.pop(0):
             raise OSConnectionError("N/A", "connection refused", None)
         lines = body.splitlines()
@@ -43,7 +45,8 @@ class FakeCluster:
             else:
                 result["error"] = {"type": f"e{status}", "reason": f"status {status}"}
             items.append({"index": result})
-        return {"errors": True, "items": items}
+        # As OpenSearch sets it: a request whose items all succeeded has errors false.
+        return {"errors": any("error" in i["index"] for i in items), "items": items}
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,3 +77,4 @@ def test_every_doc_lands_once_or_is_rejected(
     assert all(v == 1 for v in cluster.versions.values())
     assert {r.item_id for r in outcome.rejected} == {d.doc_id for d in docs} - landed
     assert all(r.status in (400, 404) and r.reason == f"e{r.status}" for r in outcome.rejected)
+    assert set(cluster.filter_paths) == {BULK_FILTER_PATH}  # every request asked for less
