@@ -350,9 +350,7 @@ def encode_csv(spec: TableSpec, columns: Sequence[Sequence[Value]]) -> bytes:
 
 def _arrow_column(pa: Any, column: Column, values: Sequence[Value]) -> Any:
     if column.varchar_bytes is not None:
-        texts, _ = _fitted_texts(values, column.varchar_bytes)
-        return pa.array(_with_nulls(values, texts, None) if None in values else texts,
-                        pa.string())
+        return _arrow_text(pa, values, column.varchar_bytes)
     if column.sql_type == "BOOLEAN":
         return pa.array(values, pa.bool_())
     array = pa.array(values)  # BIGINT or DOUBLE PRECISION: int64 or double, as given
@@ -360,6 +358,25 @@ def _arrow_column(pa: Any, column: Column, values: Sequence[Value]) -> Any:
             or pa.types.is_null(array.type)):
         raise pa.ArrowTypeError(f"{column.name}: {array.type} in a {column.sql_type} column")
     return array
+
+
+def _arrow_text(pa: Any, values: Sequence[Value], limit: int) -> Any:
+    """A VARCHAR column as Arrow strings: the values as they are when Arrow's C++ finds them
+    all strings, none over `limit` bytes and none holding NUL (the common case; Python's
+    checks cost as much as the conversion), else _fitted_texts' (cut, NUL replaced, another
+    kind of value as its text)."""
+    import pyarrow.compute as pc
+
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        array = None  # mixed kinds of value
+    if array is not None and pa.types.is_string(array.type) and \
+            pc.max(pc.binary_length(array)).as_py() <= limit and \
+            not pc.any(pc.match_substring(array, "\x00")).as_py():
+        return array
+    texts, _ = _fitted_texts(values, limit)
+    return pa.array(_with_nulls(values, texts, None) if None in values else texts, pa.string())
 
 
 # ---------------------------------------------------------------- SQL builders (pure)

@@ -283,3 +283,19 @@ def test_arrow_csv_copies_as_the_plain_csv(rows: list[tuple[Any, ...]], wide: bo
     assert copied(spec, arrow) == copied(spec, plain)
     if wide and rows:
         assert arrow == plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), texts, st.text(max_size=3).map(lambda t: t + "\x00"),
+                          st.integers(-5, 5), st.booleans()), max_size=12),
+       st.integers(1, 16))
+def test_arrow_text_column_is_the_fitted_texts(values: list[Any], limit: int) -> None:
+    """A VARCHAR column taken as it is when Arrow finds it clean equals the column fitted
+    value by value in Python (cut to `limit` bytes, NUL replaced, a non-text value as its
+    text, NULL kept)."""
+    import pyarrow as pa
+
+    fitted, _ = rs._fitted_texts(values, limit)
+    want = pa.array(rs._with_nulls(values, fitted, None) if None in values else fitted,
+                    pa.string())
+    assert rs._arrow_text(pa, values, limit).equals(want)
