@@ -46,9 +46,17 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("  snapshot", "consumer.commit.committer", "Committer._save"),
 )
 # Imported by initialize only when their sink is on: timed once it has returned, if loaded.
+# The Redshift COPY is the local dialect's: production's cluster reads the staged object
+# from S3 itself, so its client does none of that stage's work.
 SINK_STAGES: tuple[tuple[str, str, str], ...] = (
     ("  Redshift", "consumer.sinks.redshift", "RedshiftSink.write_batch"),
+    ("    CSV encoded", "consumer.sinks.redshift", "encode_csv"),
+    ("    staged object PUT", "consumer.sinks.redshift", "S3StagingStore.put"),
+    ("    COPY (local only: staged bytes read back, streamed)", "consumer.sinks.redshift",
+     "PostgresDialect.copy_into_stage"),
     ("  OpenSearch", "consumer.sinks.opensearch", "OpenSearchSink.write_batch"),
+    ("    bulk bodies", "consumer.sinks.opensearch", "bulk_body"),
+    ("    bulk responses classified", "consumer.sinks.opensearch", "classify_items"),
 )
 
 
