@@ -102,11 +102,13 @@ class S3Settings:
 class FlushSettings:
     """Firehose-style buffering hints: a buffer flushes when any one is reached."""
 
-    # Sized for S3 objects of about 1 MB and more (gzip NDJSON of ~200 B records); at 1,000
-    # records/s a shard's archive object holds a minute. A replay after failover is at most that.
-    max_records: int = 50_000
+    # Sized for S3 objects of 1 MB and more at 1,000 records/s a shard: an archive object of
+    # ~200 B records is ~2.9 MB gzipped after 90 s, a results object at 0.2 window results a
+    # record ~1.2 MB. 100,000 such records fill about max_buffer_bytes. A replay after failover
+    # is at most one such cut.
+    max_records: int = 100_000
     max_bytes: int = 32 * 1024 * 1024
-    max_age_ms: int = 60_000
+    max_age_ms: int = 90_000
     # What one shard's buffered records may hold in memory (each record charged once); over
     # it, processRecords commits and waits, which is how KCL's fetching slows down.
     max_buffer_bytes: int = 64 * 1024 * 1024
