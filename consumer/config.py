@@ -105,7 +105,7 @@ class FlushSettings:
     # Sized for S3 objects of 1 MB and more at 1,000 records/s a shard: after 90 s of the demo's
     # records an archive object is ~3.4 MB gzipped, a results object (0.2 window results a
     # record) ~1.1 MB. 100,000 records of up to ~270 B fit max_buffer_bytes (each is charged
-    # its bytes + 400). A replay after failover is at most one such cut.
+    # its bytes + pipeline.RECORD_OVERHEAD). A replay after failover is at most one such cut.
     max_records: int = 100_000
     max_bytes: int = 32 * 1024 * 1024
     max_age_ms: int = 90_000
